@@ -1,0 +1,27 @@
+r"""The quickstart job: LeNet-300-100 pruned to 95 % sparsity while it trains.
+
+Gradual magnitude pruning (cubic schedule, masks recomputed every 50 steps)
+on the embedded MNIST digits (8,000 train / 2,000 eval), then the compression
+report. About a minute on two CPU cores:
+
+  python -m experiments.main --config configs/quickstart.py --workdir /tmp/sparsify_quickstart
+"""
+
+from sparsify.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.name = "lenet_300_100"
+  config.data.name = "embedded_mnist"
+  config.optimizer.name = "momentum"
+  config.optimizer.learning_rate = 0.05
+  config.train.epochs = 30
+  config.train.log_every = 250
+  config.train.eval_every_epochs = 5
+  config.compression.method = "gmp"
+  config.compression.sparsity = 0.95
+  config.compression.begin = 0.1
+  config.compression.end = 0.7
+  config.compression.update_every = 50
+  return config

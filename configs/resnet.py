@@ -1,0 +1,25 @@
+r"""Dense CIFAR ResNet (basic blocks, depth 6n+2) on Fashion-MNIST (IDX files).
+
+  python -m experiments.main --config configs/resnet.py --workdir /tmp/resnet \
+      --config.model.kwargs.depth=20
+
+Bottleneck blocks need depth 9n+2 (``--config.model.kwargs.block=bottleneck
+--config.model.kwargs.depth=29``). CIFAR-10 through tensorflow-datasets:
+``--config.data.name=cifar10``.
+"""
+
+from sparsify.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.name = "resnet"
+  config.model.kwargs.depth = 20
+  config.model.kwargs.block = "basic"
+  config.model.kwargs.width = 16
+  config.data.name = "fashion_mnist"
+  config.optimizer.name = "nesterov"
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.weight_decay = 1e-4
+  config.train.epochs = 20
+  return config

@@ -1,0 +1,29 @@
+r"""Dense VGG-style CNN with BatchNorm on Fashion-MNIST (local IDX files).
+
+Stages of 3x3 convs (64-64, 128-128, 256-256-256 channels, scaled by
+``model.kwargs.width``), each followed by 2x2 max pooling, then global average
+pooling and one Dense layer.
+
+  python -m experiments.main --config configs/vgg.py --workdir /tmp/vgg \
+      --config.model.kwargs.width=0.5
+
+CIFAR-10 through tensorflow-datasets (needs the prepared dataset):
+
+  python -m experiments.main --config configs/vgg.py --workdir /tmp/vgg_c10 \
+      --config.data.name=cifar10
+"""
+
+from sparsify.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.name = "vgg"
+  config.model.kwargs.stages = ((64, 64), (128, 128), (256, 256, 256))
+  config.model.kwargs.width = 1.0
+  config.data.name = "fashion_mnist"
+  config.optimizer.name = "nesterov"
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.weight_decay = 1e-4
+  config.train.epochs = 20
+  return config

@@ -1,0 +1,89 @@
+"""Types and parameter-path helpers shared by every sparsify module.
+
+Parameters are addressed by their path in the pytree, joined with ``/``:
+``{'Dense_0': {'kernel': w}}`` has one leaf named ``'Dense_0/kernel'``. Which
+parameters a method touches is decided from these names (a regex or a
+predicate), the way big_vision and optax masks select parameters.
+"""
+
+from collections.abc import Callable
+import re
+from typing import Any
+
+import jax
+
+Params = Any  # A pytree of arrays: the model's parameters.
+Masks = Any  # A pytree shaped like (part of) `Params`, with boolean leaves.
+Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
+ScalarOrSchedule = float | Schedule
+
+# Default: kernels of Dense and Conv layers (2-D or more). Biases, BatchNorm
+# scales and shifts, embeddings and gates do not match.
+DEFAULT_PRUNABLE = r"(^|/)kernel$"
+
+NO_PARAMS_MSG = ("this transform reads the current parameters: call "
+                 "`tx.update(updates, state, params)` with params")
+
+
+def key_name(key: Any) -> str:
+  """Returns the name of one path entry (dict key, attribute or index)."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_name(path: tuple[Any, ...]) -> str:
+  """Joins a `jax.tree_util` key path into ``'Dense_0/kernel'``."""
+  return "/".join(key_name(k) for k in path)
+
+
+def named_leaves(tree: Any) -> list[tuple[str, Any]]:
+  """Returns ``[(name, leaf), ...]`` in tree-flattening order."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(path_name(path), leaf) for path, leaf in leaves]
+
+
+def map_with_name(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+  """Like `jax.tree.map`, with the leaf's path name as first argument."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, *xs: fn(path_name(path), *xs), tree, *rest)
+
+
+def path_predicate(
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> Callable[[str, Any], bool]:
+  """Turns a regex or a ``(name, leaf) -> bool`` predicate into a predicate.
+
+  Args:
+    where: ``None`` for the default (Dense and Conv kernels of rank >= 2), a
+      regular expression searched in the leaf's path name, or a callable
+      ``(name, leaf) -> bool``.
+
+  Returns:
+    A callable ``(name, leaf) -> bool``.
+  """
+  if callable(where):
+    return where
+  pattern = re.compile(DEFAULT_PRUNABLE if where is None else where)
+  if where is None:
+    return lambda name, leaf: bool(pattern.search(name)) and jax.numpy.ndim(
+        leaf) >= 2
+  return lambda name, leaf: bool(pattern.search(name))
+
+
+def select(
+    params: Params,
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> Any:
+  """Returns a pytree of booleans marking the leaves chosen by ``where``.
+
+  The result is what `optax.masked` expects as its ``mask`` argument.
+
+  Example:
+    >>> params = {'Dense_0': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+    >>> select(params)
+    {'Dense_0': {'bias': False, 'kernel': True}}
+  """
+  predicate = path_predicate(where)
+  return map_with_name(predicate, params)

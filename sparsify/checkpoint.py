@@ -1,0 +1,85 @@
+"""Checkpoints of a training run, with orbax's `CheckpointManager`.
+
+A checkpoint holds everything needed to continue: parameters, optimizer state
+(masks included), BatchNorm statistics, step, RNG key and the data position.
+The workdir also keeps ``run.json``, the parts of the config that fix the
+shape of that state (model, dataset, optimizer, compression method), so a run
+pointed at a workdir of another model stops with a clear message instead of
+failing inside orbax or, worse, silently starting over.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from sparsify.config import ConfigError
+
+_IDENTITY_FIELDS = ("model.name", "model.kwargs", "data.name",
+                    "optimizer.name", "compression.method")
+
+
+def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  out = {}
+  for field in _IDENTITY_FIELDS:
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if isinstance(value, ml_collections.ConfigDict):
+      value = json.loads(value.to_json())
+    out[field] = value
+  return out
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises `ConfigError` if ``workdir`` holds a run of another model.
+
+  Writes ``run.json`` on first use of a workdir.
+  """
+  path = os.path.join(workdir, "run.json")
+  mine = _identity(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      theirs = json.load(f)
+    for field in _IDENTITY_FIELDS:
+      if field in theirs and theirs[field] != mine[field]:
+        raise ConfigError(
+            field, mine[field],
+            f"{theirs[field]!r}, the value of the run whose checkpoints are "
+            f"in {workdir} (or pass another --workdir)")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(mine, f, indent=2)
+
+
+def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+  """A `CheckpointManager` over ``workdir/checkpoints``."""
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """Saves ``state`` (a pytree) at ``step``, asynchronously."""
+  mngr.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_or_init(mngr: ocp.CheckpointManager, state: Any) -> Any:
+  """Restores the latest checkpoint into the structure of ``state``.
+
+  Returns ``state`` unchanged when there is no checkpoint. A checkpoint that
+  cannot be read raises `ConfigError` naming it; nothing is deleted.
+  """
+  step = mngr.latest_step()
+  if step is None:
+    return state
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(state))
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ConfigError(
+        "checkpoint", os.path.join(mngr.directory, str(step)),
+        f"a checkpoint of this run; it could not be restored ({reason}); "
+        "move it away or pass another --workdir") from e

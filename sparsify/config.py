@@ -1,0 +1,135 @@
+"""The default experiment configuration and its validation.
+
+Every config file under ``configs/`` starts from `default_config()` and
+changes what it needs, so all configs share one schema:
+
+* ``model``: ``name`` plus the model's keyword arguments (``model.kwargs``).
+* ``data``: dataset ``name``, ``source``, ``data_dir``, batch sizes.
+* ``optimizer``: the optax optimizer and its learning-rate schedule.
+* ``compression``: the compression ``method`` appended to the optimizer chain,
+  with its hyper-parameters.
+* ``train``: epochs, logging, evaluation and checkpoint intervals.
+
+`validate` checks names and ranges before anything is loaded or trained and
+raises `ConfigError`, whose message is one line naming the field, the bad
+value and what is allowed.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that is not allowed."""
+
+  def __init__(self, field: str, value: Any, allowed: str):
+    super().__init__(f"{field}: got {value!r}; allowed: {allowed}")
+    self.field = field
+    self.value = value
+    self.allowed = allowed
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the full configuration with its defaults (dense LeNet-300-100)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "lenet_300_100"
+  c.model.kwargs = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "embedded_mnist"
+  c.data.source = "auto"
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)
+  c.data.batch_size = 128
+  c.data.eval_batch_size = 1000
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "momentum"
+  c.optimizer.learning_rate = 0.05
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 0
+
+  c.compression = ml_collections.ConfigDict()
+  c.compression.method = "none"
+  c.compression.sparsity = 0.0
+  c.compression.begin = 0.0  # fraction of training where pruning starts
+  c.compression.end = 0.75  # fraction of training where pruning ends
+  c.compression.update_every = 100
+  c.compression.allocation = "layerwise"
+  c.compression.where = ml_collections.config_dict.placeholder(str)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 10
+  c.train.log_every = 100
+  c.train.eval_every_epochs = 1
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2
+  return c
+
+
+def _one_of(field: str, value: Any, allowed: Iterable[str]) -> None:
+  allowed = sorted(allowed)
+  if value not in allowed:
+    raise ConfigError(field, value, ", ".join(allowed))
+
+
+def _in_range(field: str, value: Any, low: float, high: float | None = None,
+              *, low_open: bool = False, high_open: bool = True,
+              integer: bool = False) -> None:
+  """Checks ``low <= value < high`` (ends as given); ``None`` is unbounded."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if ok and integer:
+    ok = float(value).is_integer()
+  if ok:
+    ok = (value > low) if low_open else (value >= low)
+  if ok and high is not None:
+    ok = (value < high) if high_open else (value <= high)
+  if not ok:
+    kind = "an integer" if integer else "a number"
+    lo = f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f" and {'<' if high_open else '<='} {high}"
+    raise ConfigError(field, value, f"{kind} {lo}{hi}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks names and numeric ranges of ``config``; raises `ConfigError`."""
+  # Imported here: the registries import this module's ConfigError.
+  from sparsify import data  # pylint: disable=g-import-not-at-top
+  from sparsify import methods  # pylint: disable=g-import-not-at-top
+  from sparsify import models  # pylint: disable=g-import-not-at-top
+  from sparsify import optim  # pylint: disable=g-import-not-at-top
+
+  _one_of("model.name", config.model.name, models.MODELS)
+  _one_of("data.name", config.data.name, data.DATASETS)
+  _one_of("data.source", config.data.source, data.SOURCES)
+  _in_range("data.batch_size", config.data.batch_size, 1, integer=True)
+  _in_range("data.eval_batch_size", config.data.eval_batch_size, 1,
+            integer=True)
+
+  opt = config.optimizer
+  _one_of("optimizer.name", opt.name, optim.OPTIMIZERS)
+  _one_of("optimizer.schedule", opt.schedule, optim.SCHEDULES)
+  _in_range("optimizer.learning_rate", opt.learning_rate, 0, low_open=True)
+  _in_range("optimizer.momentum", opt.momentum, 0, 1)
+  _in_range("optimizer.weight_decay", opt.weight_decay, 0)
+  _in_range("optimizer.warmup_steps", opt.warmup_steps, 0, integer=True)
+
+  comp = config.compression
+  _one_of("compression.method", comp.method, methods.METHODS)
+  _in_range("compression.sparsity", comp.sparsity, 0, 1)
+  _in_range("compression.begin", comp.begin, 0, 1, high_open=False)
+  _in_range("compression.end", comp.end, comp.begin, 1, high_open=False)
+  _in_range("compression.update_every", comp.update_every, 1, integer=True)
+
+  tr = config.train
+  _in_range("train.epochs", tr.epochs, 0, low_open=True)
+  for name in ("log_every", "eval_every_epochs", "checkpoint_every",
+               "keep_checkpoints"):
+    _in_range(f"train.{name}", tr[name], 1, integer=True)
+  _in_range("seed", config.seed, 0, integer=True)

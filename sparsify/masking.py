@@ -1,0 +1,153 @@
+"""The mask mechanism that every masking method of sparsify shares.
+
+A masking method is an `optax.GradientTransformation` whose state holds one
+boolean mask per prunable parameter. It rewrites the updates so that
+
+    optax.apply_updates(params, updates) == where(mask, params + updates, 0)
+
+exactly, so the training step needs no extra call: it works with flax's
+`TrainState.apply_gradients`, `nnx.Optimizer.update` and a hand-written loop,
+placed at the end of any optax chain. A kept weight receives the chain's update
+unchanged; a pruned weight receives ``-w`` and lands on exactly zero, whatever
+momentum or Adam state would have done to it.
+
+The parts compose: a *policy* decides the masks (magnitude, random, adaptive
+threshold), `mask_updates` stores them and enforces them, and `optax.masked`
+restricts the whole thing to the parameters selected by a path regex or
+predicate (by default Dense and Conv kernels).
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparsify import base
+
+InitMasks = Callable[[base.Params], base.Masks]
+UpdateMasks = Callable[[jax.Array, base.Params, base.Masks], base.Masks]
+
+
+class MaskState(NamedTuple):
+  """State of `mask_updates`.
+
+  Attributes:
+    count: number of updates seen so far (int32).
+    masks: one boolean array per selected parameter; `True` keeps a weight.
+  """
+  count: jax.Array
+  masks: base.Masks
+
+
+def all_true(params: base.Params) -> base.Masks:
+  """Masks that keep every weight."""
+  return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.bool_), params)
+
+
+def enforce(
+    updates: optax.Updates, params: base.Params, masks: base.Masks
+) -> optax.Updates:
+  """Rewrites ``updates`` so that ``params + updates`` is zero where masked.
+
+  Kept entries pass through bit for bit; masked ones become ``-params``, so
+  the sum is exactly ``0.0``.
+  """
+  return jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), updates, params,
+                      masks)
+
+
+def mask_updates(
+    init_masks: InitMasks = all_true,
+    update_masks: UpdateMasks | None = None,
+    *,
+    update_every: int = 1,
+    begin_step: int = 0,
+    end_step: int | None = None,
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> optax.GradientTransformation:
+  r"""Holds masks in the optimizer state and applies them through the updates.
+
+  At step :math:`t` (the transform's own count), when
+  :math:`t_0 \le t \le t_1` and :math:`(t - t_0) \bmod k = 0`, the masks are
+  recomputed as ``update_masks(t, params + updates, masks)``: the policy sees
+  the values the weights would take without masking. The updates are then
+  rewritten to :math:`u' = m \odot u - (1 - m) \odot w`, so that
+  :math:`w + u' = m \odot (w + u)`.
+
+  Args:
+    init_masks: ``params -> masks`` for the selected parameters.
+    update_masks: ``(step, weights, masks) -> masks``, jit-compatible; ``None``
+      keeps the initial masks for the whole run (static sparsity).
+    update_every: recompute the masks every this many steps (``k``).
+    begin_step: first step at which masks are recomputed (``t0``).
+    end_step: last step at which masks are recomputed (``t1``); ``None`` for
+      no end.
+    where: which parameters are masked: ``None`` for Dense and Conv kernels,
+      a regex searched in the parameter's path (``'Dense_[01]/kernel'``), or a
+      predicate ``(path, leaf) -> bool``. Other parameters are untouched.
+
+  Returns:
+    An `optax.GradientTransformation`; place it last in the chain.
+
+  Example:
+    >>> tx = optax.chain(optax.adam(1e-3), mask_updates(my_init))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)  # already masked
+  """
+  if update_every < 1:
+    raise ValueError(f"update_every: got {update_every}; allowed: an integer"
+                     " >= 1")
+
+  def init_fn(params):
+    return MaskState(count=jnp.zeros([], jnp.int32), masks=init_masks(params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(base.NO_PARAMS_MSG)
+    masks = state.masks
+    if update_masks is not None:
+      step = state.count
+      due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
+      if end_step is not None:
+        due &= step <= end_step
+      weights = optax.apply_updates(params, updates)
+      masks = jax.lax.cond(
+          due, lambda: update_masks(step, weights, masks), lambda: masks)
+    updates = enforce(updates, params, masks)
+    count = optax.safe_increment(state.count)
+    return updates, MaskState(count=count, masks=masks)
+
+  inner = optax.GradientTransformation(init_fn, update_fn)
+  return optax.masked(inner, lambda params: base.select(params, where))
+
+
+def find_masks(opt_state: optax.OptState) -> base.Masks | None:
+  """Returns the masks held anywhere in an optimizer state, or ``None``.
+
+  Leaves that are not masked are `optax.MaskedNode()`; the report and
+  `apply_masks` treat them as "keep everything".
+  """
+  found = [
+      s for s in jax.tree.leaves(
+          opt_state, is_leaf=lambda x: isinstance(x, MaskState))
+      if isinstance(s, MaskState)
+  ]
+  if not found:
+    return None
+  if len(found) > 1:
+    raise ValueError(f"found {len(found)} mask states in the optimizer "
+                     "state; chain at most one masking transform")
+  return found[0].masks
+
+
+def apply_masks(params: base.Params, masks: base.Masks | None) -> base.Params:
+  """Returns ``params`` with masked entries set to zero."""
+  if masks is None:
+    return params
+  return jax.tree.map(
+      lambda m, p: p if isinstance(m, optax.MaskedNode) else jnp.where(m, p, 0),
+      masks, params,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))

@@ -1,0 +1,62 @@
+"""Compression methods by name, as used by the config system.
+
+Each entry turns ``config.compression`` (and the number of training steps)
+into an `optax.GradientTransformation` appended to the optimizer chain. A new
+method registers itself by adding one entry to `METHODS`.
+"""
+
+from collections.abc import Callable
+
+import ml_collections
+import optax
+
+from sparsify import pruning
+
+Builder = Callable[[ml_collections.ConfigDict, int],
+                   optax.GradientTransformation | None]
+
+
+def _window(config: ml_collections.ConfigDict, total_steps: int):
+  begin = int(round(config.begin * total_steps))
+  end = max(int(round(config.end * total_steps)), begin)
+  return begin, end
+
+
+def _gmp(config, total_steps):
+  begin, end = _window(config, total_steps)
+  return pruning.gradual_magnitude_pruning(
+      config.sparsity, begin_step=begin, end_step=end,
+      update_every=config.update_every, allocation=config.allocation,
+      where=config.where)
+
+
+def _one_shot(config, total_steps):
+  begin, _ = _window(config, total_steps)
+  return pruning.magnitude_pruning(
+      config.sparsity, step=begin, allocation=config.allocation,
+      where=config.where)
+
+
+def _random(config, total_steps):
+  del total_steps
+  allocation = "erk" if config.allocation == "erk" else "uniform"
+  return pruning.random_sparsity(config.sparsity, allocation=allocation,
+                                 where=config.where)
+
+
+METHODS: dict[str, Builder] = {
+    "none": lambda config, total_steps: None,
+    "gmp": _gmp,
+    "magnitude": _one_shot,
+    "random": _random,
+}
+
+
+def make_compression(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation | None:
+  """The compression transform named by ``config.method`` (None for none)."""
+  if config.method not in METHODS:
+    raise ValueError(f"compression.method: got {config.method!r}; allowed: "
+                     f"{', '.join(sorted(METHODS))}")
+  return METHODS[config.method](config, total_steps)

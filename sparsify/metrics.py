@@ -1,0 +1,52 @@
+"""Writes scalar metrics to stdout, TensorBoard event files and JSON lines.
+
+TensorBoard files come from tensorboardX (no TensorFlow needed); the same
+scalars go to ``metrics.jsonl`` in the workdir, one JSON object per call, for
+plotting from a notebook without TensorBoard.
+"""
+
+from collections.abc import Mapping
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+log = logging.getLogger("sparsify")
+
+
+def _format(value: float) -> str:
+  return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+class MetricWriter:
+  """Writes each call's scalars to stdout, TensorBoard and ``metrics.jsonl``.
+
+  Args:
+    workdir: directory for the event files and ``metrics.jsonl``.
+    quiet_prefixes: keys starting with one of these are written to files but
+      not printed (e.g. per-layer sparsities).
+  """
+
+  def __init__(self, workdir: str, quiet_prefixes: tuple[str, ...] = ()):
+    os.makedirs(workdir, exist_ok=True)
+    self._tb = SummaryWriter(logdir=workdir)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._quiet = quiet_prefixes
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Writes ``scalars`` (name -> number) at ``step``."""
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, value, global_step=step)
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    shown = [f"{k}={_format(v)}" for k, v in scalars.items()
+             if not k.startswith(self._quiet)]
+    log.info("step %d: %s", step, ", ".join(shown))
+
+  def close(self) -> None:
+    self._tb.close()
+    self._jsonl.close()

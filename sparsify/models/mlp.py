@@ -1,0 +1,59 @@
+"""Fully connected classifiers: `MLP` and LeNet-300-100."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+
+class MLP(nn.Module):
+  """A multilayer perceptron on flattened images.
+
+  The input is flattened, then each hidden layer is ``Dense -> relu`` and the
+  classifier is a final ``Dense(num_classes)``. Parameters are named
+  ``fc1``, ``fc2``, ... for the hidden layers and ``head`` for the classifier.
+
+  Attributes:
+    hidden: Width of each hidden layer, in order.
+    num_classes: Number of output logits.
+
+  Example:
+    >>> model = MLP(hidden=(300, 100))
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)))
+    >>> model.apply(variables, jnp.ones((8, 28, 28, 1))).shape
+    (8, 10)
+  """
+
+  hidden: Sequence[int] = (300, 100)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Returns logits of shape ``(N, num_classes)`` for images ``(N, ...)``."""
+    del train  # No batch statistics or dropout.
+    x = x.reshape((x.shape[0], -1))
+    for i, features in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(features, name=f"fc{i + 1}")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+def lenet_300_100(num_classes: int = 10) -> MLP:
+  """Returns LeNet-300-100: an `MLP` with hidden layers of 300 and 100 units.
+
+  On 28x28x1 inputs it has 784*300+300 + 300*100+100 + 100*10+10 = 266,610
+  parameters.
+
+  Args:
+    num_classes: Number of output logits.
+
+  Returns:
+    The `MLP` module.
+
+  Example:
+    >>> model = lenet_300_100()
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)))
+
+  Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied
+  to document recognition", Proc. IEEE 1998.
+  """
+  return MLP(hidden=(300, 100), num_classes=num_classes)

@@ -1,0 +1,168 @@
+"""CIFAR ResNets (He et al. 2016) with basic or bottleneck blocks."""
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+
+from sparsify.models.vgg import batch_norm
+from sparsify.models.vgg import conv_init
+
+
+def _conv(features: int, size: int, strides: int, name: str) -> nn.Conv:
+  return nn.Conv(features, (size, size), strides=(strides, strides),
+                 padding="SAME", use_bias=False, kernel_init=conv_init,
+                 name=name)
+
+
+class ResidualBlock(nn.Module):
+  """A residual block: ``relu(residual(x) + shortcut(x))``.
+
+  Subclasses define the residual branch in `residual`. The shortcut is the
+  identity when the branch keeps the shape of ``x``, else a projection
+  (1x1 conv with the block's stride, no bias, then BatchNorm) named
+  ``shortcut_conv`` / ``shortcut_bn``.
+
+  Attributes:
+    features: Inner width of the block; it outputs
+      ``features * expansion`` channels.
+    strides: Stride of the block (1 or 2).
+  """
+
+  features: int
+  strides: int = 1
+  expansion: ClassVar[int] = 1
+
+  @property
+  def out_features(self) -> int:
+    """Number of channels the block outputs."""
+    return self.features * self.expansion
+
+  def residual(self, x: jax.Array, train: bool) -> jax.Array:
+    """Returns the residual branch, before the addition and the relu."""
+    raise NotImplementedError
+
+  def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+    """Returns ``x`` or its projection to the branch's output shape."""
+    if self.strides == 1 and x.shape[-1] == self.out_features:
+      return x
+    x = _conv(self.out_features, 1, self.strides, "shortcut_conv")(x)
+    return batch_norm(train, name="shortcut_bn")(x)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Returns ``relu(residual(x) + shortcut(x))``."""
+    return nn.relu(self.residual(x, train) + self.shortcut(x, train))
+
+
+class BasicBlock(ResidualBlock):
+  """Residual branch ``conv3x3-BN-relu-conv3x3-BN`` (``conv1``, ``bn1``, ...).
+
+  The stride is on ``conv1``.
+  """
+
+  expansion: ClassVar[int] = 1
+
+  def residual(self, x: jax.Array, train: bool) -> jax.Array:
+    """Returns the residual branch, before the addition and the relu."""
+    x = _conv(self.features, 3, self.strides, "conv1")(x)
+    x = nn.relu(batch_norm(train, name="bn1")(x))
+    x = _conv(self.features, 3, 1, "conv2")(x)
+    return batch_norm(train, name="bn2")(x)
+
+
+class BottleneckBlock(ResidualBlock):
+  """Residual branch ``1x1-BN-relu-3x3-BN-relu-1x1-BN`` with 4x expansion.
+
+  Layers ``conv1``/``bn1`` (1x1, ``features``), ``conv2``/``bn2`` (3x3,
+  ``features``, carries the stride) and ``conv3``/``bn3`` (1x1,
+  ``4 * features``).
+  """
+
+  expansion: ClassVar[int] = 4
+
+  def residual(self, x: jax.Array, train: bool) -> jax.Array:
+    """Returns the residual branch, before the addition and the relu."""
+    x = _conv(self.features, 1, 1, "conv1")(x)
+    x = nn.relu(batch_norm(train, name="bn1")(x))
+    x = _conv(self.features, 3, self.strides, "conv2")(x)
+    x = nn.relu(batch_norm(train, name="bn2")(x))
+    x = _conv(self.out_features, 1, 1, "conv3")(x)
+    return batch_norm(train, name="bn3")(x)
+
+
+BLOCKS: dict[str, type[ResidualBlock]] = {
+    "basic": BasicBlock,
+    "bottleneck": BottleneckBlock,
+}
+
+# depth = per_block * n + 2, where per_block is the number of layers per block.
+_LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
+_DEPTH_EXAMPLES = {"basic": "20, 32, 44, 56, 110",
+                   "bottleneck": "29, 47, 110, 164, 1001"}
+
+
+class ResNet(nn.Module):
+  """The CIFAR ResNet: a 3x3 stem and three stages of residual blocks.
+
+  Stem ``stem_conv`` (3x3, ``width`` channels, no bias) + ``stem_bn`` + relu;
+  then three stages of ``n`` blocks each, of inner widths ``width``,
+  ``2 * width`` and ``4 * width``, the first block of stages 2 and 3 with
+  stride 2; then global average pooling and ``head`` (``Dense``). Block ``i``
+  (from 0) of stage ``s`` (from 1) is named ``block{s}_{i}``.
+  ``n = (depth - 2) / 6`` for basic blocks, ``(depth - 2) / 9`` for
+  bottleneck blocks.
+
+  Attributes:
+    depth: Number of weighted layers: 6n+2 (basic) or 9n+2 (bottleneck).
+    block: ``'basic'`` or ``'bottleneck'``.
+    width: Channels of the stem and inner width of the first stage.
+    num_classes: Number of output logits.
+
+  Example:
+    >>> model = ResNet(depth=20)
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    >>> logits, updates = model.apply(
+    ...     variables, jnp.ones((8, 32, 32, 3)), train=True,
+    ...     mutable=['batch_stats'])
+
+  Reference: He, Zhang, Ren, Sun, "Deep Residual Learning for Image
+  Recognition", CVPR 2016 (section 4.2), and "Identity Mappings in Deep
+  Residual Networks", ECCV 2016, for the bottleneck depths.
+  """
+
+  depth: int = 20
+  block: str = "basic"
+  width: int = 16
+  num_classes: int = 10
+
+  def __post_init__(self):
+    if self.block not in BLOCKS:
+      allowed = ", ".join(sorted(BLOCKS))
+      raise ValueError(
+          f"ResNet block must be one of {allowed}; got {self.block!r}")
+    per_block = 3 * _LAYERS_PER_BLOCK[self.block]
+    if self.depth < per_block + 2 or (self.depth - 2) % per_block:
+      raise ValueError(
+          f"ResNet depth for block={self.block!r} must be {per_block}n+2 with"
+          f" n >= 1 (e.g. {_DEPTH_EXAMPLES[self.block]}); got {self.depth!r}")
+    super().__post_init__()
+
+  @property
+  def blocks_per_stage(self) -> int:
+    """The number ``n`` of residual blocks in each of the three stages."""
+    return (self.depth - 2) // (3 * _LAYERS_PER_BLOCK[self.block])
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Returns logits of shape ``(N, num_classes)`` for NHWC images."""
+    x = _conv(self.width, 3, 1, "stem_conv")(x)
+    x = nn.relu(batch_norm(train, name="stem_bn")(x))
+    block = BLOCKS[self.block]
+    for s in range(3):
+      for i in range(self.blocks_per_stage):
+        strides = 2 if s > 0 and i == 0 else 1
+        x = block(self.width * 2**s, strides, name=f"block{s + 1}_{i}")(
+            x, train)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)

@@ -1,0 +1,277 @@
+"""Magnitude and random pruning built on the shared mask mechanism.
+
+The selection of the ``k`` largest scores is sort-free: a bisection over the
+bit patterns of the (non-negative) float32 scores finds the exact k-th largest
+value in 31 passes of compare-and-count, with no sort and no `top_k`, so the
+cost of recomputing masks stays a small multiple of one pass over the weights.
+"""
+
+from collections.abc import Callable, Sequence
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsify import base
+from sparsify import masking
+
+Allocation = Literal["layerwise", "global"]
+ALLOCATIONS = ("layerwise", "global")
+
+_INF_BITS = 0x7F800000  # bit pattern of +inf in float32
+
+
+def _kth_largest_bits(scores: Sequence[jax.Array], k: jax.Array) -> jax.Array:
+  """Bit pattern of the k-th largest value over all ``scores`` (all >= 0)."""
+  bits = [jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
+          for s in scores]
+
+  def count_at_least(b):
+    return sum(jnp.sum(x >= b, dtype=jnp.int32) for x in bits)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo + 1) // 2
+    ok = count_at_least(mid) >= k
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+  lo, _ = jax.lax.fori_loop(
+      0, 31, body, (jnp.int32(0), jnp.int32(_INF_BITS)))
+  return lo
+
+
+def top_k_mask(
+    scores: Sequence[jax.Array], k: jax.typing.ArrayLike
+) -> list[jax.Array]:
+  """Masks keeping the ``k`` largest of non-negative ``scores``, jointly.
+
+  The threshold is the exact k-th largest score; entries tied with it are all
+  kept, so ties may keep more than ``k``. ``k`` may be traced.
+
+  Args:
+    scores: non-negative arrays, treated as one pool.
+    k: how many entries to keep in the whole pool (0 keeps none).
+
+  Returns:
+    One boolean array per score array.
+  """
+  k = jnp.asarray(k, jnp.int32)
+  threshold = _kth_largest_bits(scores, k)
+  return [
+      (jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
+       >= threshold) & (k > 0)
+      for s in scores
+  ]
+
+
+def keep_count(size: int, sparsity: jax.typing.ArrayLike) -> jax.Array:
+  """Number of weights kept out of ``size`` at ``sparsity`` (rounded)."""
+  return jnp.int32(size) - jnp.round(
+      jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
+
+
+def select_by_score(
+    scores: base.Params,
+    sparsity: jax.typing.ArrayLike,
+    allocation: Allocation = "layerwise",
+) -> base.Masks:
+  """Masks that drop the ``sparsity`` fraction of lowest scores.
+
+  Args:
+    scores: pytree of non-negative score arrays (e.g. magnitudes).
+    sparsity: fraction in [0, 1) to remove, a scalar (possibly traced).
+    allocation: ``'layerwise'`` removes that fraction of every layer;
+      ``'global'`` removes it from all layers pooled, so layers end with
+      different sparsities.
+
+  Returns:
+    A pytree of boolean masks shaped like ``scores``.
+  """
+  leaves, treedef = jax.tree.flatten(scores)
+  if allocation == "global":
+    total = sum(x.size for x in leaves)
+    return treedef.unflatten(top_k_mask(leaves, keep_count(total, sparsity)))
+  if allocation != "layerwise":
+    raise ValueError(f"allocation: got {allocation!r}; allowed: "
+                     f"{', '.join(ALLOCATIONS)}")
+  masks = [top_k_mask([x], keep_count(x.size, sparsity))[0] for x in leaves]
+  return treedef.unflatten(masks)
+
+
+def _check_fraction(name: str, value: Any) -> None:
+  if not callable(value) and not 0.0 <= value < 1.0:
+    raise ValueError(f"{name}: got {value}; allowed: a fraction in [0, 1)")
+
+
+def gradual_magnitude_pruning(
+    sparsity: float,
+    *,
+    begin_step: int,
+    end_step: int,
+    update_every: int = 100,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+    allocation: Allocation = "layerwise",
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> optax.GradientTransformation:
+  r"""Gradual magnitude pruning with the polynomial (cubic) schedule.
+
+  Every ``update_every`` steps between ``begin_step`` (:math:`t_0`) and
+  ``end_step`` (:math:`t_1`) the weights of smallest magnitude are masked so
+  that the sparsity follows
+
+  .. math::
+    s_t = s_f + (s_i - s_f)\left(1 - \frac{t - t_0}{t_1 - t_0}\right)^3,
+
+  and stays at :math:`s_f` after :math:`t_1`. Masks only grow: a pruned
+  weight has magnitude zero and is never chosen again.
+
+  Args:
+    sparsity: final sparsity :math:`s_f` in [0, 1).
+    begin_step: first pruning step :math:`t_0`.
+    end_step: last pruning step :math:`t_1 \ge t_0`.
+    update_every: steps between mask updates (:math:`\Delta t`).
+    initial_sparsity: :math:`s_i`.
+    power: exponent of the schedule (3 in the paper).
+    allocation: ``'layerwise'`` (every layer reaches :math:`s_t`) or
+      ``'global'`` (one threshold over all selected layers).
+    where: which parameters to prune (see `masking.mask_updates`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it last in the chain.
+
+  Example:
+    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9),
+    ...                  gradual_magnitude_pruning(0.9, begin_step=0,
+    ...                                            end_step=1000))
+
+  References:
+    Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
+    pruning for model compression", 2017. https://arxiv.org/abs/1710.01878
+  """
+  _check_fraction("sparsity", sparsity)
+  _check_fraction("initial_sparsity", initial_sparsity)
+  if end_step < begin_step or begin_step < 0:
+    raise ValueError(f"end_step: got begin_step={begin_step}, end_step="
+                     f"{end_step}; allowed: 0 <= begin_step <= end_step")
+  schedule = optax.polynomial_schedule(
+      init_value=initial_sparsity, end_value=sparsity, power=power,
+      transition_steps=max(end_step - begin_step, 1),
+      transition_begin=begin_step)
+  if end_step == begin_step:
+    schedule = lambda step: jnp.asarray(sparsity, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+
+  def update_masks(step, weights, masks):
+    scores = jax.tree.map(lambda w, m: jnp.abs(jnp.where(m, w, 0)), weights,
+                          masks)
+    return select_by_score(scores, schedule(step), allocation)
+
+  return masking.mask_updates(
+      update_masks=update_masks, update_every=update_every,
+      begin_step=begin_step, end_step=end_step, where=where)
+
+
+def magnitude_pruning(
+    sparsity: float,
+    *,
+    step: int = 0,
+    allocation: Allocation = "layerwise",
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> optax.GradientTransformation:
+  """One-shot magnitude pruning: at ``step``, drop the smallest weights.
+
+  The masks are then kept fixed for the rest of training (the pruned weights
+  stay exactly zero, the others keep training).
+
+  Args:
+    sparsity: fraction of weights to remove, in [0, 1).
+    step: the step at which to prune.
+    allocation: ``'layerwise'`` or ``'global'``.
+    where: which parameters to prune (see `masking.mask_updates`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it last in the chain.
+
+  References:
+    Han, Pool, Tran & Dally, "Learning both weights and connections for
+    efficient neural networks", NeurIPS 2015.
+  """
+  return gradual_magnitude_pruning(
+      sparsity, begin_step=step, end_step=step, initial_sparsity=sparsity,
+      update_every=1, allocation=allocation, where=where)
+
+
+def erk_densities(
+    shapes: Sequence[Sequence[int]], sparsity: float, scale: float = 1.0
+) -> list[float]:
+  r"""Per-layer densities of the Erdős–Rényi-Kernel allocation.
+
+  Layer :math:`l` gets density :math:`\epsilon \cdot \sum_i n_i / \prod_i n_i`
+  over its shape :math:`n`, with :math:`\epsilon` solved so that the total
+  number of kept weights is :math:`(1 - s) \sum_l |W_l|`. Layers whose density
+  would exceed 1 are kept dense and :math:`\epsilon` is solved again for the
+  rest.
+
+  References:
+    Evci et al., "Rigging the lottery: making all tickets winners", ICML 2020.
+  """
+  sizes = np.array([math.prod(s) for s in shapes], np.float64)
+  raw = np.array([scale * sum(s) / math.prod(s) for s in shapes], np.float64)
+  dense = np.zeros(len(shapes), bool)
+  budget = (1.0 - sparsity) * sizes.sum()
+  while True:
+    eps = (budget - sizes[dense].sum()) / (raw[~dense] * sizes[~dense]).sum()
+    density = np.where(dense, 1.0, eps * raw)
+    if (density <= 1.0).all():
+      return density.tolist()
+    dense |= density > 1.0
+
+
+def random_sparsity(
+    sparsity: float,
+    *,
+    seed: int = 0,
+    allocation: Literal["uniform", "erk"] = "uniform",
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> optax.GradientTransformation:
+  """Static random sparsity: a fixed random mask from step 0.
+
+  Each selected layer keeps a uniformly random subset of its weights, of
+  exactly ``round((1 - s_l) * size)`` entries, where :math:`s_l` is
+  ``sparsity`` for every layer (``'uniform'``) or the ERK allocation with the
+  same total (``'erk'``, see `erk_densities`). The masks never change.
+
+  Args:
+    sparsity: overall fraction of weights removed, in [0, 1).
+    seed: seed of the random masks.
+    allocation: ``'uniform'`` or ``'erk'``.
+    where: which parameters to prune (see `masking.mask_updates`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it last in the chain. The first
+    update zeroes the masked initial weights.
+
+  References:
+    Liu et al., "The unreasonable effectiveness of random pruning", ICLR 2022.
+  """
+  _check_fraction("sparsity", sparsity)
+  if allocation not in ("uniform", "erk"):
+    raise ValueError(f"allocation: got {allocation!r}; allowed: erk, uniform")
+
+  def init_masks(params):
+    leaves, treedef = jax.tree.flatten(params)
+    if allocation == "erk":
+      per_layer = [1.0 - d for d in erk_densities(
+          [p.shape for p in leaves], sparsity)]
+    else:
+      per_layer = [sparsity] * len(leaves)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    scores = [jax.random.uniform(key, p.shape) for key, p in zip(keys, leaves)]
+    masks = [top_k_mask([x], keep_count(x.size, s))[0]
+             for x, s in zip(scores, per_layer)]
+    return treedef.unflatten(masks)
+
+  return masking.mask_updates(init_masks=init_masks, where=where)

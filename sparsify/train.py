@@ -1,0 +1,262 @@
+"""Training and evaluation of a Flax model with a compression transform.
+
+`train_and_evaluate(config, workdir)` is the library entry point that the
+command line, notebooks and benchmarks call. The step functions are pure and
+jitted once; logging, evaluation and checkpoints live in the outer loop.
+
+Data parallelism: a one-axis `jax.sharding.Mesh` over all local devices;
+batches are sharded along ``'data'``, parameters, optimizer state (masks
+included) and BatchNorm statistics are replicated, and one jitted step
+computes the global-batch gradient (XLA inserts the all-reduce).
+"""
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from flax import linen as nn
+from flax.training import train_state
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from sparsify import base
+from sparsify import checkpoint
+from sparsify import config as config_lib
+from sparsify import data as data_lib
+from sparsify import masking
+from sparsify import metrics as metrics_lib
+from sparsify import models
+from sparsify import optim
+from sparsify import report as report_lib
+
+log = logging.getLogger("sparsify")
+
+
+class TrainState(train_state.TrainState):
+  """Flax `TrainState` plus BatchNorm statistics and an RNG key."""
+  batch_stats: Any
+  rng: jax.Array  # raw uint32 key data, so that orbax can save it
+
+
+def _variables(params, batch_stats):
+  return {"params": params, **({"batch_stats": batch_stats}
+                               if batch_stats else {})}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array]):
+  """One optimizer step on ``batch``; returns ``(state, metrics)``."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def loss_fn(params):
+    logits, updated = state.apply_fn(
+        _variables(params, state.batch_stats), batch["image"], train=True,
+        mutable=["batch_stats"], rngs={"dropout": rng})
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+    return loss, (logits, updated.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  accuracy = (logits.argmax(-1) == batch["label"]).mean()
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]):
+  """Sums of loss and correct predictions over the real examples of a batch."""
+  logits = state.apply_fn(_variables(state.params, state.batch_stats),
+                          batch["image"], train=False)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         batch["label"])
+  correct = logits.argmax(-1) == batch["label"]
+  mask = batch["mask"]
+  return {"loss": (loss * mask).sum(), "correct": (correct * mask).sum(),
+          "count": mask.sum()}
+
+
+def sparsity_per_layer(params: base.Params, where=None) -> dict[str, float]:
+  """Fraction of exact zeros of each prunable parameter, by path."""
+  chosen = base.path_predicate(where)
+  return {f"sparsity/{name}": float(np.mean(np.asarray(leaf) == 0))
+          for name, leaf in base.named_leaves(params) if chosen(name, leaf)}
+
+
+class Trainer:
+  """Holds what one run needs: data, model, optimizer, jitted steps, mesh.
+
+  Building it validates the config and loads the data, so every bad input is
+  reported before any training starts.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    config_lib.validate(config)
+    self.config = config
+    self.workdir = workdir
+    self.dataset = data_lib.load_dataset(
+        config.data.name, source=config.data.source,
+        data_dir=config.data.data_dir)
+    self.mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P("data"))
+    for field in ("batch_size", "eval_batch_size"):
+      if config.data[field] % jax.device_count():
+        raise config_lib.ConfigError(
+            f"data.{field}", config.data[field],
+            f"a multiple of the number of devices ({jax.device_count()})")
+    self.steps_per_epoch = data_lib.steps_per_epoch(
+        self.dataset.train, config.data.batch_size)
+    if self.steps_per_epoch < 1:
+      raise config_lib.ConfigError(
+          "data.batch_size", config.data.batch_size,
+          f"at most the training set size ({len(self.dataset.train.labels)})")
+    self.total_steps = max(int(round(config.train.epochs *
+                                     self.steps_per_epoch)), 1)
+    try:
+      self.model = models.get_model(
+          config.model.name, num_classes=self.dataset.num_classes,
+          **config.model.kwargs.to_dict())
+    except (ValueError, TypeError) as e:
+      raise config_lib.ConfigError("model.kwargs", config.model.kwargs.to_dict(),
+                                   str(e)) from e
+    try:
+      self.tx = optim.make_optimizer(config, self.total_steps)
+    except ValueError as e:
+      raise config_lib.ConfigError("compression", config.compression.method,
+                                   str(e)) from e
+    checkpoint.check_workdir(config, workdir)
+    self.train_step = jax.jit(
+        train_step, in_shardings=(self.replicated, self.sharded),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_step = jax.jit(
+        eval_step, in_shardings=(self.replicated, self.sharded),
+        out_shardings=self.replicated)
+
+  def init_state(self) -> TrainState:
+    """Fresh parameters, optimizer state and RNG from ``config.seed``."""
+    rng = jax.random.key(self.config.seed)
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = np.zeros((1, *self.dataset.input_shape), np.float32)
+    variables = jax.jit(functools.partial(self.model.init, train=False))(
+        init_rng, dummy)
+    state = TrainState.create(
+        apply_fn=self.model.apply, params=variables["params"], tx=self.tx,
+        batch_stats=variables.get("batch_stats", {}),
+        rng=jax.random.key_data(state_rng))
+    return jax.device_put(state, self.replicated)
+
+  def evaluate(self, state: TrainState) -> dict[str, float]:
+    """Loss and accuracy on the whole eval split."""
+    sums = None
+    for batch in data_lib.eval_batches(
+        self.dataset.eval, batch_size=self.config.data.eval_batch_size,
+        mean=self.dataset.mean, std=self.dataset.std):
+      out = self.eval_step(state, jax.device_put(batch, self.sharded))
+      sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    sums = jax.device_get(sums)
+    return {"eval/loss": float(sums["loss"] / sums["count"]),
+            "eval/accuracy": float(sums["correct"] / sums["count"])}
+
+  def report(self, state: TrainState) -> report_lib.CompressionReport:
+    """The compression report of the current parameters and masks."""
+    variables = _variables(state.params, state.batch_stats)
+    shapes = report_lib.layer_output_shapes(
+        self.model, variables, (1, *self.dataset.input_shape))
+    return report_lib.compression_report(
+        jax.device_get(state.params), masking.find_masks(state.opt_state),
+        output_shapes=shapes)
+
+
+def _checkpointable(state: TrainState) -> dict[str, Any]:
+  return {"params": state.params, "opt_state": state.opt_state,
+          "batch_stats": state.batch_stats, "step": state.step,
+          "rng": state.rng, "data_step": state.step}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains, evaluates and reports one run; resumes from ``workdir``.
+
+  Args:
+    config: an experiment config (see `sparsify.config.default_config`).
+    workdir: where checkpoints, TensorBoard events, ``metrics.jsonl``,
+      ``report.json`` and ``results.json`` are written.
+
+  Returns:
+    The final results: eval accuracy and loss, steps, timings, and the
+    compression report as a dict.
+  """
+  trainer = Trainer(config, workdir)
+  cfg = config.train
+  state = trainer.init_state()
+  mngr = checkpoint.manager(workdir, keep=cfg.keep_checkpoints)
+  restored = checkpoint.restore_or_init(mngr, _checkpointable(state))
+  state = state.replace(
+      params=restored["params"], opt_state=restored["opt_state"],
+      batch_stats=restored["batch_stats"], step=restored["step"],
+      rng=restored["rng"])
+  state = jax.device_put(state, trainer.replicated)
+  start = int(restored["data_step"])
+  if start:
+    log.info("resumed from step %d in %s", start, workdir)
+  writer = metrics_lib.MetricWriter(workdir, quiet_prefixes=("sparsity/",))
+  batches = data_lib.batches(
+      trainer.dataset.train, batch_size=config.data.batch_size,
+      seed=config.seed, start_step=start, mean=trainer.dataset.mean,
+      std=trainer.dataset.std)
+
+  input_time, last_log, last_step = 0.0, time.perf_counter(), start
+  train_metrics = []
+  for step in tqdm.trange(start, trainer.total_steps, initial=0,
+                          desc="train", unit="step", leave=False,
+                          disable=None):
+    t = time.perf_counter()
+    batch = jax.device_put(next(batches), trainer.sharded)
+    input_time += time.perf_counter() - t
+    state, metrics = trainer.train_step(state, batch)
+    train_metrics.append(metrics)
+    done = step + 1
+    if done % cfg.log_every == 0 or done == trainer.total_steps:
+      means = jax.tree.map(lambda *x: float(np.mean(x)),
+                           *jax.device_get(train_metrics))
+      elapsed = time.perf_counter() - last_log
+      n = done - last_step
+      scalars = {f"train/{k}": v for k, v in means.items()}
+      scalars["time/step_ms"] = 1e3 * elapsed / n
+      scalars["time/input_ms"] = 1e3 * input_time / n
+      scalars.update(sparsity_per_layer(state.params))
+      writer.write(done, scalars)
+      train_metrics, input_time = [], 0.0
+      last_log, last_step = time.perf_counter(), done
+    epoch_end = done % trainer.steps_per_epoch == 0
+    epoch = done // trainer.steps_per_epoch
+    if (epoch_end and epoch % cfg.eval_every_epochs == 0
+        and done != trainer.total_steps):
+      writer.write(done, trainer.evaluate(state))
+      last_log = time.perf_counter()
+    if done % cfg.checkpoint_every == 0 or done == trainer.total_steps:
+      checkpoint.save(mngr, done, _checkpointable(state))
+  mngr.wait_until_finished()
+
+  final = trainer.evaluate(state)
+  writer.write(int(state.step), final)
+  writer.close()
+  report = trainer.report(state)
+  print(report.table())
+  report.to_json(os.path.join(workdir, "report.json"))
+  results = {"eval_accuracy": final["eval/accuracy"],
+             "eval_loss": final["eval/loss"], "steps": int(state.step),
+             "model": config.model.name, "dataset": config.data.name,
+             "method": config.compression.method,
+             "report": report.to_dict()}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  mngr.close()
+  return results

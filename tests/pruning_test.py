@@ -1,0 +1,146 @@
+"""Tests of the mask mechanism and the magnitude / random pruners."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparsify import base
+from sparsify import masking
+from sparsify import pruning
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      "Dense_0": {"kernel": jnp.asarray(rng.normal(size=(20, 30)),
+                                        jnp.float32),
+                  "bias": jnp.asarray(rng.normal(size=30), jnp.float32)},
+      "Dense_1": {"kernel": jnp.asarray(rng.normal(size=(30, 5)),
+                                        jnp.float32),
+                  "bias": jnp.zeros(5, jnp.float32)},
+  }
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 100, 599, 600])
+def test_top_k_mask_matches_numpy(k):
+  x = np.abs(np.random.default_rng(1).normal(size=(20, 30))).astype(np.float32)
+  mask = np.asarray(jax.jit(lambda x, k: pruning.top_k_mask([x], k)[0])(x, k))
+  expected = np.zeros(x.size, bool)
+  expected[np.argsort(-x.ravel(), kind="stable")[:k]] = True
+  np.testing.assert_array_equal(mask.ravel(), expected)
+
+
+def test_global_selection_pools_layers():
+  a = np.array([[0.1, 0.5], [0.9, 0.2]], np.float32)
+  b = np.array([[0.3, 0.8, 0.05]], np.float32)
+  # 7 values; sparsity 4/7 keeps the 3 largest: 0.9, 0.8, 0.5.
+  masks = pruning.select_by_score({"a": a, "b": b}, 4 / 7, "global")
+  np.testing.assert_array_equal(masks["a"], [[False, True], [True, False]])
+  np.testing.assert_array_equal(masks["b"], [[False, True, False]])
+
+
+@pytest.mark.parametrize("opt", [
+    optax.sgd(0.1), optax.sgd(0.1, momentum=0.9), optax.adam(0.1),
+    optax.adamw(0.1, weight_decay=0.1)], ids=["sgd", "momentum", "adam",
+                                              "adamw"])
+def test_masked_weights_stay_exactly_zero(opt):
+  params = _params()
+  fixed = {"Dense_0": {"kernel": np.random.default_rng(2).random((20, 30))
+                       > 0.5}}
+
+  def init_masks(p):  # p holds only the selected kernels
+    return base.map_with_name(
+        lambda name, x: jnp.asarray(fixed["Dense_0"]["kernel"])
+        if name == "Dense_0/kernel" else jnp.ones(x.shape, bool), p)
+
+  tx = optax.chain(opt, masking.mask_updates(init_masks))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    # Constant gradients push every weight, masked or not, every step.
+    grads = jax.tree.map(lambda p: jnp.ones_like(p) + 0.1 * p, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(5):
+    params, state = step(params, state)
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    assert np.all(kernel[~fixed["Dense_0"]["kernel"]] == 0.0)
+    assert np.all(kernel[fixed["Dense_0"]["kernel"]] != 0.0)
+  # Biases are not selected by default and keep training.
+  assert np.all(np.asarray(params["Dense_1"]["bias"]) != 0.0)
+
+
+def test_kept_weights_get_the_chain_update_bit_for_bit():
+  params = _params()
+  grads = jax.tree.map(lambda p: 0.3 * p + 0.01, params)
+  plain = optax.sgd(0.1, momentum=0.9)
+  masked = optax.chain(plain, masking.mask_updates())
+  u_plain, _ = plain.update(grads, plain.init(params), params)
+  u_mask, _ = masked.update(grads, masked.init(params), params)
+  jax.tree.map(np.testing.assert_array_equal, u_plain, u_mask)
+
+
+def test_mask_updates_needs_params():
+  tx = masking.mask_updates()
+  params = _params()
+  with pytest.raises(ValueError, match="params"):
+    tx.update(params, tx.init(params))
+
+
+def test_gmp_follows_cubic_schedule():
+  params = _params()
+  final, begin, end, every = 0.8, 2, 12, 2
+  tx = optax.chain(optax.sgd(0.01), pruning.gradual_magnitude_pruning(
+      final, begin_step=begin, end_step=end, update_every=every))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  current = 0.0
+  for t in range(16):
+    params, state = step(params, state)
+    if begin <= t <= end and (t - begin) % every == 0:
+      current = final * (1 - (1 - (t - begin) / (end - begin)) ** 3)
+    for layer, size in (("Dense_0", 600), ("Dense_1", 150)):
+      zeros = int(np.sum(np.asarray(params[layer]["kernel"]) == 0))
+      assert zeros == round(current * size), (t, layer)
+
+
+def test_one_shot_magnitude_prunes_smallest():
+  params = _params()
+  tx = pruning.magnitude_pruning(0.5, step=0)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params),
+                         params)
+  new = optax.apply_updates(params, updates)
+  kernel = np.asarray(params["Dense_0"]["kernel"])
+  expected = np.abs(kernel) >= np.sort(np.abs(kernel).ravel())[300]
+  np.testing.assert_array_equal(np.asarray(new["Dense_0"]["kernel"]) != 0,
+                                expected)
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "erk"])
+def test_random_sparsity_total(allocation):
+  params = _params()
+  tx = pruning.random_sparsity(0.75, seed=3, allocation=allocation)
+  masks = masking.find_masks(tx.init(params))
+  kept = sum(int(np.sum(m)) for m in (masks["Dense_0"]["kernel"],
+                                      masks["Dense_1"]["kernel"]))
+  assert abs(kept - 0.25 * 750) <= 1
+  if allocation == "uniform":
+    assert int(np.sum(masks["Dense_0"]["kernel"])) == 150
+
+
+def test_erk_densities_closed_form():
+  # Two layers: raw densities (a+b)/(ab): 50/600 and 35/150; no layer capped.
+  shapes, s = [(20, 30), (30, 5)], 0.75
+  eps = 0.25 * 750 / (50 / 600 * 600 + 35 / 150 * 150)
+  np.testing.assert_allclose(pruning.erk_densities(shapes, s),
+                             [eps * 50 / 600, eps * 35 / 150])

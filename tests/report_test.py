@@ -1,0 +1,288 @@
+"""Tests for sparsify.report: every number is worked out by hand below."""
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparsify import report as report_lib
+
+# Dense_0/kernel (4, 3): 5 nonzeros -> bitmask wins.
+DENSE0 = np.array([[1., 0., 2.],
+                   [0., 0., 3.],
+                   [4., 0., 0.],
+                   [0., 5., 0.]], np.float32)
+# Dense_0/bias (3,): all nonzero -> dense wins.
+BIAS0 = np.array([0.1, -0.2, 0.3], np.float32)
+# Conv_0/kernel (3, 3, 2, 4): ones but one zero; the mask keeps [:, :, 0, 0],
+# of which [0, 0, 0, 0] is zero -> 8 nonzeros; without mask 71.
+CONV = np.ones((3, 3, 2, 4), np.float32)
+CONV[0, 0, 0, 0] = 0.
+CONV_MASK = np.zeros((3, 3, 2, 4), bool)
+CONV_MASK[:, :, 0, 0] = True
+# Dense_1/kernel (2, 300): 3 nonzeros -> csr wins, 2-byte column indices.
+DENSE1 = np.zeros((2, 300), np.float32)
+DENSE1[0, 0], DENSE1[0, 299], DENSE1[1, 150] = 1., -1., 2.
+
+PARAMS = {"Conv_0": {"kernel": CONV},
+          "Dense_0": {"kernel": DENSE0, "bias": BIAS0},
+          "Dense_1": {"kernel": DENSE1}}
+OUTPUT_SHAPES = {"Conv_0": (2, 5, 5, 4), "Dense_0": (2, 3)}
+
+
+def _ones(x):
+  return np.ones(x.shape, bool)
+
+
+MASKS = {
+    "full": {"Conv_0": {"kernel": CONV_MASK},
+             "Dense_0": {"kernel": _ones(DENSE0), "bias": _ones(BIAS0)},
+             "Dense_1": {"kernel": _ones(DENSE1)}},
+    "none_leaves": {"Conv_0": {"kernel": CONV_MASK},
+                    "Dense_0": {"kernel": None, "bias": None},
+                    "Dense_1": {"kernel": None}},
+    "masked_node": {"Conv_0": {"kernel": CONV_MASK},
+                    "Dense_0": {"kernel": optax.MaskedNode(),
+                                "bias": optax.MaskedNode()},
+                    "Dense_1": optax.MaskedNode()},
+    "absent": {"Conv_0": {"kernel": CONV_MASK}},
+}
+
+# name: (shape, params, nonzeros, flops_dense, flops_effective,
+#        bytes_sparse, bytes_index, encoding)
+EXPECTED = {
+    "Conv_0/kernel": (
+        (3, 3, 2, 4), 3 * 3 * 2 * 4, 8,
+        2 * 72 * 5 * 5, 2 * 8 * 5 * 5,
+        # dense 4*72 = 288; bitmask ceil(72/8) + 4*8 = 41;
+        # csr rows 18, cols 4: 4*8 + 8*1 + (18+1)*1 = 59.
+        math.ceil(72 / 8) + 4 * 8, math.ceil(72 / 8), "bitmask"),
+    "Dense_0/bias": (
+        (3,), 3, 3, 0, 0,
+        # dense 12; bitmask 1 + 12 = 13; csr (1, 3): 12 + 3*1 + 2*1 = 17.
+        4 * 3, 0, "dense"),
+    "Dense_0/kernel": (
+        (4, 3), 12, 5, 2 * 4 * 3, 2 * 5,
+        # dense 48; bitmask ceil(12/8) + 4*5 = 22; csr 4*5 + 5*1 + 5*1 = 30.
+        math.ceil(12 / 8) + 4 * 5, math.ceil(12 / 8), "bitmask"),
+    "Dense_1/kernel": (
+        (2, 300), 600, 3, 2 * 2 * 300, 2 * 3,
+        # dense 2400; bitmask ceil(600/8) + 4*3 = 87;
+        # csr: cols - 1 = 299 needs 2 bytes: 4*3 + 3*2 + (2+1)*1 = 21.
+        4 * 3 + 3 * 2 + (2 + 1) * 1, 3 * 2 + (2 + 1) * 1, "csr"),
+}
+
+
+def _check_row(row, name):
+  (shape, params, nnz, flops_dense, flops_eff, bytes_sparse, bytes_index,
+   encoding) = EXPECTED[name]
+  assert row.name == name
+  assert row.shape == shape
+  assert row.params == params
+  assert row.nonzeros == nnz
+  assert row.sparsity == pytest.approx(1 - nnz / params)
+  assert row.flops_dense == flops_dense
+  assert row.flops_effective == flops_eff
+  assert row.bytes_dense == 4 * params
+  assert row.bytes_sparse == bytes_sparse
+  assert row.bytes_index == bytes_index
+  assert row.encoding == encoding
+  assert row.compression_ratio == pytest.approx(4 * params / bytes_sparse)
+
+
+@pytest.mark.parametrize("mask_kind", sorted(MASKS))
+def test_hand_made_pytree(mask_kind):
+  report = report_lib.compression_report(
+      PARAMS, MASKS[mask_kind], output_shapes=OUTPUT_SHAPES)
+  assert [r.name for r in report.layers] == sorted(EXPECTED)
+  for row in report.layers:
+    _check_row(row, row.name)
+    for field in ("params", "nonzeros", "flops_dense", "flops_effective",
+                  "bytes_dense", "bytes_sparse", "bytes_index"):
+      assert type(getattr(row, field)) is int  # Python int, not numpy.
+
+  total = report.total
+  assert total.name == "total" and total.shape is None
+  assert total.params == 72 + 3 + 12 + 600
+  assert total.nonzeros == 8 + 3 + 5 + 3
+  assert total.sparsity == pytest.approx(1 - 19 / 687)
+  assert total.flops_dense == 3600 + 0 + 24 + 1200
+  assert total.flops_effective == 400 + 0 + 10 + 6
+  assert total.bytes_dense == 4 * 687
+  assert total.bytes_sparse == 41 + 12 + 22 + 21
+  assert total.bytes_index == 9 + 0 + 2 + 9
+  assert total.encoding == "mixed"
+  assert total.compression_ratio == pytest.approx(2748 / 96)
+  assert total.flops_ratio == pytest.approx(4824 / 416)
+
+
+def test_without_masks_counts_stored_zeros_only():
+  report = report_lib.compression_report(PARAMS, output_shapes=OUTPUT_SHAPES)
+  conv = report.layers[0]
+  assert conv.nonzeros == 71
+  assert conv.flops_effective == 2 * 71 * 25
+  # dense 288; bitmask 9 + 4*71 = 293; csr 4*71 + 71*1 + 19*1 = 374.
+  assert (conv.encoding, conv.bytes_sparse) == ("dense", 288)
+  assert report.total.nonzeros == 71 + 3 + 5 + 3
+
+
+def test_scalar_false_mask_zeroes_leaf():
+  report = report_lib.compression_report(
+      {"b": BIAS0}, {"b": False})
+  assert report.layers[0].nonzeros == 0
+  # dense 12; bitmask 1 + 0; csr 0 + 0 + 2*1 = 2.
+  assert (report.layers[0].encoding, report.layers[0].bytes_sparse) == (
+      "bitmask", 1)
+
+
+@pytest.mark.parametrize("shape, nonzero_at, encoding, bytes_sparse", [
+    # rows 10, cols 10000 (2 B), nnz 300 (2 B pointers):
+    # csr 4*300 + 300*2 + 11*2 = 1822 < bitmask 12500 + 1200.
+    ((10, 10000), (np.repeat(np.arange(10), 30), np.tile(np.arange(30), 10)),
+     "csr", 4 * 300 + 300 * 2 + 11 * 2),
+    # 1-D leaf as (1, 1000): 4*1 + 1*2 + 2*1 = 8 < bitmask 125 + 4.
+    ((1000,), (np.array([999]),), "csr", 4 * 1 + 1 * 2 + 2 * 1),
+    # cols - 1 = 69999 > 65535 needs 4 bytes: 4 + 1*4 + 2*1 = 10.
+    ((1, 70000), (np.array([0]), np.array([5])), "csr", 4 + 1 * 4 + 2 * 1),
+])
+def test_csr_index_widths(shape, nonzero_at, encoding, bytes_sparse):
+  w = np.zeros(shape, np.float32)
+  w[nonzero_at] = 1.
+  row = report_lib.compression_report({"w": w}).layers[0]
+  assert (row.encoding, row.bytes_sparse) == (encoding, bytes_sparse)
+  assert row.bytes_index == bytes_sparse - 4 * row.nonzeros
+
+
+def test_unknown_conv_shapes():
+  report = report_lib.compression_report(PARAMS, MASKS["full"])
+  conv = report.layers[0]
+  assert conv.flops_dense is None and conv.flops_effective is None
+  assert report.layers[2].flops_dense == 2 * 4 * 3  # Dense still counted.
+  assert report.total.flops_dense is None
+  assert report.total.flops_ratio is None
+  assert "n/a" in report.table()
+  with pytest.raises(ValueError, match="Conv_0/kernel"):
+    report_lib.compression_report(PARAMS, output_shapes={"Dense_0": (2, 3)})
+
+
+def test_dense_on_sequence_counts_positions():
+  report = report_lib.compression_report(
+      {"Dense_0": {"kernel": DENSE0}}, output_shapes={"Dense_0": (1, 7, 3)})
+  assert report.layers[0].flops_dense == 2 * 4 * 3 * 7
+
+
+def test_bad_masks():
+  with pytest.raises(ValueError, match="match no parameter"):
+    report_lib.compression_report(PARAMS, {"Dense_9": {"kernel": True}})
+  with pytest.raises(ValueError, match="Dense_0/kernel"):
+    report_lib.compression_report(
+        PARAMS, {"Dense_0": {"kernel": np.ones((3, 4), bool)}})
+
+
+def test_json_round_trip_and_table(tmp_path):
+  report = report_lib.compression_report(
+      PARAMS, MASKS["full"], output_shapes=OUTPUT_SHAPES)
+  path = tmp_path / "report.json"
+  report.to_json(path)
+  with open(path) as f:
+    loaded = json.load(f)
+  assert loaded == report.to_dict()
+  assert loaded["total"]["params"] == 687
+  assert loaded["total"]["compression_ratio"] == pytest.approx(2748 / 96)
+  assert loaded["layers"][0]["shape"] == [3, 3, 2, 4]
+
+  table = report.table()
+  lines = table.splitlines()
+  for name in EXPECTED:
+    assert any(line.startswith(name) for line in lines)
+  total_line = next(line for line in lines if line.startswith("total"))
+  # 687 params, 19 nonzeros, 1 - 19/687 = 97.2 %, 2748 B = 2.7 KiB, 96 B,
+  # 2748 / 96 = 28.6x.
+  for text in ("687", "19", "97.2 %", "2.7 KiB", "96 B", "28.6x", "mixed"):
+    assert text in total_line
+  footer = " ".join(lines[lines.index(total_line) + 1:])
+  for text in ("dense (4 B/value)", "bitmask", "csr", "11.6x fewer"):
+    assert text in footer  # 4824 / 416 = 11.6.
+
+
+class _Block(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(6, (3, 3), strides=2, padding="VALID", name="conv1")(x)
+
+
+class _Tiny(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), strides=2, padding="SAME")(x)
+    x = _Block(name="block1")(x)
+    return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+
+
+def test_layer_output_shapes():
+  model = _Tiny()
+  x = jax.ShapeDtypeStruct((2, 9, 9, 1), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  shapes = report_lib.layer_output_shapes(model, variables, (2, 9, 9, 1))
+  # SAME, stride 2: ceil(9 / 2) = 5. VALID 3x3, stride 2: (5 - 3) // 2 + 1 = 2.
+  assert shapes["Conv_0"] == (2, 5, 5, 4)
+  assert shapes["block1/conv1"] == (2, 2, 2, 6)
+  assert shapes["block1"] == (2, 2, 2, 6)
+  assert shapes["Dense_0"] == (2, 3)
+  assert shapes[""] == (2, 3)
+
+
+class _LeNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(6, (5, 5), padding="SAME")(x))
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x))
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(120)(x))
+    x = nn.relu(nn.Dense(84)(x))
+    return nn.Dense(10)(x)
+
+
+def test_lenet_report():
+  model = _LeNet()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  params = variables["params"]
+  rng = np.random.default_rng(0)
+  masks = {name: {"kernel": rng.random(layer["kernel"].shape) < 0.3}
+           for name, layer in params.items()}
+  shapes = report_lib.layer_output_shapes(model, variables, (4, 28, 28, 1))
+  report = report_lib.compression_report(params, masks, output_shapes=shapes)
+  rows = {r.name: r for r in report.layers}
+
+  def nnz(name):
+    return int(np.count_nonzero(np.asarray(params[name]["kernel"])
+                                * masks[name]["kernel"]))
+
+  # Conv_0: SAME on 28x28 -> 28x28; Conv_1: VALID 5x5 on 14x14 -> 10x10.
+  assert rows["Conv_0/kernel"].flops_dense == 2 * 5 * 5 * 1 * 6 * 28 * 28
+  assert rows["Conv_0/kernel"].flops_effective == 2 * nnz("Conv_0") * 28 * 28
+  assert rows["Conv_1/kernel"].flops_dense == 2 * 5 * 5 * 6 * 16 * 10 * 10
+  assert rows["Conv_1/kernel"].flops_effective == 2 * nnz("Conv_1") * 10 * 10
+  assert rows["Dense_0/kernel"].flops_dense == 2 * 400 * 120
+  assert rows["Dense_2/kernel"].flops_effective == 2 * nnz("Dense_2")
+  assert rows["Conv_0/bias"].flops_dense == 0
+  assert report.total.params == ((5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 16 + 16)
+                                 + (400 * 120 + 120) + (120 * 84 + 84)
+                                 + (84 * 10 + 10))
+  assert report.total.flops_dense == (
+      2 * 5 * 5 * 1 * 6 * 28 * 28 + 2 * 5 * 5 * 6 * 16 * 10 * 10
+      + 2 * 400 * 120 + 2 * 120 * 84 + 2 * 84 * 10)
+  assert report.total.flops_effective == sum(
+      r.flops_effective for r in report.layers)
+  # Flax initialises biases to zero, so only kernels hold nonzeros.
+  assert report.total.nonzeros == sum(nnz(n) for n in masks)
