@@ -1,0 +1,56 @@
+"""sparsify: compress neural networks while they train.
+
+Pruning and compression methods are optax gradient transformations that
+compose with any optimizer chain and any Flax model; procedures that are not
+per-step (selection, surgery, quantization) are pure functions over parameter
+pytrees. Subpackages: `sparsify.data` (datasets and batches) and
+`sparsify.models` (the models looked up by name from configs).
+"""
+
+from sparsify.base import Masks
+from sparsify.base import Params
+from sparsify.base import path_name
+from sparsify.base import select
+from sparsify.config import ConfigError
+from sparsify.config import default_config
+from sparsify.masking import MaskState
+from sparsify.masking import apply_masks
+from sparsify.masking import find_masks
+from sparsify.masking import mask_updates
+from sparsify.pruning import erk_densities
+from sparsify.pruning import gradual_magnitude_pruning
+from sparsify.pruning import magnitude_pruning
+from sparsify.pruning import random_sparsity
+from sparsify.pruning import select_by_score
+from sparsify.pruning import top_k_mask
+from sparsify.report import CompressionReport
+from sparsify.report import compression_report
+from sparsify.report import layer_output_shapes
+from sparsify.train import TrainState
+from sparsify.train import train_and_evaluate
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "CompressionReport",
+    "ConfigError",
+    "MaskState",
+    "Masks",
+    "Params",
+    "TrainState",
+    "apply_masks",
+    "compression_report",
+    "default_config",
+    "erk_densities",
+    "find_masks",
+    "gradual_magnitude_pruning",
+    "layer_output_shapes",
+    "magnitude_pruning",
+    "mask_updates",
+    "path_name",
+    "random_sparsity",
+    "select",
+    "select_by_score",
+    "top_k_mask",
+    "train_and_evaluate",
+)

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -83,3 +84,28 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: Any) -> Any:
         "checkpoint", os.path.join(mngr.directory, str(step)),
         f"a checkpoint of this run; it could not be restored ({reason}); "
         "move it away or pass another --workdir") from e
+
+
+def load(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """Reads a saved checkpoint of ``workdir`` as a tree of numpy arrays.
+
+  Args:
+    workdir: the run's workdir.
+    step: which checkpoint; the latest when ``None``.
+
+  Returns:
+    ``{'params', 'opt_state', 'batch_stats', 'step', 'rng', 'data_step'}`` as
+    saved (NamedTuples of the optimizer state come back as plain containers).
+  """
+  mngr = manager(workdir, keep=1_000_000)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+  path = os.path.join(mngr.directory, str(step), "default")
+  checkpointer = ocp.StandardCheckpointer()
+  # Restore onto one local device, whatever topology the run was saved from.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpointer.metadata(path).item_metadata.tree)
+  return jax.device_get(checkpointer.restore(path, target))

@@ -65,7 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.compression.where = ml_collections.config_dict.placeholder(str)
 
   c.train = ml_collections.ConfigDict()
-  c.train.epochs = 10
+  c.train.epochs = 10.0  # may be fractional
   c.train.log_every = 100
   c.train.eval_every_epochs = 1
   c.train.checkpoint_every = 500

@@ -70,7 +70,8 @@ def mask_updates(
   r"""Holds masks in the optimizer state and applies them through the updates.
 
   At step :math:`t` (the transform's own count), when
-  :math:`t_0 \le t \le t_1` and :math:`(t - t_0) \bmod k = 0`, the masks are
+  :math:`t_0 \le t \le t_1` and :math:`(t - t_0) \bmod k = 0`, and at
+  :math:`t = t_1` so that a schedule always reaches its end, the masks are
   recomputed as ``update_masks(t, params + updates, masks)``: the policy sees
   the values the weights would take without masking. The updates are then
   rewritten to :math:`u' = m \odot u - (1 - m) \odot w`, so that
@@ -112,7 +113,7 @@ def mask_updates(
       step = state.count
       due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
       if end_step is not None:
-        due &= step <= end_step
+        due = (due & (step <= end_step)) | (step == end_step)
       weights = optax.apply_updates(params, updates)
       masks = jax.lax.cond(
           due, lambda: update_masks(step, weights, masks), lambda: masks)

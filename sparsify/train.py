@@ -17,7 +17,6 @@ import os
 import time
 from typing import Any
 
-from flax import linen as nn
 from flax.training import train_state
 import jax
 from jax.sharding import NamedSharding
@@ -224,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     train_metrics.append(metrics)
     done = step + 1
     if done % cfg.log_every == 0 or done == trainer.total_steps:
+      jax.block_until_ready(state)
       means = jax.tree.map(lambda *x: float(np.mean(x)),
                            *jax.device_get(train_metrics))
       elapsed = time.perf_counter() - last_log

@@ -1,0 +1,165 @@
+"""End-to-end tests of the trainer on the embedded MNIST digits."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from sparsify import checkpoint
+from sparsify import config as config_lib
+from sparsify import data as data_lib
+from sparsify import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  config = config_lib.default_config()
+  config.data.batch_size = 32
+  config.data.eval_batch_size = 400
+  config.train.epochs = 0.25
+  config.train.log_every = 20
+  config.train.checkpoint_every = 20
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("model,kwargs", [
+    ("lenet_300_100", {}),
+    ("vgg", {"stages": ((8,), (16,)), "width": 1.0}),
+])
+def test_train_step_lowers_loss_on_a_fixed_batch(model, kwargs, tmp_path):
+  config = tiny_config(**{"model.name": model, "optimizer.schedule": "constant",
+                          "optimizer.learning_rate": 0.1})
+  config.model.kwargs.update(kwargs)
+  trainer = train.Trainer(config, str(tmp_path))
+  state = trainer.init_state()
+  batch = next(data_lib.batches(
+      trainer.dataset.train, batch_size=32, seed=0,
+      mean=trainer.dataset.mean, std=trainer.dataset.std))
+  batch = jax.device_put(batch, trainer.sharded)
+  stats_before = jax.device_get(state.batch_stats)
+  losses = []
+  for _ in range(30):
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert int(state.step) == 30
+  if stats_before:  # BatchNorm running statistics move during training.
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), stats_before,
+                           jax.device_get(state.batch_stats))
+    assert all(jax.tree.leaves(changed))
+
+
+def test_same_config_and_seed_give_the_same_parameters(tmp_path):
+  config = tiny_config(**{"compression.method": "gmp",
+                          "compression.sparsity": 0.8,
+                          "compression.update_every": 10})
+  a = train.train_and_evaluate(config, str(tmp_path / "a"))
+  b = train.train_and_evaluate(config, str(tmp_path / "b"))
+  pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
+  jax.tree.map(np.testing.assert_array_equal, pa, pb)
+  assert a["eval_accuracy"] == b["eval_accuracy"]
+  # The report reflects the masks: every kernel ends at 80 % sparsity.
+  for layer in a["report"]["layers"]:
+    if layer["name"].endswith("kernel"):
+      assert layer["nonzeros"] == round(0.2 * layer["params"])
+  assert os.path.exists(tmp_path / "a" / "report.json")
+
+
+def test_seed_changes_the_result(tmp_path):
+  train.train_and_evaluate(tiny_config(seed=0), str(tmp_path / "a"))
+  train.train_and_evaluate(tiny_config(seed=1), str(tmp_path / "b"))
+  pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
+  assert not np.array_equal(pa["fc1"]["kernel"], pb["fc1"]["kernel"])
+
+
+def _cli(workdir, *flags):
+  return [sys.executable, "-m", "experiments.main",
+          "--config", os.path.join(ROOT, "configs", "lenet5.py"),
+          "--workdir", str(workdir), "--config.data.batch_size=32",
+          "--config.train.epochs=2", "--config.train.checkpoint_every=25",
+          "--config.train.log_every=50", "--config.compression.method=gmp",
+          "--config.compression.sparsity=0.9",
+          "--config.compression.update_every=20", *flags]
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  subprocess.run(_cli(whole), cwd=ROOT, env=env, check=True,
+                 capture_output=True)
+
+  proc = subprocess.Popen(_cli(killed), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = killed / "checkpoints"
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline and proc.poll() is None:
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.01)
+  assert proc.wait() == -signal.SIGKILL, "the run ended before it was killed"
+  assert not (killed / "results.json").exists()
+  saved = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  total = 2 * (8000 // 32)
+  assert saved and saved[-1] < total
+
+  resumed = subprocess.run(_cli(killed), cwd=ROOT, env=env, check=True,
+                           capture_output=True, text=True)
+  assert f"resumed from step {saved[-1]}" in resumed.stdout + resumed.stderr
+  a, b = checkpoint.load(str(whole)), checkpoint.load(str(killed))
+  assert int(a["step"]) == int(b["step"]) == total
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+
+
+_SHARDED_RUN = """
+import sys, numpy as np, jax
+from sparsify import checkpoint, train
+sys.path.insert(0, {tests!r})
+from train_test import tiny_config
+config = tiny_config(**{{"model.name": "vgg", "compression.method": "gmp",
+                        "compression.sparsity": 0.5,
+                        "compression.update_every": 2}})
+config.model.kwargs.stages = ((8,), (16,))
+config.train.epochs = 10 / 250  # ten steps of 32 examples
+train.train_and_evaluate(config, sys.argv[1])
+print("devices", jax.device_count())
+"""
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  script = _SHARDED_RUN.format(tests=os.path.join(ROOT, "tests"))
+  counts = {}
+  for n in (1, 8):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / str(n))],
+                         cwd=ROOT, env=env, check=True, capture_output=True,
+                         text=True).stdout
+    counts[n] = out.split("devices")[-1].strip()
+  assert counts == {1: "1", 8: "8"}
+  one, eight = (checkpoint.load(str(tmp_path / str(n))) for n in (1, 8))
+  # Same global batch, different reduction order: equal up to float rounding
+  # (over longer runs the rounding differences grow, as in any training run).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               (one["params"], one["batch_stats"]),
+               (eight["params"], eight["batch_stats"]))
+  masks, masks8 = ([np.asarray(x) for x in jax.tree.leaves(run["opt_state"])
+                    if np.asarray(x).dtype == bool] for run in (one, eight))
+  assert len(masks) == len(masks8) == 3  # two conv kernels and the head
+  for a, b in zip(masks, masks8):
+    np.testing.assert_array_equal(a, b)
