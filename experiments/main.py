@@ -10,6 +10,7 @@ any training starts.
 """
 
 import logging
+import os
 import sys
 
 from absl import app
@@ -27,6 +28,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """Parses flags; an override of a field the config lacks is one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    bad = [a.split("=")[0] for a in argv
+           if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+    print(f"error: {bad[0] if bad else key}: got a field the config does not "
+          "have; allowed: the fields its config file defines (see "
+          "`sparsify.default_config()`)", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
@@ -35,9 +50,12 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, MissingDataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    # Skip interpreter teardown: background checkpoint threads may still hold
+    # callbacks for a closed event loop, which would print tracebacks.
+    sys.stdout.flush()
+    os._exit(2)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

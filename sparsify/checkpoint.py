@@ -80,6 +80,8 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: Any) -> Any:
     return mngr.restore(step, args=ocp.args.StandardRestore(state))
   except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if len(reason) > 200:
+      reason = reason[:200] + "..."
     raise ConfigError(
         "checkpoint", os.path.join(mngr.directory, str(step)),
         f"a checkpoint of this run; it could not be restored ({reason}); "

@@ -196,7 +196,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   cfg = config.train
   state = trainer.init_state()
   mngr = checkpoint.manager(workdir, keep=cfg.keep_checkpoints)
-  restored = checkpoint.restore_or_init(mngr, _checkpointable(state))
+  try:
+    restored = checkpoint.restore_or_init(mngr, _checkpointable(state))
+  except config_lib.ConfigError:
+    mngr.close()
+    raise
   state = state.replace(
       params=restored["params"], opt_state=restored["opt_state"],
       batch_stats=restored["batch_stats"], step=restored["step"],

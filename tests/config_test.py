@@ -1,0 +1,121 @@
+"""Bad input stops a run with one line, before any training starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sparsify import config as config_lib
+from sparsify import train
+from sparsify.data import MissingDataError
+from train_test import ROOT
+from train_test import tiny_config
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("model.name", "resnet9000", "lenet5, lenet_300_100, mlp, resnet, vgg"),
+    ("data.name", "imagenet", "cifar10, embedded_mnist, fashion_mnist, mnist"),
+    ("data.source", "ftp", "auto, embedded, idx, tfds"),
+    ("compression.method", "prune_it_all", "gmp, magnitude, none, random"),
+    ("optimizer.name", "rmsprop", "adam, adamw, momentum, nesterov, sgd"),
+    ("optimizer.schedule", "linear", "constant, cosine, step"),
+    ("optimizer.learning_rate", -0.1, "a number > 0"),
+    ("optimizer.learning_rate", 0.0, "a number > 0"),
+    ("optimizer.momentum", 1.0, "a number >= 0 and < 1"),
+    ("compression.sparsity", 1.0, "a number >= 0 and < 1"),
+    ("compression.sparsity", -0.1, "a number >= 0 and < 1"),
+    ("compression.begin", 1.5, "a number >= 0 and <= 1"),
+    ("compression.update_every", 0, "an integer >= 1"),
+    ("data.batch_size", 0, "an integer >= 1"),
+    ("train.epochs", -1.0, "a number > 0"),
+    ("seed", -3, "an integer >= 0"),
+])
+def test_bad_value_names_field_value_and_allowed(field, value, allowed,
+                                                 tmp_path):
+  config = tiny_config(**{field: value})
+  with pytest.raises(config_lib.ConfigError) as info:
+    train.Trainer(config, str(tmp_path))
+  assert str(info.value) == f"{field}: got {value!r}; allowed: {allowed}"
+  assert "\n" not in str(info.value)
+  assert not os.listdir(tmp_path)  # nothing was written
+
+
+def test_unknown_model_argument(tmp_path):
+  config = tiny_config(**{"model.name": "resnet"})
+  config.model.kwargs.depht = 20
+  with pytest.raises(config_lib.ConfigError, match="depht.*allowed: "
+                     "block, depth, num_classes, width"):
+    train.Trainer(config, str(tmp_path))
+
+
+def test_batch_larger_than_dataset(tmp_path):
+  config = tiny_config(**{"data.batch_size": 9000})
+  with pytest.raises(config_lib.ConfigError, match="data.batch_size: got 9000;"
+                     " allowed: at most the training set size .8000."):
+    train.Trainer(config, str(tmp_path))
+
+
+def test_missing_data_names_dataset_and_place(tmp_path):
+  config = tiny_config(**{"data.name": "fashion_mnist", "data.source": "idx",
+                          "data.data_dir": str(tmp_path / "nowhere")})
+  with pytest.raises(MissingDataError) as info:
+    train.Trainer(config, str(tmp_path / "run"))
+  message = str(info.value)
+  assert "fashion_mnist" in message and "nowhere" in message
+  assert "apt-get install -y dataset-fashion-mnist" in message
+  assert "\n" not in message
+
+
+def test_workdir_of_another_model_is_refused_and_kept(tmp_path):
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  with open(tmp_path / "run.json") as f:
+    run_json = f.read()
+  other = tiny_config(**{"model.name": "lenet5"})
+  with pytest.raises(config_lib.ConfigError, match=(
+      "model.name: got 'lenet5'; allowed: 'lenet_300_100', the value of the "
+      "run whose checkpoints are in")):
+    train.Trainer(other, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+  with open(tmp_path / "run.json") as f:
+    assert f.read() == run_json
+
+
+def test_broken_checkpoint_is_refused_and_kept(tmp_path):
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  ckpt = tmp_path / "checkpoints"
+  last = max(int(p) for p in os.listdir(ckpt) if p.isdigit())
+  files = [p for p in (ckpt / str(last)).rglob("*")
+           if p.is_file() and p.parent.name == "d"]  # the array data
+  assert files
+  for path in files:
+    with open(path, "r+b") as f:
+      f.truncate(max(os.path.getsize(path) // 2, 1))
+  with pytest.raises(config_lib.ConfigError, match=f"checkpoint: got .*{last}"):
+    train.train_and_evaluate(tiny_config(**{"train.epochs": 0.5}),
+                             str(tmp_path))
+  assert os.path.exists(ckpt / str(last))
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.main", "--config",
+       os.path.join(ROOT, "configs", "lenet_300_100.py"), "--workdir",
+       str(tmp_path), "--config.compression.sparsity=1.5"],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: compression.sparsity: got 1.5; allowed: a number >= 0 and < 1"]
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_cli_unknown_override_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.main", "--config",
+       os.path.join(ROOT, "configs", "lenet5.py"), "--workdir", str(tmp_path),
+       "--config.model.kwargs.depth=3"],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--config.model.kwargs.depth" in lines[0]
