@@ -28,7 +28,7 @@ simpler one, in this order):
 * ``csr``: the leaf as a ``(prod(shape[:-1]), shape[-1])`` matrix (1-D leaves
   as one row): ``4 * nnz`` of values, ``nnz`` column indices and ``rows + 1``
   row pointers, each index in the fewest of 1, 2, 4 (or 8) bytes that holds
-  it, as in the compressed storage of Han et al., "Deep Compression" (2016).
+  it (compressed sparse rows with absolute column indices).
 
 ``bytes_index`` is the part of ``bytes_sparse`` spent on the bitmask or the
 indices.

@@ -102,7 +102,8 @@ class Trainer:
     self.dataset = data_lib.load_dataset(
         config.data.name, source=config.data.source,
         data_dir=config.data.data_dir)
-    self.mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                              axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P("data"))
     for field in ("batch_size", "eval_batch_size"):
@@ -215,7 +216,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       seed=config.seed, start_step=start, mean=trainer.dataset.mean,
       std=trainer.dataset.std)
 
-  input_time, last_log, last_step = 0.0, time.perf_counter(), start
+  loop_start = time.perf_counter()
+  input_time, last_log, last_step = 0.0, loop_start, start
   train_metrics = []
   for step in tqdm.trange(start, trainer.total_steps, initial=0,
                           desc="train", unit="step", leave=False,
@@ -248,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if done % cfg.checkpoint_every == 0 or done == trainer.total_steps:
       checkpoint.save(mngr, done, _checkpointable(state))
   mngr.wait_until_finished()
+  train_seconds = time.perf_counter() - loop_start
 
   final = trainer.evaluate(state)
   writer.write(int(state.step), final)
@@ -257,6 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   report.to_json(os.path.join(workdir, "report.json"))
   results = {"eval_accuracy": final["eval/accuracy"],
              "eval_loss": final["eval/loss"], "steps": int(state.step),
+             "train_seconds": train_seconds,
+             "steps_per_epoch": trainer.steps_per_epoch,
              "model": config.model.name, "dataset": config.data.name,
              "method": config.compression.method,
              "report": report.to_dict()}

@@ -1,5 +1,6 @@
 """Tests for sparsify.models: shapes, parameter counts, names, BatchNorm."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,6 +9,7 @@ import pytest
 
 from sparsify import base
 from sparsify import models
+from sparsify.models import layers
 
 # Small instances of every registered model: (name, kwargs).
 SMALL = [
@@ -361,3 +363,12 @@ def test_public_names_have_docstrings():
     obj = getattr(models, name)
     if name != "MODELS":
       assert obj.__doc__, name
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 1), (1, 1, 4, 2),
+                                   (1, 3, 1, 2)])
+def test_max_pool_2x2_matches_flax_max_pool(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  window = tuple(2 if s > 1 else 1 for s in shape[1:3])
+  expected = nn.max_pool(x, window, strides=window, padding="VALID")
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), expected)

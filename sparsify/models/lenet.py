@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax
 
+from sparsify.models.layers import max_pool_2x2
+
 
 class LeNet5(nn.Module):
   """LeNet-5 as defined in Caffe's ``lenet_train_test.prototxt``.
@@ -33,9 +35,9 @@ class LeNet5(nn.Module):
     """Returns logits of shape ``(N, num_classes)`` for NHWC images."""
     del train  # No batch statistics or dropout.
     x = nn.Conv(20, (5, 5), padding="VALID", name="conv1")(x)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool_2x2(x)
     x = nn.Conv(50, (5, 5), padding="VALID", name="conv2")(x)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(500, name="fc1")(x))
     return nn.Dense(self.num_classes, name="head")(x)

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from sparsify.models.layers import max_pool_2x2
+
 # Conv channels per stage of the standard VGG configurations (A, B, D, E).
 _VGG_STAGES = {
     11: ((64,), (128,), (256, 256), (512, 512), (512, 512)),
@@ -125,7 +127,6 @@ class VGG(nn.Module):
       for i, c in enumerate(stage):
         x = ConvBNReLU(self.channels(c), name=f"block{s + 1}_{i}")(
             x, train)
-      window = tuple(min(2, size) for size in x.shape[1:3])
-      x = nn.max_pool(x, window, strides=window)
+      x = max_pool_2x2(x)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)

@@ -1,0 +1,55 @@
+"""Shared pieces of the benchmark scripts: machine info and result files.
+
+Every benchmark writes ``<out>.json`` (all numbers plus the command and the
+machine) and ``<out>.md`` (a markdown table of the headline columns).
+"""
+
+import datetime
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import jax
+
+
+def machine() -> dict[str, Any]:
+  """What the numbers were measured on."""
+  return {
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+  }
+
+
+def markdown_table(rows: list[dict[str, Any]],
+                   columns: list[tuple[str, str, str]]) -> str:
+  """Rows as a markdown table; ``columns`` is ``[(key, header, format)]``."""
+  lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+           "|" + "|".join("---" for _ in columns) + "|"]
+  for row in rows:
+    cells = [format(row[k], f) if row.get(k) is not None else "n/a"
+             for k, _, f in columns]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_results(out: str, rows: list[dict[str, Any]],
+                  columns: list[tuple[str, str, str]], **meta: Any) -> str:
+  """Writes ``out.json`` and ``out.md``; prints and returns the table."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  command = "python -m " + __package__ + "." + os.path.basename(
+      sys.argv[0]).removesuffix(".py") + " " + " ".join(sys.argv[1:])
+  table = markdown_table(rows, columns)
+  record = {"command": command.strip(), "date": datetime.date.today().isoformat(),
+            "machine": machine(), **meta, "rows": rows}
+  with open(out + ".json", "w") as f:
+    json.dump(record, f, indent=2)
+  with open(out + ".md", "w") as f:
+    f.write(f"{table}\n\nCommand: `{record['command']}`\n")
+  print(table)
+  return table

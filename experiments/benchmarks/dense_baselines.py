@@ -1,0 +1,88 @@
+r"""Dense LeNet-300-100 and LeNet-5 on full Fashion-MNIST.
+
+Trains each model with its config under ``configs/`` on the 60,000 training
+images (local IDX files from the Debian package dataset-fashion-mnist) and
+evaluates on the 10,000 test images. Writes accuracy, epoch time and
+training steps per second to ``results/dense_fashion_mnist.{json,md}``.
+
+  python -m experiments.benchmarks.dense_baselines --epochs 10
+"""
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import tempfile
+
+from experiments.benchmarks import common
+from sparsify import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_config(name: str):
+  """``get_config()`` of ``configs/<name>.py``."""
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def steady_steps_per_second(workdir: str) -> float:
+  """Median training steps/s over the log intervals, the first excluded.
+
+  The first interval includes compilation.
+  """
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    times = [r["time/step_ms"] for r in map(json.loads, f)
+             if "time/step_ms" in r]
+  return 1e3 / statistics.median(times[1:] or times)
+
+
+def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
+  config = load_config(model)
+  config.data.name = dataset
+  config.train.epochs = epochs
+  config.train.log_every = 100
+  config.train.checkpoint_every = 10**9  # final checkpoint only
+  results = train.train_and_evaluate(config, workdir)
+  return {
+      "model": model, "dataset": dataset, "epochs": epochs,
+      "test_accuracy": results["eval_accuracy"],
+      "params": results["report"]["total"]["params"],
+      "epoch_seconds": results["train_seconds"] / epochs,
+      "steps_per_second": steady_steps_per_second(workdir),
+      "batch_size": config.data.batch_size,
+      "optimizer": config.optimizer.to_dict(),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--epochs", type=float, default=10)
+  parser.add_argument("--dataset", default="fashion_mnist")
+  parser.add_argument("--models", nargs="+",
+                      default=["lenet_300_100", "lenet5"])
+  parser.add_argument("--out", default=os.path.join(
+      HERE, "results", "dense_fashion_mnist"))
+  args = parser.parse_args()
+  logging.basicConfig(level=logging.WARNING)
+  rows = []
+  for model in args.models:
+    with tempfile.TemporaryDirectory() as workdir:
+      rows.append(run(model, args.epochs, args.dataset, workdir))
+  common.write_results(args.out, rows, [
+      ("model", "model", "s"), ("dataset", "data", "s"),
+      ("epochs", "epochs", "g"), ("params", "params", ","),
+      ("test_accuracy", "test accuracy", ".4f"),
+      ("epoch_seconds", "s / epoch", ".1f"),
+      ("steps_per_second", "steps / s", ".0f")])
+
+
+if __name__ == "__main__":
+  main()
