@@ -211,19 +211,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if start:
     log.info("resumed from step %d in %s", start, workdir)
   writer = metrics_lib.MetricWriter(workdir, quiet_prefixes=("sparsity/",))
-  batches = data_lib.batches(
+  batches = data_lib.prefetch(data_lib.batches(
       trainer.dataset.train, batch_size=config.data.batch_size,
       seed=config.seed, start_step=start, mean=trainer.dataset.mean,
-      std=trainer.dataset.std)
+      std=trainer.dataset.std),
+      put=lambda b: jax.device_put(b, trainer.sharded))
 
   loop_start = time.perf_counter()
-  input_time, last_log, last_step = 0.0, loop_start, start
+  # Wall time per step over each logging interval, minus time spent in
+  # evaluation; input time is the part spent fetching and placing batches.
+  input_time, paused, last_log, last_step = 0.0, 0.0, loop_start, start
   train_metrics = []
   for step in tqdm.trange(start, trainer.total_steps, initial=0,
                           desc="train", unit="step", leave=False,
                           disable=None):
     t = time.perf_counter()
-    batch = jax.device_put(next(batches), trainer.sharded)
+    batch = next(batches)
     input_time += time.perf_counter() - t
     state, metrics = trainer.train_step(state, batch)
     train_metrics.append(metrics)
@@ -232,23 +235,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       jax.block_until_ready(state)
       means = jax.tree.map(lambda *x: float(np.mean(x)),
                            *jax.device_get(train_metrics))
-      elapsed = time.perf_counter() - last_log
+      elapsed = time.perf_counter() - last_log - paused
       n = done - last_step
       scalars = {f"train/{k}": v for k, v in means.items()}
       scalars["time/step_ms"] = 1e3 * elapsed / n
       scalars["time/input_ms"] = 1e3 * input_time / n
       scalars.update(sparsity_per_layer(state.params))
       writer.write(done, scalars)
-      train_metrics, input_time = [], 0.0
+      train_metrics, input_time, paused = [], 0.0, 0.0
       last_log, last_step = time.perf_counter(), done
     epoch_end = done % trainer.steps_per_epoch == 0
     epoch = done // trainer.steps_per_epoch
     if (epoch_end and epoch % cfg.eval_every_epochs == 0
         and done != trainer.total_steps):
+      t = time.perf_counter()
       writer.write(done, trainer.evaluate(state))
-      last_log = time.perf_counter()
+      paused += time.perf_counter() - t
     if done % cfg.checkpoint_every == 0 or done == trainer.total_steps:
       checkpoint.save(mngr, done, _checkpointable(state))
+  batches.close()
   mngr.wait_until_finished()
   train_seconds = time.perf_counter() - loop_start
 
@@ -257,6 +262,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer.close()
   report = trainer.report(state)
   print(report.table())
+  total = report.total
+  print(f"\n{config.model.name} on {config.data.name}, "
+        f"{config.compression.method}: eval accuracy "
+        f"{100 * final['eval/accuracy']:.2f} %, {total.nonzeros:,} of "
+        f"{total.params:,} weights nonzero ({total.sparsity:.1%} sparse), "
+        f"{total.bytes_sparse / 1024:.1f} KiB vs {total.bytes_dense / 1024:.1f}"
+        f" KiB dense ({total.compression_ratio:.1f}x smaller)")
   report.to_json(os.path.join(workdir, "report.json"))
   results = {"eval_accuracy": final["eval/accuracy"],
              "eval_loss": final["eval/loss"], "steps": int(state.step),

@@ -3,9 +3,12 @@
 import collections
 import gzip
 import hashlib
+import itertools
 import importlib.resources
 import os
 import struct
+import threading
+import time
 from unittest import mock
 
 import numpy as np
@@ -453,3 +456,28 @@ def test_eval_batches_padding_and_mask():
   np.testing.assert_allclose(
       images, normalize_reference(split.images, MEAN, STD),
       rtol=1e-5, atol=1e-5)
+
+
+def test_prefetch_preserves_order_and_applies_put():
+  out = list(data.prefetch(iter(range(50)), put=lambda x: x * x, size=3))
+  assert out == [x * x for x in range(50)]
+
+
+def test_prefetch_reraises_errors_of_the_producer():
+  def broken():
+    yield 1
+    raise RuntimeError('disk on fire')
+
+  it = data.prefetch(broken())
+  assert next(it) == 1
+  with pytest.raises(RuntimeError, match='disk on fire'):
+    next(it)
+
+
+def test_prefetch_close_stops_the_thread():
+  it = data.prefetch(itertools.count(), size=2)
+  assert [next(it) for _ in range(3)] == [0, 1, 2]
+  it.close()
+  time.sleep(0.3)
+  assert not [t for t in threading.enumerate() if t.daemon and
+              t.is_alive() and 'produce' in repr(t)]

@@ -20,6 +20,7 @@ from sparsify.data.load import SOURCES
 from sparsify.data.pipeline import batches
 from sparsify.data.pipeline import eval_batches
 from sparsify.data.pipeline import steps_per_epoch
+from sparsify.data.prefetch import prefetch
 from sparsify.data.sources import load_embedded_mnist
 from sparsify.data.sources import load_idx_dir
 from sparsify.data.tfds_source import load_tfds
@@ -37,6 +38,7 @@ __all__ = (
     'load_embedded_mnist',
     'load_idx_dir',
     'load_tfds',
+    'prefetch',
     'read_idx',
     'steps_per_epoch',
 )
