@@ -13,6 +13,7 @@ from sparsify.base import path_name
 from sparsify.base import select
 from sparsify.config import ConfigError
 from sparsify.config import default_config
+from sparsify.dat import dynamic_adaptive_threshold
 from sparsify.masking import MaskState
 from sparsify.masking import apply_masks
 from sparsify.masking import find_masks
@@ -41,6 +42,7 @@ __all__ = (
     "apply_masks",
     "compression_report",
     "default_config",
+    "dynamic_adaptive_threshold",
     "erk_densities",
     "find_masks",
     "gradual_magnitude_pruning",

@@ -63,6 +63,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.compression.update_every = 100
   c.compression.allocation = "layerwise"
   c.compression.where = ml_collections.config_dict.placeholder(str)
+  # DAT: threshold = ramp(step) * (mean + c * std) of surviving magnitudes;
+  # `sparsity` > 0 is its target, used as `target_mode` says.
+  c.compression.c = 1.0
+  c.compression.power = 3.0
+  c.compression.target_mode = "clamp"
+  c.compression.recovery = False
+  c.compression.statistics = "surviving"
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10.0  # may be fractional
@@ -126,6 +133,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _in_range("compression.begin", comp.begin, 0, 1, high_open=False)
   _in_range("compression.end", comp.end, comp.begin, 1, high_open=False)
   _in_range("compression.update_every", comp.update_every, 1, integer=True)
+  _one_of("compression.allocation", comp.allocation,
+          ("erk", "global", "layerwise"))
+  _in_range("compression.c", comp.c, 0)
+  _in_range("compression.power", comp.power, 0, low_open=True)
+  _one_of("compression.target_mode", comp.target_mode, ("clamp", "solve"))
+  _one_of("compression.statistics", comp.statistics, ("all", "surviving"))
 
   tr = config.train
   _in_range("train.epochs", tr.epochs, 0, low_open=True)

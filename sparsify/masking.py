@@ -36,9 +36,13 @@ class MaskState(NamedTuple):
   Attributes:
     count: number of updates seen so far (int32).
     masks: one boolean array per selected parameter; `True` keeps a weight.
+    dense: with ``keep_pruned=True``, the values the selected weights take
+      if pruned ones keep training (kept ones equal the parameters); an empty
+      tuple otherwise.
   """
   count: jax.Array
   masks: base.Masks
+  dense: base.Params = ()
 
 
 def all_true(params: base.Params) -> base.Masks:
@@ -65,6 +69,7 @@ def mask_updates(
     update_every: int = 1,
     begin_step: int = 0,
     end_step: int | None = None,
+    keep_pruned: bool = False,
     where: str | Callable[[str, Any], bool] | None = None,
 ) -> optax.GradientTransformation:
   r"""Holds masks in the optimizer state and applies them through the updates.
@@ -72,10 +77,16 @@ def mask_updates(
   At step :math:`t` (the transform's own count), when
   :math:`t_0 \le t \le t_1` and :math:`(t - t_0) \bmod k = 0`, and at
   :math:`t = t_1` so that a schedule always reaches its end, the masks are
-  recomputed as ``update_masks(t, params + updates, masks)``: the policy sees
-  the values the weights would take without masking. The updates are then
-  rewritten to :math:`u' = m \odot u - (1 - m) \odot w`, so that
-  :math:`w + u' = m \odot (w + u)`.
+  recomputed as ``update_masks(t, weights, masks)``, where ``weights`` are
+  the values the weights would take without masking (:math:`w + u`). The
+  updates are then rewritten to :math:`u' = m \odot u - (1 - m) \odot w`, so
+  that :math:`w + u' = m \odot (w + u)`.
+
+  With ``keep_pruned=True`` pruned weights keep training in the state, as in
+  Dynamic Network Surgery: :math:`\hat w \leftarrow \hat w + u` where
+  pruned, :math:`\hat w = w + u` where kept; the policy sees :math:`\hat w`
+  and may revive a weight, which then re-enters the model with its trained
+  value :math:`\hat w`. This keeps one extra copy of the selected weights.
 
   Args:
     init_masks: ``params -> masks`` for the selected parameters.
@@ -85,6 +96,7 @@ def mask_updates(
     begin_step: first step at which masks are recomputed (``t0``).
     end_step: last step at which masks are recomputed (``t1``); ``None`` for
       no end.
+    keep_pruned: keep training pruned weights in the state (for revival).
     where: which parameters are masked: ``None`` for Dense and Conv kernels,
       a regex searched in the parameter's path (``'Dense_[01]/kernel'``), or a
       predicate ``(path, leaf) -> bool``. Other parameters are untouched.
@@ -103,23 +115,35 @@ def mask_updates(
                      " >= 1")
 
   def init_fn(params):
-    return MaskState(count=jnp.zeros([], jnp.int32), masks=init_masks(params))
+    dense = jax.tree.map(jnp.asarray, params) if keep_pruned else ()
+    return MaskState(count=jnp.zeros([], jnp.int32), masks=init_masks(params),
+                     dense=dense)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(base.NO_PARAMS_MSG)
     masks = state.masks
+    weights = optax.apply_updates(params, updates)
+    if keep_pruned:
+      weights = jax.tree.map(lambda m, w, d, u: jnp.where(m, w, d + u), masks,
+                             weights, state.dense, updates)
     if update_masks is not None:
       step = state.count
       due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
       if end_step is not None:
         due = (due & (step <= end_step)) | (step == end_step)
-      weights = optax.apply_updates(params, updates)
       masks = jax.lax.cond(
           due, lambda: update_masks(step, weights, masks), lambda: masks)
-    updates = enforce(updates, params, masks)
+    if keep_pruned:
+      # Revived weights (kept now, pruned before) jump to their trained value.
+      updates = jax.tree.map(
+          lambda u, p, m, old, w: jnp.where(m, jnp.where(old, u, w - p), -p),
+          updates, params, masks, state.masks, weights)
+    else:
+      updates = enforce(updates, params, masks)
     count = optax.safe_increment(state.count)
-    return updates, MaskState(count=count, masks=masks)
+    return updates, MaskState(count=count, masks=masks,
+                              dense=weights if keep_pruned else ())
 
   inner = optax.GradientTransformation(init_fn, update_fn)
   return optax.masked(inner, lambda params: base.select(params, where))

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import ml_collections
 import optax
 
+from sparsify import dat
 from sparsify import pruning
 
 Builder = Callable[[ml_collections.ConfigDict, int],
@@ -39,12 +40,27 @@ def _one_shot(config, total_steps):
 
 def _random(config, total_steps):
   del total_steps
+  if config.allocation == "global":
+    raise ValueError("allocation: got 'global'; allowed for random sparsity:"
+                     " erk, layerwise")
   allocation = "erk" if config.allocation == "erk" else "uniform"
   return pruning.random_sparsity(config.sparsity, allocation=allocation,
                                  where=config.where)
 
 
+def _dat(config, total_steps):
+  begin, end = _window(config, total_steps)
+  return dat.dynamic_adaptive_threshold(
+      config.c, begin_step=begin, end_step=end,
+      update_every=config.update_every, power=config.power,
+      target_sparsity=config.sparsity or None,
+      target_mode=config.target_mode, recovery=config.recovery,
+      statistics=config.statistics,
+      where=config.where)
+
+
 METHODS: dict[str, Builder] = {
+    "dat": _dat,
     "none": lambda config, total_steps: None,
     "gmp": _gmp,
     "magnitude": _one_shot,

@@ -101,8 +101,9 @@ def select_by_score(
   return treedef.unflatten(masks)
 
 
-def _check_fraction(name: str, value: Any) -> None:
-  if not callable(value) and not 0.0 <= value < 1.0:
+def check_fraction(name: str, value: Any) -> None:
+  """Checks a Python number; arrays (e.g. injected hyper-parameters) pass."""
+  if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
     raise ValueError(f"{name}: got {value}; allowed: a fraction in [0, 1)")
 
 
@@ -152,8 +153,8 @@ def gradual_magnitude_pruning(
     Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
     pruning for model compression", 2017. https://arxiv.org/abs/1710.01878
   """
-  _check_fraction("sparsity", sparsity)
-  _check_fraction("initial_sparsity", initial_sparsity)
+  check_fraction("sparsity", sparsity)
+  check_fraction("initial_sparsity", initial_sparsity)
   if end_step < begin_step or begin_step < 0:
     raise ValueError(f"end_step: got begin_step={begin_step}, end_step="
                      f"{end_step}; allowed: 0 <= begin_step <= end_step")
@@ -257,7 +258,7 @@ def random_sparsity(
   References:
     Liu et al., "The unreasonable effectiveness of random pruning", ICLR 2022.
   """
-  _check_fraction("sparsity", sparsity)
+  check_fraction("sparsity", sparsity)
   if allocation not in ("uniform", "erk"):
     raise ValueError(f"allocation: got {allocation!r}; allowed: erk, uniform")
 
