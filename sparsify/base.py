@@ -34,7 +34,14 @@ def key_name(key: Any) -> str:
 
 
 def path_name(path: tuple[Any, ...]) -> str:
-  """Joins a `jax.tree_util` key path into ``'Dense_0/kernel'``."""
+  """Joins a `jax.tree_util` key path into ``'Dense_0/kernel'``.
+
+  A final ``.value`` attribute (how an NNX `Variable` holds its array) is
+  dropped, so Linen and NNX parameters get the same names.
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
+      path[-1].name == "value"):
+    path = path[:-1]
   return "/".join(key_name(k) for k in path)
 
 

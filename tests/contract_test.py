@@ -197,11 +197,12 @@ def test_nnx_optimizer_needs_no_extra_call(name):
 
   for _ in range(STEPS):
     step(model, optimizer)
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  masks = sparsify.find_masks(nnx.to_pure_dict(optimizer.opt_state))
-  for layer in ("fc1", "fc2"):
-    kernel = np.asarray(params[layer]["kernel"])
-    mask = np.asarray(masks[layer]["kernel"])
+  params = dict(sparsify.base.named_leaves(nnx.state(model, nnx.Param)))
+  masks = dict(sparsify.base.named_leaves(
+      sparsify.find_masks(optimizer.opt_state)))
+  assert sorted(masks) == ["fc1/kernel", "fc2/kernel"]  # NNX names as Linen
+  for name, mask in masks.items():
+    kernel, mask = np.asarray(params[name]), np.asarray(mask)
     assert np.all(kernel[~mask] == 0.0)
     if case.sparsity is not None:
       assert np.sum(kernel == 0) == round(case.sparsity * kernel.size)
