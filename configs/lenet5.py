@@ -1,18 +1,26 @@
-r"""Dense LeNet-5, Caffe form (431,080 parameters), on the embedded MNIST digits.
+r"""LeNet-5 in Caffe form (431,080 parameters), dense or with a compression method.
+
+The part after ``:`` picks the method (`sparsify.config.METHOD_PRESETS`):
+dense (default), gmp, magnitude, random, dat. On the embedded MNIST digits:
 
   python -m experiments.main --config configs/lenet5.py --workdir /tmp/lenet5
+  python -m experiments.main --config configs/lenet5.py:gmp --workdir /tmp/lenet5_gmp
 
-On full Fashion-MNIST from local IDX files:
+On full Fashion-MNIST from local IDX files, and on MNIST through
+tensorflow-datasets (a prepared dataset in DATA_DIR):
 
-  python -m experiments.main --config configs/lenet5.py \
-      --workdir /tmp/lenet5_fmnist --config.data.name=fashion_mnist
+  python -m experiments.main --config configs/lenet5.py:dat --workdir /tmp/lenet5_fm \
+      --config.data.name=fashion_mnist
+  python -m experiments.main --config configs/lenet5.py:dat --workdir /tmp/lenet5_tfds \
+      --config.data.name=mnist --config.data.source=tfds --config.data.data_dir=DATA_DIR
 """
 
 from sparsify.config import default_config
+from sparsify.config import with_method
 
 
-def get_config():
+def get_config(preset=None):
   config = default_config()
   config.model.name = "lenet5"
   config.optimizer.learning_rate = 0.02
-  return config
+  return with_method(config, preset)

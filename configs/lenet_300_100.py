@@ -1,17 +1,26 @@
-r"""Dense LeNet-300-100 (266,610 parameters) on the embedded MNIST digits.
+r"""LeNet-300-100 (266,610 parameters), dense or with a compression method.
 
-  python -m experiments.main --config configs/lenet_300_100.py --workdir /tmp/lenet300
+The part after ``:`` picks the method (`sparsify.config.METHOD_PRESETS`):
+dense (default), gmp, magnitude, random, dat. On the embedded MNIST digits:
 
-On full Fashion-MNIST from local IDX files:
+  python -m experiments.main --config configs/lenet_300_100.py --workdir /tmp/l300
+  python -m experiments.main --config configs/lenet_300_100.py:dat --workdir /tmp/l300_dat \
+      --config.compression.sparsity=0.98
 
-  python -m experiments.main --config configs/lenet_300_100.py \
-      --workdir /tmp/lenet300_fmnist --config.data.name=fashion_mnist
+On full Fashion-MNIST from local IDX files, and on MNIST through
+tensorflow-datasets (a prepared dataset in DATA_DIR):
+
+  python -m experiments.main --config configs/lenet_300_100.py:gmp --workdir /tmp/l300_fm \
+      --config.data.name=fashion_mnist
+  python -m experiments.main --config configs/lenet_300_100.py:random --workdir /tmp/l300_tfds \
+      --config.data.name=mnist --config.data.source=tfds --config.data.data_dir=DATA_DIR
 """
 
 from sparsify.config import default_config
+from sparsify.config import with_method
 
 
-def get_config():
+def get_config(preset=None):
   config = default_config()
   config.model.name = "lenet_300_100"
-  return config
+  return with_method(config, preset)

@@ -30,8 +30,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def parse_flags(argv):
   """Parses flags; an override of a field the config lacks is one line."""
+  for i, arg in enumerate(argv):
+    path = (arg.split("=", 1)[1] if arg.startswith("--config=") else
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if path is not None and not os.path.isfile(path.split(":")[0]):
+      configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")
+                       ) if os.path.isdir("configs") else []
+      print(f"error: --config: got {path!r}, no such file; allowed: "
+            f"{', '.join('configs/' + f for f in configs) or 'a config file'}",
+            file=sys.stderr)
+      sys.exit(2)
   try:
     return flags.FLAGS(argv)
+  except flags.IllegalFlagValueError as e:  # e.g. an unknown config preset
+    last = str(e).strip().splitlines()[-1]  # the cause, after any traceback
+    print(f"error: {last.split('Error: ', 1)[-1]}", file=sys.stderr)
+    sys.exit(2)
   except (AttributeError, KeyError) as e:
     key = str(e).strip("\"'")
     bad = [a.split("=")[0] for a in argv

@@ -24,8 +24,11 @@ import ml_collections
 class ConfigError(ValueError):
   """A config field holds a value that is not allowed."""
 
-  def __init__(self, field: str, value: Any, allowed: str):
-    super().__init__(f"{field}: got {value!r}; allowed: {allowed}")
+  def __init__(self, field: str, value: Any = None, allowed: str | None = None):
+    # With one argument (as when re-raised by a library), it is the message.
+    message = field if allowed is None else (
+        f"{field}: got {value!r}; allowed: {allowed}")
+    super().__init__(message)
     self.field = field
     self.value = value
     self.allowed = allowed
@@ -78,6 +81,41 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2
   return c
+
+
+# What a config string like ``configs/lenet5.py:dat`` selects: the method and
+# the schedule shared by the gradual methods (10 % -> 70 % of training, masks
+# recomputed every 100 steps). Sparsity defaults to 95 %; override it with
+# ``--config.compression.sparsity``.
+METHOD_PRESETS = {
+    "dense": dict(method="none", sparsity=0.0),
+    "gmp": dict(method="gmp", sparsity=0.95, begin=0.1, end=0.7,
+                update_every=100),
+    "magnitude": dict(method="magnitude", sparsity=0.95, begin=0.5),
+    "random": dict(method="random", sparsity=0.95),
+    "dat": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
+                update_every=100, c=1.0, target_mode="clamp"),
+}
+
+
+def with_method(config: ml_collections.ConfigDict,
+                preset: str | None) -> ml_collections.ConfigDict:
+  """Sets ``config.compression`` from a preset name (``None``: dense).
+
+  Args:
+    config: a config from `default_config`, changed in place.
+    preset: one of `METHOD_PRESETS` (the part after ``:`` in
+      ``--config configs/NAME.py:PRESET``).
+
+  Returns:
+    ``config``.
+  """
+  preset = preset or "dense"
+  if preset not in METHOD_PRESETS:
+    raise ConfigError("config preset (after ':' in --config)", preset,
+                      ", ".join(sorted(METHOD_PRESETS)))
+  config.compression.update(METHOD_PRESETS[preset])
+  return config
 
 
 def _one_of(field: str, value: Any, allowed: Iterable[str]) -> None:

@@ -120,3 +120,27 @@ def test_cli_unknown_override_is_one_line(tmp_path):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "--config.model.kwargs.depth" in lines[0]
+
+
+@pytest.mark.parametrize("config_arg,expected", [
+    ("configs/lenet5.py:pruneit", "error: config preset (after ':' in "
+     "--config): got 'pruneit'; allowed: dat, dense, gmp, magnitude, random"),
+    ("configs/missing.py", "error: --config: got 'configs/missing.py', no such"
+     " file; allowed: configs/lenet5.py"),
+])
+def test_cli_bad_config_argument_is_one_line(config_arg, expected, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.main", "--config", config_arg,
+       "--workdir", str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+@pytest.mark.parametrize("preset", sorted(config_lib.METHOD_PRESETS))
+def test_presets_validate(preset):
+  config = config_lib.with_method(config_lib.default_config(), preset)
+  config_lib.validate(config)
+  assert config.compression.method == (
+      "none" if preset == "dense" else preset)
