@@ -1,9 +1,10 @@
 """Magnitude and random pruning built on the shared mask mechanism.
 
-The selection of the ``k`` largest scores is sort-free: a bisection over the
-bit patterns of the (non-negative) float32 scores finds the exact k-th largest
-value in 31 passes of compare-and-count, with no sort and no `top_k`, so the
-cost of recomputing masks stays a small multiple of one pass over the weights.
+The selection of the ``k`` largest scores is sort-free: a radix selection
+over the bit patterns of the (non-negative) float32 scores finds the exact
+k-th largest value with three histogram passes, no sort and no `top_k`, so the
+cost of recomputing masks stays a small multiple of one pass over the weights
+(a full sort of a 784x300 kernel costs some forty LeNet-300-100 steps on CPU).
 """
 
 from collections.abc import Callable, Sequence
@@ -21,26 +22,40 @@ from sparsify import masking
 Allocation = Literal["layerwise", "global"]
 ALLOCATIONS = ("layerwise", "global")
 
-_INF_BITS = 0x7F800000  # bit pattern of +inf in float32
+# Radix digits of a non-negative float32's bit pattern, high to low: sign and
+# exponent with 3 mantissa bits, then 10 and 10 more mantissa bits.
+_DIGITS = ((20, 11), (10, 10), (0, 10))  # (shift, width)
 
 
 def _kth_largest_bits(scores: Sequence[jax.Array], k: jax.Array) -> jax.Array:
-  """Bit pattern of the k-th largest value over all ``scores`` (all >= 0)."""
+  """Bit pattern of the k-th largest value over all ``scores`` (all >= 0).
+
+  Radix selection: the bit pattern of a non-negative float32 orders like its
+  value, so a histogram of the highest digit finds the bucket holding the
+  k-th largest, a histogram of the next digit inside that bucket narrows it,
+  and so on: three scatter-add passes with small histograms, no sort.
+  """
   bits = [jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
-          for s in scores]
-
-  def count_at_least(b):
-    return sum(jnp.sum(x >= b, dtype=jnp.int32) for x in bits)
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = lo + (hi - lo + 1) // 2
-    ok = count_at_least(mid) >= k
-    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
-
-  lo, _ = jax.lax.fori_loop(
-      0, 31, body, (jnp.int32(0), jnp.int32(_INF_BITS)))
-  return lo
+          .ravel() for s in scores]
+  prefix = jnp.int32(0)  # the digits found so far, in place
+  need = k  # how many of the entries matching `prefix` to take
+  matched_shift = 31
+  for shift, width in _DIGITS:
+    size = 1 << width
+    digit = [(b >> shift) & (size - 1) for b in bits]
+    hist = sum(
+        jnp.zeros(size + 1, jnp.int32).at[
+            jnp.where((b >> matched_shift) == (prefix >> matched_shift), d,
+                      size)].add(1)
+        for b, d in zip(bits, digit))[:-1]
+    at_least = jnp.cumsum(hist[::-1])[::-1]  # entries with digit >= i
+    chosen = jnp.sum(at_least >= need, dtype=jnp.int32) - 1
+    above = jnp.where(chosen + 1 < size,
+                      at_least[jnp.minimum(chosen + 1, size - 1)], 0)
+    need = need - above
+    prefix = prefix | (chosen << shift)
+    matched_shift = shift
+  return prefix
 
 
 def top_k_mask(

@@ -144,3 +144,18 @@ def test_erk_densities_closed_form():
   eps = 0.25 * 750 / (50 / 600 * 600 + 35 / 150 * 150)
   np.testing.assert_allclose(pruning.erk_densities(shapes, s),
                              [eps * 50 / 600, eps * 35 / 150])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_mask_with_ties_zeros_and_wide_range(seed):
+  rng = np.random.default_rng(seed)
+  a = np.abs(rng.standard_cauchy(size=(40, 25))).astype(np.float32)
+  a[rng.random(a.shape) < 0.3] = 0.0  # many exact zeros
+  a[rng.random(a.shape) < 0.2] = 0.5  # many ties
+  b = (10.0 ** rng.uniform(-30, 30, size=(7, 9))).astype(np.float32)
+  pool = np.concatenate([a.ravel(), b.ravel()])
+  for k in (1, 13, 400, 700, pool.size):
+    kth = np.sort(pool)[::-1][k - 1]
+    masks = pruning.top_k_mask([jnp.asarray(a), jnp.asarray(b)], k)
+    np.testing.assert_array_equal(masks[0], a >= kth)
+    np.testing.assert_array_equal(masks[1], b >= kth)

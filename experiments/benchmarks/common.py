@@ -5,9 +5,11 @@ machine) and ``<out>.md`` (a markdown table of the headline columns).
 """
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
+import statistics
 import sys
 from typing import Any
 
@@ -53,3 +55,28 @@ def write_results(out: str, rows: list[dict[str, Any]],
     f.write(f"{table}\n\nCommand: `{record['command']}`\n")
   print(table)
   return table
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+RESULTS = os.path.join(ROOT, "experiments", "benchmarks", "results")
+
+
+def load_config(name: str, preset: str | None = None):
+  """``get_config(preset)`` of ``configs/<name>.py``."""
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()
+
+
+def steady_steps_per_second(workdir: str) -> float:
+  """Median training steps/s over a run's log intervals, the first excluded.
+
+  The first interval includes compilation.
+  """
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    times = [r["time/step_ms"] for r in map(json.loads, f)
+             if "time/step_ms" in r]
+  return 1e3 / statistics.median(times[1:] or times)

@@ -9,43 +9,15 @@ training steps per second to ``results/dense_fashion_mnist.{json,md}``.
 """
 
 import argparse
-import importlib.util
-import json
 import logging
 import os
-import statistics
 import tempfile
 
 from experiments.benchmarks import common
 from sparsify import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_config(name: str):
-  """``get_config()`` of ``configs/<name>.py``."""
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def steady_steps_per_second(workdir: str) -> float:
-  """Median training steps/s over the log intervals, the first excluded.
-
-  The first interval includes compilation.
-  """
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    times = [r["time/step_ms"] for r in map(json.loads, f)
-             if "time/step_ms" in r]
-  return 1e3 / statistics.median(times[1:] or times)
-
-
 def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
-  config = load_config(model)
+  config = common.load_config(model)
   config.data.name = dataset
   config.train.epochs = epochs
   config.train.log_every = 100
@@ -56,7 +28,7 @@ def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
       "test_accuracy": results["eval_accuracy"],
       "params": results["report"]["total"]["params"],
       "epoch_seconds": results["train_seconds"] / epochs,
-      "steps_per_second": steady_steps_per_second(workdir),
+      "steps_per_second": common.steady_steps_per_second(workdir),
       "batch_size": config.data.batch_size,
       "optimizer": config.optimizer.to_dict(),
   }
@@ -69,7 +41,7 @@ def main():
   parser.add_argument("--models", nargs="+",
                       default=["lenet_300_100", "lenet5"])
   parser.add_argument("--out", default=os.path.join(
-      HERE, "results", "dense_fashion_mnist"))
+      common.RESULTS, "dense_fashion_mnist"))
   args = parser.parse_args()
   logging.basicConfig(level=logging.WARNING)
   rows = []

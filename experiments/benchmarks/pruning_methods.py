@@ -1,0 +1,177 @@
+r"""Dense vs gradual magnitude, static random and DAT pruning: accuracy and cost.
+
+Accuracy: every method trains the same model with the same optimizer and
+epochs (``configs/<model>.py:<method>``) at matched final sparsities, and is
+evaluated on the test split; sparsity and bytes come from the compression
+report of the final parameters.
+
+Step time: in one process, LeNet-300-100 at batch 128, the jitted training
+step of each method (the trainer's own step, the same optax chain as dense
+plus the pruning transform) runs over one whole pruning schedule of
+``--timing-steps`` steps, methods interleaved in rounds so that machine noise
+hits all of them alike. Reported: the mean step time over the schedule
+(including the steps that recompute masks) and the median over steps that
+do not, each divided by dense.
+
+  python -m experiments.benchmarks.pruning_methods --epochs 10
+  python -m experiments.benchmarks.pruning_methods --dataset embedded_mnist --epochs 20
+"""
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from experiments.benchmarks import common
+from sparsify import data as data_lib
+from sparsify import train
+
+METHODS = ("gmp", "random", "dat")
+
+
+def accuracy_run(model, preset, sparsity, dataset, epochs):
+  config = common.load_config(model, preset)
+  config.data.name = dataset
+  config.train.epochs = epochs
+  config.train.checkpoint_every = 10**9
+  config.train.log_every = 200
+  if sparsity is not None:
+    config.compression.sparsity = sparsity
+  with tempfile.TemporaryDirectory() as workdir:
+    results = train.train_and_evaluate(config, workdir)
+  layers = results["report"]["layers"]
+  total = results["report"]["total"]
+  kernels = [l for l in layers if l["name"].endswith("kernel")]
+  kernel_params = sum(l["params"] for l in kernels)
+  kernel_nnz = sum(l["nonzeros"] for l in kernels)
+  return {
+      "model": model, "dataset": dataset, "method": preset,
+      "target_sparsity": sparsity or 0.0, "epochs": epochs,
+      "test_accuracy": results["eval_accuracy"],
+      "kernel_sparsity": 1 - kernel_nnz / kernel_params,
+      "fewer_nonzeros": total["params"] / max(total["nonzeros"], 1),
+      "bytes_ratio": total["compression_ratio"],
+      "bytes_sparse": total["bytes_sparse"],
+  }
+
+
+def timing(steps, rounds, dataset):
+  """Per-step times of each method over one pruning schedule, interleaved."""
+  variants = [("dense", "dense", None)]
+  for every in (100, 10):
+    variants += [(f"gmp/{every}", "gmp", every), (f"dat/{every}", "dat", every)]
+  variants.append(("random", "random", None))
+  runs = {}
+  for name, preset, every in variants:
+    config = common.load_config("lenet_300_100", preset)
+    config.data.name = dataset
+    config.compression.begin, config.compression.end = 0.0, 1.0
+    if every:
+      config.compression.update_every = every
+    with tempfile.TemporaryDirectory() as workdir:
+      trainer = train.Trainer(config, workdir)
+    # Epochs such that the schedule spans exactly `steps` steps.
+    config.unlock()
+    config.train.epochs = steps / trainer.steps_per_epoch
+    with tempfile.TemporaryDirectory() as workdir:
+      trainer = train.Trainer(config, workdir)
+    assert trainer.total_steps == steps, (trainer.total_steps, steps)
+    runs[name] = {"trainer": trainer, "state": trainer.init_state(),
+                  "every": every, "times": []}
+  ds = runs["dense"]["trainer"].dataset
+  it = data_lib.batches(ds.train, batch_size=128, seed=0, mean=ds.mean,
+                        std=ds.std)
+  batches = [jax.device_put(next(it), runs["dense"]["trainer"].sharded)
+             for _ in range(16)]
+  for run in runs.values():  # compile and warm up on a copy of the state
+    state = run["trainer"].init_state()
+    for b in batches[:3]:
+      state, _ = run["trainer"].train_step(state, b)
+    jax.block_until_ready(state)
+  chunk = steps // rounds
+  for r in range(rounds):
+    for run in runs.values():
+      step_fn, state = run["trainer"].train_step, run["state"]
+      for i in range(r * chunk, (r + 1) * chunk):
+        t = time.perf_counter()
+        state, _ = step_fn(state, batches[i % len(batches)])
+        jax.block_until_ready(state)
+        run["times"].append(time.perf_counter() - t)
+      run["state"] = state
+  dense = runs["dense"]["times"]
+  rows = []
+  for name, run in runs.items():
+    times = np.array(run["times"])
+    updates = np.zeros(len(times), bool)
+    if run["every"]:
+      updates[::run["every"]] = True
+      updates[-1] = True  # the end step always recomputes
+    rows.append({
+        "method": name, "update_every": run["every"],
+        "mean_ms": 1e3 * times.mean(),
+        "mean_ratio": times.mean() / np.mean(dense),
+        "median_other_ms": 1e3 * np.median(times[~updates]),
+        "median_other_ratio": np.median(times[~updates]) / np.median(dense),
+        "update_ms": (1e3 * float(np.median(times[updates]))
+                      if updates.any() else None),
+    })
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default="fashion_mnist")
+  parser.add_argument("--models", nargs="+",
+                      default=["lenet_300_100", "lenet5"])
+  parser.add_argument("--epochs", type=float, nargs="+", default=[10],
+                      help="one value, or one per model")
+  parser.add_argument("--sparsities", type=float, nargs="+",
+                      default=[0.9, 0.95, 0.98])
+  parser.add_argument("--timing-steps", type=int, default=1000)
+  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--skip-accuracy", action="store_true")
+  parser.add_argument("--skip-timing", action="store_true")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  logging.basicConfig(level=logging.WARNING)
+  out = args.out or os.path.join(common.RESULTS, f"pruning_{args.dataset}")
+  epochs = dict(zip(args.models, args.epochs * len(args.models)
+                    if len(args.epochs) == 1 else args.epochs))
+
+  if not args.skip_timing:
+    rows = timing(args.timing_steps, args.rounds, args.dataset)
+    common.write_results(out + "_step_time", rows, [
+        ("method", "method / update every", "s"),
+        ("mean_ms", "mean step (ms)", ".3f"),
+        ("mean_ratio", "mean / dense", ".3f"),
+        ("median_other_ms", "median non-update step (ms)", ".3f"),
+        ("median_other_ratio", "median non-update / dense", ".3f"),
+        ("update_ms", "median update step (ms)", ".2f")],
+        steps=args.timing_steps, rounds=args.rounds, batch_size=128,
+        model="lenet_300_100")
+  if not args.skip_accuracy:
+    rows = []
+    for model in args.models:
+      rows.append(accuracy_run(model, "dense", None, args.dataset,
+                               epochs[model]))
+      for sparsity in args.sparsities:
+        for method in METHODS:
+          rows.append(accuracy_run(model, method, sparsity, args.dataset,
+                                   epochs[model]))
+          print(rows[-1], flush=True)
+    common.write_results(out, rows, [
+        ("model", "model", "s"), ("method", "method", "s"),
+        ("target_sparsity", "target", ".2f"), ("epochs", "epochs", "g"),
+        ("test_accuracy", "test accuracy", ".4f"),
+        ("kernel_sparsity", "kernel sparsity", ".4f"),
+        ("fewer_nonzeros", "fewer nonzeros", ".1f"),
+        ("bytes_ratio", "bytes ratio", ".1f")],
+        dataset=args.dataset)
+
+
+if __name__ == "__main__":
+  main()
