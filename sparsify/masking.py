@@ -123,17 +123,26 @@ def mask_updates(
     if params is None:
       raise ValueError(base.NO_PARAMS_MSG)
     masks = state.masks
-    weights = optax.apply_updates(params, updates)
-    if keep_pruned:
-      weights = jax.tree.map(lambda m, w, d, u: jnp.where(m, w, d + u), masks,
-                             weights, state.dense, updates)
+
+    def trained_weights():
+      weights = optax.apply_updates(params, updates)
+      if not keep_pruned:
+        return weights
+      return jax.tree.map(lambda m, w, d, u: jnp.where(m, w, d + u), masks,
+                          weights, state.dense, updates)
+
+    # Computed inside the branch that needs it, so that steps that do not
+    # recompute masks do not pay for it.
+    weights = trained_weights() if keep_pruned else None
     if update_masks is not None:
       step = state.count
       due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
       if end_step is not None:
         due = (due & (step <= end_step)) | (step == end_step)
       masks = jax.lax.cond(
-          due, lambda: update_masks(step, weights, masks), lambda: masks)
+          due, lambda: update_masks(step, weights if keep_pruned else
+                                    trained_weights(), masks),
+          lambda: masks)
     if keep_pruned:
       # Revived weights (kept now, pruned before) jump to their trained value.
       updates = jax.tree.map(
