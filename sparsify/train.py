@@ -99,9 +99,14 @@ class Trainer:
     config_lib.validate(config)
     self.config = config
     self.workdir = workdir
-    self.dataset = data_lib.load_dataset(
-        config.data.name, source=config.data.source,
-        data_dir=config.data.data_dir)
+    try:
+      self.dataset = data_lib.load_dataset(
+          config.data.name, source=config.data.source,
+          data_dir=config.data.data_dir)
+    except data_lib.MissingDataError:
+      raise
+    except ValueError as e:  # e.g. a source that does not hold the dataset
+      raise config_lib.ConfigError(str(e)) from e
     self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())

@@ -42,6 +42,13 @@ def test_bad_value_names_field_value_and_allowed(field, value, allowed,
   assert not os.listdir(tmp_path)  # nothing was written
 
 
+def test_source_that_does_not_hold_the_dataset(tmp_path):
+  config = tiny_config(**{"data.name": "cifar10", "data.source": "idx"})
+  with pytest.raises(config_lib.ConfigError, match=(
+      "data.source: cifar10 cannot be read from 'idx'; allowed: auto, tfds")):
+    train.Trainer(config, str(tmp_path))
+
+
 def test_unknown_model_argument(tmp_path):
   config = tiny_config(**{"model.name": "resnet"})
   config.model.kwargs.depht = 20
