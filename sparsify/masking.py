@@ -115,7 +115,7 @@ def mask_updates(
                      " >= 1")
 
   def init_fn(params):
-    dense = jax.tree.map(jnp.asarray, params) if keep_pruned else ()
+    dense = jax.tree.map(jnp.copy, params) if keep_pruned else ()  # own buffers
     return MaskState(count=jnp.zeros([], jnp.int32), masks=init_masks(params),
                      dense=dense)
 

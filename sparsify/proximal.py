@@ -36,6 +36,22 @@ def _at(value: base.ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
   return value(count) if callable(value) else value
 
 
+def _count_only(state_cls, fn) -> optax.GradientTransformation:
+  """A transform whose state is a count: ``fn(updates, params, count)``."""
+
+  def init_fn(params):
+    del params
+    return state_cls(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(base.NO_PARAMS_MSG)
+    return fn(updates, params, state.count), state_cls(
+        count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def soft_threshold(x: Any, a: jax.typing.ArrayLike) -> Any:
   r"""The soft-threshold, proximal operator of :math:`a \lVert\cdot\rVert_1`.
 
@@ -86,6 +102,12 @@ def accelerated_proximal_gradient(
   :math:`\lambda'_t` is clamped to :math:`\ge 0` after the step, as in the
   authors' code (the velocity is kept as computed). This is the whole
   optimizer of the scale parameters (learning rate included).
+
+  Once a scale stays in the dead zone (:math:`|z_t| \le \eta_t\gamma` twice
+  in a row) it is exactly zero in exact arithmetic. In float32, rounding
+  (XLA may fuse :math:`\mu v + x` into one multiply-add) can leave a residue
+  of about :math:`2^{-24}` of the previous value, which shrinks by that
+  factor every step, so the scale reaches exactly ``0.0`` a few steps later.
 
   Args:
     learning_rate: :math:`\eta`, a float or a schedule ``step -> value``.
@@ -160,21 +182,14 @@ def proximal_sgd(
     linear inverse problems", SIAM J. Imaging Sciences 2009.
   """
 
-  def init_fn(params):
-    del params
-    return ProximalSGDState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
-    lr = _at(learning_rate, state.count)
-    threshold = lr * _at(l1, state.count)
-    updates = jax.tree.map(
+  def step(updates, params, count):
+    lr = _at(learning_rate, count)
+    threshold = lr * _at(l1, count)
+    return jax.tree.map(
         lambda g, p: (soft_threshold(p - lr * g, threshold) - p).astype(
             p.dtype), updates, params)
-    return updates, ProximalSGDState(count=optax.safe_increment(state.count))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _count_only(ProximalSGDState, step)
 
 
 class GroupLassoState(NamedTuple):
@@ -238,19 +253,12 @@ def group_lasso_prox(
                        1 - threshold / jnp.where(norm > 0, norm, 1), 0)
     return (w * factor - p).astype(p.dtype)
 
-  def init_fn(params):
-    del params
-    return GroupLassoState(count=jnp.zeros([], jnp.int32))
+  def step(updates, params, count):
+    threshold = _at(learning_rate, count) * _at(strength, count)
+    return jax.tree.map(lambda u, p: prox(u, p, threshold), updates, params)
 
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
-    threshold = _at(learning_rate, state.count) * _at(strength, state.count)
-    updates = jax.tree.map(lambda u, p: prox(u, p, threshold), updates, params)
-    return updates, GroupLassoState(count=optax.safe_increment(state.count))
-
-  inner = optax.GradientTransformation(init_fn, update_fn)
-  return optax.masked(inner, lambda params: base.select(params, where))
+  return optax.masked(_count_only(GroupLassoState, step),
+                      lambda params: base.select(params, where))
 
 
 def sss_labels(params: base.Params, scale_pattern: str = SSS_SCALES) -> Any:
@@ -319,7 +327,8 @@ def sss(
     An `optax.GradientTransformation`.
 
   Example:
-    >>> lr = optax.piecewise_constant_schedule(0.1, {30 * epoch: 0.1})
+    >>> lr = optax.piecewise_constant_schedule(
+    ...     0.1, {30 * steps_per_epoch: 0.1, 60 * steps_per_epoch: 0.1})
     >>> tx = sss(lr, gamma=0.01)
 
   References:
@@ -369,22 +378,14 @@ def network_slimming(
     slimming", ICCV 2017. https://arxiv.org/abs/1708.06519
   """
 
-  def init_fn(params):
-    del params
-    return NetworkSlimmingState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
-    strength = _at(l1, state.count)
-    updates = jax.tree.map(
+  def step(updates, params, count):
+    strength = _at(l1, count)
+    return jax.tree.map(
         lambda g, p: (g + strength * jnp.sign(p)).astype(g.dtype), updates,
         params)
-    return updates, NetworkSlimmingState(
-        count=optax.safe_increment(state.count))
 
-  inner = optax.GradientTransformation(init_fn, update_fn)
-  return optax.masked(inner, lambda params: base.select(params, where))
+  return optax.masked(_count_only(NetworkSlimmingState, step),
+                      lambda params: base.select(params, where))
 
 
 def slimming_threshold(

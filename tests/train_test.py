@@ -163,3 +163,24 @@ def test_eight_devices_match_one_device(tmp_path):
   assert len(masks) == len(masks8) == 3  # two conv kernels and the head
   for a, b in zip(masks, masks8):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("preset,extra", [
+    ("magnitude", {}), ("random", {}), ("dat", {}),
+    ("dat", {"compression.recovery": True}),
+    ("dat", {"compression.target_mode": "solve"}),
+], ids=["magnitude", "random", "dat", "dat_recovery", "dat_solve"])
+def test_every_preset_trains_and_reports(preset, extra, tmp_path):
+  config = config_lib.with_method(tiny_config(), preset)
+  config.compression.update_every = 10
+  config.compression.sparsity = 0.8
+  for key, value in extra.items():
+    config.compression[key.split(".")[1]] = value
+  results = train.train_and_evaluate(config, str(tmp_path))
+  kernels = [l for l in results["report"]["layers"]
+             if l["name"].endswith("kernel")]
+  zeros = sum(l["params"] - l["nonzeros"] for l in kernels)
+  total = sum(l["params"] for l in kernels)
+  assert 0 < zeros <= round(0.8 * total) + len(kernels)  # never past target
+  if not extra.get("compression.recovery"):
+    assert zeros == sum(round(0.8 * l["params"]) for l in kernels)
