@@ -94,7 +94,7 @@ METHOD_PRESETS = {
     "magnitude": dict(method="magnitude", sparsity=0.95, begin=0.5),
     "random": dict(method="random", sparsity=0.95),
     "dat": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
-                update_every=100, c=1.0, target_mode="clamp"),
+                update_every=100, c=1.0, target_mode="solve"),
 }
 
 

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from sparsify import proximal
+from sparsify import sss
 
 
 def _soft(z, a):  # numpy reference of the soft-threshold
@@ -187,7 +188,7 @@ def test_network_slimming_adds_l1_sign_to_bn_scales_only():
                             "bias": jnp.array([0.3, -0.1, 0.2, 0.0])},
             "Conv_0": {"kernel": jnp.full((3, 3, 2, 4), -0.4)}}
   grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
-  tx = proximal.network_slimming(lambda t: 0.01 * (t + 1))
+  tx = sss.network_slimming(lambda t: 0.01 * (t + 1))
   state = jax.jit(tx.init)(params)
   for step in range(2):
     out, state = jax.jit(tx.update)(grads, state, params)
@@ -207,12 +208,12 @@ def test_slimming_threshold_is_a_global_order_statistic():
             "conv": {"kernel": jnp.full((2, 2), 1e-4)}}
   pooled = np.sort(np.abs(np.array([0.9, -0.05, 0.3, 0.2, -0.7, 0.01, 0.6,
                                      0.4], np.float32)))
-  threshold = proximal.slimming_threshold(params, 0.5)
+  threshold = sss.slimming_threshold(params, 0.5)
   np.testing.assert_allclose(threshold, pooled[4])
   assert np.sum(pooled < threshold) == 4
-  assert proximal.slimming_threshold(params, 0.0) == pytest.approx(0.01)
+  assert sss.slimming_threshold(params, 0.0) == pytest.approx(0.01)
   with pytest.raises(ValueError, match="fraction"):
-    proximal.slimming_threshold(params, 1.0)
+    sss.slimming_threshold(params, 1.0)
 
 
 def _sss_params():
@@ -226,13 +227,13 @@ def _sss_params():
 
 def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
   params = _sss_params()
-  assert proximal.sss_labels(params) == {
+  assert sss.sss_labels(params) == {
       "Conv_0": {"kernel": "weights"},
       "BatchNorm_0": {"scale": "scales", "bias": "weights"},
       "block": {"gate": "scales"}}
   lr, wd, mu = 0.1, 1e-4, 0.9
   zero = jax.tree.map(jnp.zeros_like, params)
-  new = _run(proximal.sss(lr, gamma=0.5, momentum=mu, weight_decay=wd),
+  new = _run(sss.sss(lr, gamma=0.5, momentum=mu, weight_decay=wd),
              params, [zero])[0][0]
   # Scales: |0.01| < lr * gamma, so the proximal step lands on exactly zero.
   assert np.all(np.asarray(new["BatchNorm_0"]["scale"]) == 0.0)
@@ -243,8 +244,8 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
     np.testing.assert_allclose(w, decayed, rtol=1e-6)
   # Gamma reaches the scales only; a gradient reaches the weights unchanged.
   grads = jax.tree.map(lambda p: -0.3 * jnp.ones_like(p), params)
-  a = _run(proximal.sss(lr, gamma=0.0), params, [grads])[0][0]
-  b = _run(proximal.sss(lr, gamma=1.0), params, [grads])[0][0]
+  a = _run(sss.sss(lr, gamma=0.0), params, [grads])[0][0]
+  b = _run(sss.sss(lr, gamma=1.0), params, [grads])[0][0]
   np.testing.assert_array_equal(a["Conv_0"]["kernel"], b["Conv_0"]["kernel"])
   np.testing.assert_allclose(a["block"]["gate"], 0.01 + lr * 0.3 * (1 + mu),
                              rtol=1e-6)  # first APG step: lr * g * (1 + mu)
@@ -253,7 +254,7 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
 
 def test_sss_optimizer_takes_a_custom_pattern():
   params = _sss_params()
-  tx = proximal.sss_optimizer(
+  tx = sss.sss_optimizer(
       optax.sgd(0.0), proximal.proximal_sgd(0.1, l1=1.0),
       scale_pattern=r"(^|/)gate$")
   new = _run(tx, params, [jax.tree.map(jnp.zeros_like, params)])[0][0]
@@ -269,9 +270,9 @@ FACTORIES = {
     "group_lasso": lambda: optax.chain(
         optax.sgd(0.1, momentum=0.9), proximal.group_lasso_prox(
             0.1, strength=0.01)),
-    "slimming": lambda: optax.chain(proximal.network_slimming(1e-3),
+    "slimming": lambda: optax.chain(sss.network_slimming(1e-3),
                                     optax.sgd(0.1)),
-    "sss": lambda: proximal.sss(0.1, gamma=0.01),
+    "sss": lambda: sss.sss(0.1, gamma=0.01),
 }
 
 

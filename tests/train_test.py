@@ -8,7 +8,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from sparsify import checkpoint

@@ -1,0 +1,186 @@
+"""SSS (sparse structure selection) and its baseline, Network Slimming.
+
+SSS trains scaling factors of structures (neurons, channels, groups, residual
+blocks) with an accelerated proximal gradient and everything else with
+Nesterov SGD; Network Slimming penalises BatchNorm scales with L1 and prunes
+the channels whose scales fall below a global threshold.
+"""
+
+from collections.abc import Callable
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsify import base
+from sparsify import proximal
+
+# Scaling factors of SSS: leaves (or modules) named ``gate`` and BatchNorm
+# scales, which play the role of per-channel factors when no gate is added.
+SSS_SCALES = r"(^|/)gate(/|$)|(^|/)scale$"
+# BatchNorm (and LayerNorm) scales, the parameters Network Slimming penalises.
+BN_SCALES = r"(^|/)scale$"
+
+
+def sss_labels(params: base.Params, scale_pattern: str = SSS_SCALES) -> Any:
+  """Labels ``'scales'`` (path matches ``scale_pattern``) or ``'weights'``."""
+  pattern = re.compile(scale_pattern)
+  return base.map_with_name(
+      lambda name, _: "scales" if pattern.search(name) else "weights", params)
+
+
+def sss_optimizer(
+    weights_tx: optax.GradientTransformation,
+    scales_tx: optax.GradientTransformation,
+    *,
+    scale_pattern: str = SSS_SCALES,
+) -> optax.GradientTransformation:
+  r"""Trains the scaling factors and the other parameters with two optimizers.
+
+  SSS trains the weights :math:`W` with Nesterov SGD (momentum 0.9, weight
+  decay 1e-4) and the scaling factors :math:`\lambda` with
+  `accelerated_proximal_gradient` (no weight decay); see `sss`.
+
+  Args:
+    weights_tx: the optimizer of every parameter that is not a scale.
+    scales_tx: the optimizer of the scales, given their ``params``.
+    scale_pattern: regex searched in a parameter's path that marks a scale;
+      by default leaves or modules named ``gate`` and BatchNorm ``scale``.
+
+  Returns:
+    An `optax.multi_transform` over the labels of `sss_labels`.
+
+  Example:
+    >>> tx = sss_optimizer(optax.sgd(0.1, momentum=0.9, nesterov=True),
+    ...                    proximal.accelerated_proximal_gradient(0.1, gamma=0.01))
+  """
+  return optax.multi_transform(
+      {"weights": weights_tx, "scales": scales_tx},
+      lambda params: sss_labels(params, scale_pattern))
+
+
+def sss(
+    learning_rate: base.ScalarOrSchedule,
+    *,
+    gamma: base.ScalarOrSchedule,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    nonnegative: bool = True,
+    scale_pattern: str = SSS_SCALES,
+) -> optax.GradientTransformation:
+  r"""Sparse Structure Selection: Nesterov SGD on W, APG on the scales.
+
+  Minimises :math:`L(W, \lambda) + R(W) + \gamma \lVert\lambda\rVert_1`.
+  The weights get ``add_decayed_weights(weight_decay)`` then Nesterov SGD;
+  the scales get `accelerated_proximal_gradient` with the same learning rate
+  (schedule), ``momentum`` and no weight decay, so unneeded structures reach
+  exactly zero during the single training run and can be removed.
+
+  Args:
+    learning_rate: :math:`\eta`, a float or a schedule shared by both parts.
+    gamma: L1 strength on the scales, a float or a schedule.
+    momentum: momentum of both parts (0.9 in the paper).
+    weight_decay: decay of the weights (not of the scales).
+    nonnegative: clamp scales at zero from below, as the authors' code does.
+    scale_pattern: which parameters are scales (see `sss_optimizer`).
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  Example:
+    >>> lr = optax.piecewise_constant_schedule(
+    ...     0.1, {30 * steps_per_epoch: 0.1, 60 * steps_per_epoch: 0.1})
+    >>> tx = sss(lr, gamma=0.01)
+
+  References:
+    Huang & Wang, "Data-driven sparse structure selection for deep neural
+    networks", ECCV 2018. https://arxiv.org/abs/1707.01213
+  """
+  weights_tx = optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=True))
+  scales_tx = proximal.accelerated_proximal_gradient(
+      learning_rate, gamma=gamma, momentum=momentum, nonnegative=nonnegative)
+  return sss_optimizer(weights_tx, scales_tx, scale_pattern=scale_pattern)
+
+
+class NetworkSlimmingState(NamedTuple):
+  """State of `network_slimming`."""
+  count: jax.Array  # int32
+
+
+def network_slimming(
+    l1: base.ScalarOrSchedule,
+    *,
+    where: str | Callable[[str, Any], bool] = BN_SCALES,
+) -> optax.GradientTransformation:
+  r"""Adds the L1 subgradient :math:`l_1 \operatorname{sign}(\gamma)`.
+
+  .. math::
+    g \leftarrow g + l_1 \operatorname{sign}(\gamma)
+
+  on the BatchNorm scales :math:`\gamma`, like `optax.add_decayed_weights`
+  for L2; other parameters pass unchanged. After training, channels whose
+  :math:`|\gamma|` falls below `slimming_threshold` are pruned.
+
+  Args:
+    l1: penalty strength, a float or a schedule.
+    where: which parameters are penalised: a regex on the path (default:
+      names ending in ``scale``) or a predicate ``(path, leaf) -> bool``.
+
+  Returns:
+    An `optax.GradientTransformation`; place it before the optimizer.
+
+  Example:
+    >>> tx = optax.chain(network_slimming(1e-4), optax.sgd(0.1, momentum=0.9))
+
+  References:
+    Liu et al., "Learning efficient convolutional networks through network
+    slimming", ICCV 2017. https://arxiv.org/abs/1708.06519
+  """
+
+  def step(updates, params, count):
+    strength = proximal.value_at(l1, count)
+    return jax.tree.map(
+        lambda g, p: (g + strength * jnp.sign(p)).astype(g.dtype), updates,
+        params)
+
+  return optax.masked(proximal.counting_transform(NetworkSlimmingState, step),
+                      lambda params: base.select(params, where))
+
+
+def slimming_threshold(
+    params: base.Params,
+    fraction: float,
+    where: str | Callable[[str, Any], bool] = BN_SCALES,
+) -> float:
+  r"""The global threshold below which a ``fraction`` of the scales fall.
+
+  Pools :math:`|\gamma|` over every selected parameter (``n`` values) and
+  returns the ``k``-th smallest, ``k = floor(fraction * n)`` counted from 0:
+  without ties, exactly ``k`` values lie strictly below it, and those
+  channels are the ones Network Slimming prunes.
+
+  Args:
+    params: the trained parameters.
+    fraction: fraction of channels to prune, in [0, 1).
+    where: which parameters hold the scales (see `network_slimming`).
+
+  Returns:
+    The threshold, a Python float.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"fraction: got {fraction}; allowed: a fraction in "
+                     "[0, 1)")
+  chosen = base.select(params, where)
+  values = [np.abs(np.asarray(p)).ravel()
+            for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(chosen))
+            if keep]
+  if not values:
+    raise ValueError(f"where: {where!r} selects no parameter")
+  values = np.concatenate(values)
+  k = int(np.floor(fraction * values.size))
+  return float(np.partition(values, k)[k])
