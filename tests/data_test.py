@@ -331,22 +331,13 @@ def test_tfds_source(tmp_path, name, shape, batched):
   np.testing.assert_allclose(ds.std, x.std(axis=(0, 1, 2)), rtol=1e-9)
 
 
-def test_tfds_default_mock():
+def test_tfds_default_mock(mock_tfds):
   """Through tfds's own mocked ArrayRecord source and feature decoding."""
-  # tfds 4.9.10's mock stores `__getitems__` on the mocked ArrayRecord
-  # reader as a plain instance attribute, so Python calls it without `self`
-  # and it fails; this drops the missing argument (reading is unchanged).
-  def getitems(record_keys, generator, serialized=False):
-    assert not serialized
-    return [generator[k] for k in record_keys]
-
-  with tfds.testing.mock_data(num_examples=30,
-                              policy=tfds.testing.MockPolicy.USE_CODE), \
-      mock.patch.object(tfds.testing.mocking, '_getitems', getitems):
-    ds = data.load_dataset('cifar10')
-    reference = tfds.data_source('cifar10', split='train', download=False)
-    expected = [reference[i] for i in range(len(reference))]
-  assert len(ds.train) == len(ds.eval) == 30
+  del mock_tfds  # 64 random examples per split
+  ds = data.load_dataset('cifar10')
+  reference = tfds.data_source('cifar10', split='train', download=False)
+  expected = [reference[i] for i in range(len(reference))]
+  assert len(ds.train) == len(ds.eval) == 64
   np.testing.assert_array_equal(ds.train.images,
                                 np.stack([e['image'] for e in expected]))
   np.testing.assert_array_equal(ds.train.labels,

@@ -1,5 +1,6 @@
 """End-to-end tests of the trainer on the embedded MNIST digits."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -183,3 +184,25 @@ def test_every_preset_trains_and_reports(preset, extra, tmp_path):
   assert 0 < zeros <= round(0.8 * total) + len(kernels)  # never past target
   if not extra.get("compression.recovery"):
     assert zeros == sum(round(0.8 * l["params"]) for l in kernels)
+
+
+@pytest.mark.parametrize("config_file,preset", [("lenet_300_100", "gmp"),
+                                                ("lenet5", "dat")])
+def test_configs_train_on_tfds_mnist(config_file, preset, mock_tfds, tmp_path):
+  del mock_tfds  # the fixture serves 64 random examples per split
+  config = _load_config(config_file, preset)
+  config.data.name, config.data.source = "mnist", "tfds"
+  config.data.batch_size = config.data.eval_batch_size = 16
+  config.train.epochs = 2.0
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps"] == 2 * 64 // 16
+  assert results["dataset"] == "mnist" and results["method"] == preset
+  assert 0.0 <= results["eval_accuracy"] <= 1.0
+
+
+def _load_config(name, preset):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
