@@ -53,7 +53,7 @@ def test_unknown_model_argument(tmp_path):
   config = tiny_config(**{"model.name": "resnet"})
   config.model.kwargs.depht = 20
   with pytest.raises(config_lib.ConfigError, match="depht.*allowed: "
-                     "block, depth, num_classes, width"):
+                     "block, block_gates, channel_gates, depth, num_classes, width"):
     train.Trainer(config, str(tmp_path))
 
 

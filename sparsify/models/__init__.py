@@ -51,6 +51,7 @@ def vgg(
     stages: Any = None,
     width: float = 1.0,
     num_classes: int = 10,
+    gates: bool = False,
 ) -> VGG:
   """Returns a `VGG` given either a standard ``depth`` or explicit ``stages``.
 
@@ -58,6 +59,7 @@ def vgg(
     depth: 11, 13, 16 or 19 for the standard configurations; see `vgg_stages`.
     stages: Conv channels per stage; the `VGG` default when both are None.
     width: Multiplier on every channel count.
+    gates: a per-channel `Gate` after every conv block.
     num_classes: Number of output logits.
 
   Returns:
@@ -71,7 +73,7 @@ def vgg(
   kwargs = {} if stages is None else {"stages": stages}
   if depth is not None:
     kwargs["stages"] = vgg_stages(depth)
-  return VGG(width=width, num_classes=num_classes, **kwargs)
+  return VGG(width=width, num_classes=num_classes, gates=gates, **kwargs)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

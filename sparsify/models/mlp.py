@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from sparsify.gates import Gate
+
 
 class MLP(nn.Module):
   """A multilayer perceptron on flattened images.
@@ -16,6 +18,8 @@ class MLP(nn.Module):
   Attributes:
     hidden: Width of each hidden layer, in order.
     num_classes: Number of output logits.
+    gates: put a per-neuron `Gate` (``fc{i}_gate/gate``) after each hidden
+      layer's relu, for sparse structure selection.
 
   Example:
     >>> model = MLP(hidden=(300, 100))
@@ -26,6 +30,7 @@ class MLP(nn.Module):
 
   hidden: Sequence[int] = (300, 100)
   num_classes: int = 10
+  gates: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -34,10 +39,12 @@ class MLP(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for i, features in enumerate(self.hidden):
       x = nn.relu(nn.Dense(features, name=f"fc{i + 1}")(x))
+      if self.gates:
+        x = Gate(name=f"fc{i + 1}_gate")(x)
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def lenet_300_100(num_classes: int = 10) -> MLP:
+def lenet_300_100(num_classes: int = 10, gates: bool = False) -> MLP:
   """Returns LeNet-300-100: an `MLP` with hidden layers of 300 and 100 units.
 
   On 28x28x1 inputs it has 784*300+300 + 300*100+100 + 100*10+10 = 266,610
@@ -45,6 +52,7 @@ def lenet_300_100(num_classes: int = 10) -> MLP:
 
   Args:
     num_classes: Number of output logits.
+    gates: add per-neuron gates (see `MLP`).
 
   Returns:
     The `MLP` module.
@@ -56,4 +64,4 @@ def lenet_300_100(num_classes: int = 10) -> MLP:
   Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied
   to document recognition", Proc. IEEE 1998.
   """
-  return MLP(hidden=(300, 100), num_classes=num_classes)
+  return MLP(hidden=(300, 100), num_classes=num_classes, gates=gates)

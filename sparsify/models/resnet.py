@@ -5,6 +5,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 
+from sparsify.gates import Gate
 from sparsify.models.vgg import batch_norm
 from sparsify.models.vgg import conv_init
 
@@ -27,10 +28,17 @@ class ResidualBlock(nn.Module):
     features: Inner width of the block; it outputs
       ``features * expansion`` channels.
     strides: Stride of the block (1 or 2).
+    block_gate: scale the residual branch by a scalar `Gate`
+      (``block_gate/gate``) before the shortcut is added; at zero the block
+      reduces to its shortcut.
+    channel_gates: per-channel `Gate` after each inner relu of the branch
+      (``gate1/gate``, ...).
   """
 
   features: int
   strides: int = 1
+  block_gate: bool = False
+  channel_gates: bool = False
   expansion: ClassVar[int] = 1
 
   @property
@@ -52,7 +60,14 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Returns ``relu(residual(x) + shortcut(x))``."""
-    return nn.relu(self.residual(x, train) + self.shortcut(x, train))
+    branch = self.residual(x, train)
+    if self.block_gate:
+      branch = Gate("block", name="block_gate")(branch)
+    return nn.relu(branch + self.shortcut(x, train))
+
+  def inner_gate(self, x: jax.Array, index: int) -> jax.Array:
+    """A per-channel gate after an inner relu, if ``channel_gates``."""
+    return Gate(name=f"gate{index}")(x) if self.channel_gates else x
 
 
 class BasicBlock(ResidualBlock):
@@ -66,7 +81,7 @@ class BasicBlock(ResidualBlock):
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
     """Returns the residual branch, before the addition and the relu."""
     x = _conv(self.features, 3, self.strides, "conv1")(x)
-    x = nn.relu(batch_norm(train, name="bn1")(x))
+    x = self.inner_gate(nn.relu(batch_norm(train, name="bn1")(x)), 1)
     x = _conv(self.features, 3, 1, "conv2")(x)
     return batch_norm(train, name="bn2")(x)
 
@@ -84,9 +99,9 @@ class BottleneckBlock(ResidualBlock):
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
     """Returns the residual branch, before the addition and the relu."""
     x = _conv(self.features, 1, 1, "conv1")(x)
-    x = nn.relu(batch_norm(train, name="bn1")(x))
+    x = self.inner_gate(nn.relu(batch_norm(train, name="bn1")(x)), 1)
     x = _conv(self.features, 3, self.strides, "conv2")(x)
-    x = nn.relu(batch_norm(train, name="bn2")(x))
+    x = self.inner_gate(nn.relu(batch_norm(train, name="bn2")(x)), 2)
     x = _conv(self.out_features, 1, 1, "conv3")(x)
     return batch_norm(train, name="bn3")(x)
 
@@ -118,6 +133,8 @@ class ResNet(nn.Module):
     block: ``'basic'`` or ``'bottleneck'``.
     width: Channels of the stem and inner width of the first stage.
     num_classes: Number of output logits.
+    block_gates: a scalar `Gate` on every residual branch.
+    channel_gates: per-channel `Gate` inside every residual branch.
 
   Example:
     >>> model = ResNet(depth=20)
@@ -135,6 +152,8 @@ class ResNet(nn.Module):
   block: str = "basic"
   width: int = 16
   num_classes: int = 10
+  block_gates: bool = False
+  channel_gates: bool = False
 
   def __post_init__(self):
     if self.block not in BLOCKS:
@@ -162,7 +181,8 @@ class ResNet(nn.Module):
     for s in range(3):
       for i in range(self.blocks_per_stage):
         strides = 2 if s > 0 and i == 0 else 1
-        x = block(self.width * 2**s, strides, name=f"block{s + 1}_{i}")(
-            x, train)
+        x = block(self.width * 2**s, strides, block_gate=self.block_gates,
+                  channel_gates=self.channel_gates,
+                  name=f"block{s + 1}_{i}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from sparsify.gates import Gate
 from sparsify.models.layers import max_pool_2x2
 
 # Conv channels per stage of the standard VGG configurations (A, B, D, E).
@@ -60,17 +61,19 @@ class ConvBNReLU(nn.Module):
 
   Attributes:
     features: Number of output channels.
+    gate: put a per-channel `Gate` (``gate/gate``) after the relu.
   """
 
   features: int
+  gate: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Returns the activations ``(N, H, W, features)``."""
     x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
                 kernel_init=conv_init, name="conv")(x)
-    x = batch_norm(train, name="bn")(x)
-    return nn.relu(x)
+    x = nn.relu(batch_norm(train, name="bn")(x))
+    return Gate(name="gate")(x) if self.gate else x
 
 
 class VGG(nn.Module):
@@ -92,6 +95,7 @@ class VGG(nn.Module):
       Lists are accepted and stored as tuples.
     width: Multiplier on every channel count.
     num_classes: Number of output logits.
+    gates: a per-channel `Gate` after every conv block.
 
   Example:
     >>> model = VGG(stages=vgg_stages(16), width=0.5)
@@ -107,6 +111,7 @@ class VGG(nn.Module):
   stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256, 256))
   width: float = 1.0
   num_classes: int = 10
+  gates: bool = False
 
   def __post_init__(self):
     self.stages = tuple(tuple(int(c) for c in stage) for stage in self.stages)
@@ -125,8 +130,8 @@ class VGG(nn.Module):
     """Returns logits of shape ``(N, num_classes)`` for NHWC images."""
     for s, stage in enumerate(self.stages):
       for i, c in enumerate(stage):
-        x = ConvBNReLU(self.channels(c), name=f"block{s + 1}_{i}")(
-            x, train)
+        x = ConvBNReLU(self.channels(c), gate=self.gates,
+                       name=f"block{s + 1}_{i}")(x, train)
       x = max_pool_2x2(x)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
