@@ -14,31 +14,44 @@ from sparsify.base import select
 from sparsify.config import ConfigError
 from sparsify.config import default_config
 from sparsify.dat import dynamic_adaptive_threshold
-from sparsify.masking import MaskState
+from sparsify.gates import Gate
 from sparsify.masking import apply_masks
 from sparsify.masking import find_masks
 from sparsify.masking import mask_updates
+from sparsify.masking import MaskState
+from sparsify.proximal import accelerated_proximal_gradient
+from sparsify.proximal import APGState
+from sparsify.proximal import group_lasso_prox
+from sparsify.proximal import proximal_sgd
+from sparsify.proximal import soft_threshold
 from sparsify.pruning import erk_densities
 from sparsify.pruning import gradual_magnitude_pruning
 from sparsify.pruning import magnitude_pruning
 from sparsify.pruning import random_sparsity
 from sparsify.pruning import select_by_score
 from sparsify.pruning import top_k_mask
-from sparsify.report import CompressionReport
 from sparsify.report import compression_report
+from sparsify.report import CompressionReport
 from sparsify.report import layer_output_shapes
-from sparsify.train import TrainState
+from sparsify.sss import network_slimming
+from sparsify.sss import slimming_threshold
+from sparsify.sss import sss
+from sparsify.sss import sss_optimizer
 from sparsify.train import train_and_evaluate
+from sparsify.train import TrainState
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "APGState",
     "CompressionReport",
     "ConfigError",
-    "MaskState",
+    "Gate",
     "Masks",
+    "MaskState",
     "Params",
     "TrainState",
+    "accelerated_proximal_gradient",
     "apply_masks",
     "compression_report",
     "default_config",
@@ -46,13 +59,20 @@ __all__ = (
     "erk_densities",
     "find_masks",
     "gradual_magnitude_pruning",
+    "group_lasso_prox",
     "layer_output_shapes",
     "magnitude_pruning",
     "mask_updates",
+    "network_slimming",
     "path_name",
+    "proximal_sgd",
     "random_sparsity",
     "select",
     "select_by_score",
+    "slimming_threshold",
+    "soft_threshold",
+    "sss",
+    "sss_optimizer",
     "top_k_mask",
     "train_and_evaluate",
 )
