@@ -77,16 +77,16 @@ def mask_updates(
   At step :math:`t` (the transform's own count), when
   :math:`t_0 \le t \le t_1` and :math:`(t - t_0) \bmod k = 0`, and at
   :math:`t = t_1` so that a schedule always reaches its end, the masks are
-  recomputed as ``update_masks(t, weights, masks)``, where ``weights`` are
-  the values the weights would take without masking (:math:`w + u`). The
-  updates are then rewritten to :math:`u' = m \odot u - (1 - m) \odot w`, so
-  that :math:`w + u' = m \odot (w + u)`.
+  recomputed as ``update_masks(t, weights, masks)`` from the current weights
+  :math:`w_t`, and the step's updates are rewritten to
+  :math:`u' = m \odot u - (1 - m) \odot w`, so that
+  :math:`w + u' = m \odot (w + u)`: the new masks apply in the same step.
 
   With ``keep_pruned=True`` pruned weights keep training in the state, as in
   Dynamic Network Surgery: :math:`\hat w \leftarrow \hat w + u` where
   pruned, :math:`\hat w = w + u` where kept; the policy sees :math:`\hat w`
-  and may revive a weight, which then re-enters the model with its trained
-  value :math:`\hat w`. This keeps one extra copy of the selected weights.
+  for pruned weights and may revive one, which then re-enters the model with
+  its trained value. This keeps one extra copy of the selected weights.
 
   Args:
     init_masks: ``params -> masks`` for the selected parameters.
@@ -122,37 +122,34 @@ def mask_updates(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(base.NO_PARAMS_MSG)
-    masks = state.masks
-
-    def trained_weights():
-      weights = optax.apply_updates(params, updates)
-      if not keep_pruned:
-        return weights
-      return jax.tree.map(lambda m, w, d, u: jnp.where(m, w, d + u), masks,
-                          weights, state.dense, updates)
-
-    # Computed inside the branch that needs it, so that steps that do not
-    # recompute masks do not pay for it.
-    weights = trained_weights() if keep_pruned else None
+    old = state.masks
+    # The policy sees the current weights; with keep_pruned, pruned ones at
+    # the values they trained to. Using values already in memory (not
+    # params + updates) keeps the updates out of the conditional, so steps
+    # that do not recompute masks cost no more than static masks.
+    current = (jax.tree.map(jnp.where, old, params, state.dense)
+               if keep_pruned else params)
+    masks = old
     if update_masks is not None:
       step = state.count
       due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
       if end_step is not None:
         due = (due & (step <= end_step)) | (step == end_step)
-      masks = jax.lax.cond(
-          due, lambda: update_masks(step, weights if keep_pruned else
-                                    trained_weights(), masks),
-          lambda: masks)
+      masks = jax.lax.cond(due, lambda: update_masks(step, current, old),
+                           lambda: old)
     if keep_pruned:
-      # Revived weights (kept now, pruned before) jump to their trained value.
+      # Pruned weights keep training in `dense`; revived ones (kept now,
+      # pruned before) re-enter the model with that trained value.
+      dense = jax.tree.map(lambda m, p, d, u: jnp.where(m, p + u, d + u), old,
+                           params, state.dense, updates)
       updates = jax.tree.map(
-          lambda u, p, m, old, w: jnp.where(m, jnp.where(old, u, w - p), -p),
-          updates, params, masks, state.masks, weights)
+          lambda u, p, m, o, d: jnp.where(m, jnp.where(o, u, d - p), -p),
+          updates, params, masks, old, dense)
     else:
+      dense = ()
       updates = enforce(updates, params, masks)
     count = optax.safe_increment(state.count)
-    return updates, MaskState(count=count, masks=masks,
-                              dense=weights if keep_pruned else ())
+    return updates, MaskState(count=count, masks=masks, dense=dense)
 
   inner = optax.GradientTransformation(init_fn, update_fn)
   return optax.masked(inner, lambda params: base.select(params, where))

@@ -96,21 +96,22 @@ def test_hysteresis_prunes_below_a_tau_and_revives_above_b_tau():
 
 
 def test_revived_weight_returns_with_its_trained_value():
-  # c = 0, end step 3: f = 0, 19/27, 26/27, 1 at steps 0..3.
+  # c = 0, end step 4: f(t) = 1 - (1 - t/4)^3 = 0, 0.578, 0.875, 0.984, 1.
   params = {"l": {"kernel": jnp.array([[0.05, 1.0, -1.0, 0.9]])}}
   tx = optax.chain(optax.sgd(1.0), sparsify.dynamic_adaptive_threshold(
-      0.0, begin_step=0, end_step=3, update_every=1, recovery=True))
+      0.0, begin_step=0, end_step=4, update_every=1, recovery=True))
   state = tx.init(params)
   values = []
-  for push in (0.0, 0.0, 0.6, 0.6):
+  for push in (0.0, 0.0, 0.6, 0.6, 0.0):
     grads = {"l": {"kernel": jnp.array([[-push, 0.0, 0.0, 0.0]])}}
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
     values.append(float(params["l"]["kernel"][0, 0]))
-  # Step 1: tau = 19/27 * mean(0.05, 1, 1, 0.9) = 0.519 and 0.05 < 0.9 tau:
-  # pruned. Step 2: it trained to 0.65 < 1.1 * (26/27 * 0.9667): still out.
-  # Step 3: it trained to 1.25 > 1.1 * 0.9667: back, with its trained value.
-  np.testing.assert_allclose(values, [0.05, 0.0, 0.0, 1.25], rtol=1e-6)
+  # Step 1: tau = 0.578 * mean(0.05, 1, 1, 0.9) = 0.426 and 0.05 < 0.9 tau:
+  # pruned. Steps 2, 3: it trains on (0.05 -> 0.65 -> 1.25) but was below
+  # 1.1 tau = 1.1 * 0.875 * 0.967 and 1.1 * 0.984 * 0.967 when measured.
+  # Step 4: 1.25 > 1.1 * 0.967: back, with the value it trained to.
+  np.testing.assert_allclose(values, [0.05, 0.0, 0.0, 0.0, 1.25], rtol=1e-6)
 
 
 def test_bad_arguments_are_named():

@@ -10,15 +10,27 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from typing import Any
 
 import jax
 
 
+def commit() -> str | None:
+  """The git commit of the code that produced the numbers, if known."""
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
 def machine() -> dict[str, Any]:
   """What the numbers were measured on."""
   return {
+      "commit": commit(),
       "platform": platform.platform(),
       "python": platform.python_version(),
       "jax": jax.__version__,
