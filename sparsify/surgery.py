@@ -1,0 +1,181 @@
+"""Surgery: physically remove neurons and channels, folding gates into weights.
+
+A network is slimmed from a declared *structure specification*: a list of
+`Unit` groups, each naming the parameters whose slices along one axis belong
+to the same neurons or channels. For a hidden layer of an MLP with gates::
+
+  Unit(name="fc1", gate="fc1_gate/gate",
+       producers=(("fc1/kernel", 1), ("fc1/bias", 0)),
+       consumers=(("fc2/kernel", 0),))
+
+Removing unit ``j`` drops slice ``j`` of every producer (the layer that
+computes it: kernel columns, bias, BatchNorm scale, shift and running
+statistics) and of every consumer (the next layer's input rows or input
+channels). A surviving gate value :math:`\\lambda_j` is folded into the
+consumers, :math:`W'_{j\\cdot} = \\lambda_j W_{j\\cdot}`, and the gate is
+removed, so the slim network computes the same function as the gated one.
+
+Folding into the next layer is exact when everything between the gate and
+the consumer is linear and commutes with a scale: average pooling, flatten,
+zero padding always; max pooling only for :math:`\\lambda \\ge 0` (SSS keeps
+gates non-negative). `spec_for` builds the specification of the models in
+`sparsify.models` (MLP, VGG); a user's own model is slimmed by writing its
+specification. What it cannot handle: units whose consumers are not linear
+in them (a gate before a non-linearity), and coupled axes that are not
+declared (e.g. residual additions across blocks, which ResNet channel gates
+avoid by gating only inside the residual branch).
+"""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from sparsify import base
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """A group of parameter slices that form one layer's neurons or channels.
+
+  Attributes:
+    name: a label for reports.
+    gate: path of the 1-D gate over the units, or None (ungated).
+    producers: ``(path, axis)`` pairs sliced along the units.
+    consumers: ``(path, axis)`` pairs sliced and scaled by the gate.
+  """
+  name: str
+  gate: str | None
+  producers: tuple[tuple[str, int], ...]
+  consumers: tuple[tuple[str, int], ...]
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+  return {name: np.asarray(leaf) for name, leaf in base.named_leaves(tree)}
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for name, value in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def _take(x: np.ndarray, keep: np.ndarray, axis: int) -> np.ndarray:
+  return np.take(x, np.flatnonzero(keep), axis=axis)
+
+
+def slim(variables: dict[str, Any], spec: list[Unit],
+         keep: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Removes units and folds surviving gates into their consumers.
+
+  Args:
+    variables: ``{'params': ..., 'batch_stats': ...}`` of the gated model
+      (collections other than ``params`` are sliced by the same paths, e.g.
+      BatchNorm running ``mean`` and ``var``).
+    spec: the structure specification.
+    keep: ``{unit name: boolean array}`` of the units to keep.
+
+  Returns:
+    The variables of the slim, ungated model (numpy arrays).
+
+  Example:
+    >>> spec = spec_for("mlp", hidden=(300, 100))
+    >>> keep = keep_nonzero(variables["params"], spec)
+    >>> slim_vars = slim(variables, spec, keep)
+  """
+  flat = {c: _flat(t) for c, t in variables.items()}
+  params = flat["params"]
+  for unit in spec:
+    mask = np.asarray(keep[unit.name], bool)
+    gate = params.pop(unit.gate) if unit.gate else np.ones(mask.shape)
+    for path, axis in unit.producers:
+      for coll in flat.values():  # BatchNorm statistics are in batch_stats
+        if path in coll:
+          coll[path] = _take(coll[path], mask, axis)
+    for path, axis in unit.consumers:
+      w = params[path]
+      shape = [1] * w.ndim
+      shape[axis] = -1
+      params[path] = _take(w * gate.reshape(shape), mask, axis)
+  return {c: _unflatten(f) for c, f in flat.items() if f}
+
+
+def keep_nonzero(params: base.Params, spec: list[Unit],
+                 threshold: float = 0.0) -> dict[str, np.ndarray]:
+  """Keeps the units whose gate magnitude exceeds ``threshold``."""
+  flat = _flat(params)
+  return {u.name: np.abs(flat[u.gate]) > threshold for u in spec if u.gate}
+
+
+def spec_for(model: str, **kwargs: Any) -> list[Unit]:
+  """The structure specification of a gated `sparsify.models` network.
+
+  Args:
+    model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons) or ``'vgg'``
+      (conv channels); the model must have been built with ``gates=True``.
+    **kwargs: the model's configuration (``hidden`` or ``stages``).
+
+  Returns:
+    The list of `Unit`.
+  """
+  if model in ("mlp", "lenet_300_100"):
+    hidden = kwargs.get("hidden", (300, 100))
+    names = [f"fc{i + 1}" for i in range(len(hidden))] + ["head"]
+    return [Unit(name=names[i], gate=f"{names[i]}_gate/gate",
+                 producers=((f"{names[i]}/kernel", 1), (f"{names[i]}/bias", 0)),
+                 consumers=((f"{names[i + 1]}/kernel", 0),))
+            for i in range(len(hidden))]
+  if model == "vgg":
+    stages = kwargs["stages"]
+    blocks = [f"block{s + 1}_{i}" for s, stage in enumerate(stages)
+              for i in range(len(stage))]
+    spec = []
+    for b, nxt in zip(blocks, blocks[1:] + ["head"]):
+      consumer = (f"{nxt}/kernel", 0) if nxt == "head" else (
+          f"{nxt}/conv/kernel", 2)
+      spec.append(Unit(
+          name=b, gate=f"{b}/gate/gate",
+          producers=((f"{b}/conv/kernel", 3), (f"{b}/bn/scale", 0),
+                     (f"{b}/bn/bias", 0), (f"{b}/bn/mean", 0),
+                     (f"{b}/bn/var", 0)),
+          consumers=(consumer,)))
+    return spec
+  raise ValueError(f"model: got {model!r}; allowed: lenet_300_100, mlp, vgg "
+                   "(write a spec of `Unit`s for other models)")
+
+
+def count_kept(keep: dict[str, np.ndarray]) -> dict[str, int]:
+  """Units kept per group."""
+  return {name: int(np.sum(k)) for name, k in keep.items()}
+
+
+
+def slim_kwargs(model: str, kwargs: dict[str, Any],
+                keep: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The model arguments of the slim network (no gates, kept widths).
+
+  Args:
+    model: as in `spec_for`.
+    kwargs: the gated model's arguments.
+    keep: the kept units, by unit name.
+
+  Returns:
+    Arguments for `sparsify.models.get_model` building the slim model.
+  """
+  counts = count_kept(keep)
+  out = {k: v for k, v in kwargs.items() if k != "gates"}
+  if model in ("mlp", "lenet_300_100"):
+    hidden = kwargs.get("hidden", (300, 100))
+    out["hidden"] = tuple(counts[f"fc{i + 1}"] for i in range(len(hidden)))
+    return out
+  stages = kwargs["stages"]
+  out["stages"] = tuple(
+      tuple(counts[f"block{s + 1}_{i}"] for i in range(len(stage)))
+      for s, stage in enumerate(stages))
+  out["width"] = 1.0
+  return out

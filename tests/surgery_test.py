@@ -1,0 +1,69 @@
+"""Surgery: the slim model computes what the gated model computes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparsify import base
+from sparsify import data
+from sparsify import models
+from sparsify import surgery
+
+
+def _set_gates(variables, rng, zero_fraction):
+  """Random non-negative gates, a fraction of them exactly zero."""
+  def gate(name, x):
+    if not name.endswith("/gate"):
+      return x
+    g = rng.uniform(0.2, 2.0, size=x.shape).astype(np.float32)
+    g[rng.random(x.shape) < zero_fraction] = 0.0
+    return jnp.asarray(g)
+  return {**variables, "params": base.map_with_name(gate, variables["params"])}
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("mlp", {"hidden": (64, 32)}),
+    ("vgg", {"stages": ((8, 8), (16,))}),
+])
+def test_slim_model_equals_gated_model_on_real_digits(name, kwargs):
+  rng = np.random.default_rng(0)
+  gated = models.get_model(name, gates=True, **kwargs)
+  ds = data.load_dataset("embedded_mnist")
+  x = next(data.eval_batches(ds.eval, batch_size=64, mean=ds.mean,
+                             std=ds.std))["image"]
+  variables = gated.init(jax.random.key(0), x[:1])
+  if "batch_stats" in variables:  # non-trivial running statistics
+    _, updates = gated.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = {**variables, **updates}
+  variables = _set_gates(variables, rng, zero_fraction=0.4)
+  spec = surgery.spec_for(name, **kwargs)
+  keep = surgery.keep_nonzero(variables["params"], spec)
+  slim_vars = surgery.slim(variables, spec, keep)
+  slim_model = models.get_model(name, **surgery.slim_kwargs(name, kwargs, keep))
+  np.testing.assert_allclose(slim_model.apply(slim_vars, x),
+                             gated.apply(variables, x), rtol=1e-4, atol=1e-4)
+  widths = [int(np.sum(k)) for k in keep.values()]
+  full = [w for stage in kwargs.get("stages", [kwargs.get("hidden")])
+          for w in stage]
+  assert all(0 < w < f for w, f in zip(widths, full))  # really smaller
+  n_slim = models.count_params(slim_vars["params"])
+  assert n_slim < models.count_params(variables["params"])
+
+
+def test_mlp_slicing_by_hand():
+  # fc1: 3 -> 4 units, gate (2, 0, 1, 0): keep units 0 and 2.
+  params = {
+      "fc1": {"kernel": np.arange(12.0).reshape(3, 4), "bias": np.arange(4.0)},
+      "fc1_gate": {"gate": np.array([2.0, 0.0, 1.0, 0.0])},
+      "head": {"kernel": np.arange(8.0).reshape(4, 2), "bias": np.zeros(2)},
+  }
+  spec = surgery.spec_for("mlp", hidden=(4,))
+  keep = surgery.keep_nonzero(params, spec)
+  out = surgery.slim({"params": params}, spec, keep)["params"]
+  np.testing.assert_array_equal(out["fc1"]["kernel"],
+                                [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]])
+  np.testing.assert_array_equal(out["fc1"]["bias"], [0.0, 2.0])
+  np.testing.assert_array_equal(out["head"]["kernel"],
+                                [[2 * 0.0, 2 * 1.0], [1 * 4.0, 1 * 5.0]])
+  assert "fc1_gate" not in out
