@@ -35,7 +35,7 @@ from sparsify.report import CompressionReport
 from sparsify.report import layer_output_shapes
 from sparsify.sss import network_slimming
 from sparsify.sss import slimming_threshold
-from sparsify.sss import sss
+from sparsify.sss import sparse_structure_selection
 from sparsify.sss import sss_optimizer
 from sparsify.train import train_and_evaluate
 from sparsify.train import TrainState
@@ -71,7 +71,7 @@ __all__ = (
     "select_by_score",
     "slimming_threshold",
     "soft_threshold",
-    "sss",
+    "sparse_structure_selection",
     "sss_optimizer",
     "top_k_mask",
     "train_and_evaluate",

@@ -42,7 +42,7 @@ def sss_optimizer(
 
   SSS trains the weights :math:`W` with Nesterov SGD (momentum 0.9, weight
   decay 1e-4) and the scaling factors :math:`\lambda` with
-  `accelerated_proximal_gradient` (no weight decay); see `sss`.
+  `accelerated_proximal_gradient` (no weight decay); see `sparse_structure_selection`.
 
   Args:
     weights_tx: the optimizer of every parameter that is not a scale.
@@ -62,7 +62,7 @@ def sss_optimizer(
       lambda params: sss_labels(params, scale_pattern))
 
 
-def sss(
+def sparse_structure_selection(
     learning_rate: base.ScalarOrSchedule,
     *,
     gamma: base.ScalarOrSchedule,
@@ -93,7 +93,7 @@ def sss(
   Example:
     >>> lr = optax.piecewise_constant_schedule(
     ...     0.1, {30 * steps_per_epoch: 0.1, 60 * steps_per_epoch: 0.1})
-    >>> tx = sss(lr, gamma=0.01)
+    >>> tx = sparse_structure_selection(lr, gamma=0.01)
 
   References:
     Huang & Wang, "Data-driven sparse structure selection for deep neural

@@ -233,7 +233,7 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
       "block": {"gate": "scales"}}
   lr, wd, mu = 0.1, 1e-4, 0.9
   zero = jax.tree.map(jnp.zeros_like, params)
-  new = _run(sss.sss(lr, gamma=0.5, momentum=mu, weight_decay=wd),
+  new = _run(sss.sparse_structure_selection(lr, gamma=0.5, momentum=mu, weight_decay=wd),
              params, [zero])[0][0]
   # Scales: |0.01| < lr * gamma, so the proximal step lands on exactly zero.
   assert np.all(np.asarray(new["BatchNorm_0"]["scale"]) == 0.0)
@@ -244,8 +244,8 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
     np.testing.assert_allclose(w, decayed, rtol=1e-6)
   # Gamma reaches the scales only; a gradient reaches the weights unchanged.
   grads = jax.tree.map(lambda p: -0.3 * jnp.ones_like(p), params)
-  a = _run(sss.sss(lr, gamma=0.0), params, [grads])[0][0]
-  b = _run(sss.sss(lr, gamma=1.0), params, [grads])[0][0]
+  a = _run(sss.sparse_structure_selection(lr, gamma=0.0), params, [grads])[0][0]
+  b = _run(sss.sparse_structure_selection(lr, gamma=1.0), params, [grads])[0][0]
   np.testing.assert_array_equal(a["Conv_0"]["kernel"], b["Conv_0"]["kernel"])
   np.testing.assert_allclose(a["block"]["gate"], 0.01 + lr * 0.3 * (1 + mu),
                              rtol=1e-6)  # first APG step: lr * g * (1 + mu)
@@ -272,7 +272,7 @@ FACTORIES = {
             0.1, strength=0.01)),
     "slimming": lambda: optax.chain(sss.network_slimming(1e-3),
                                     optax.sgd(0.1)),
-    "sss": lambda: sss.sss(0.1, gamma=0.01),
+    "sss": lambda: sss.sparse_structure_selection(0.1, gamma=0.01),
 }
 
 
