@@ -5,7 +5,10 @@ jit, chains after any optimizer, works under `optax.masked` and
 `optax.inject_hyperparams`, keeps its state's shapes and dtypes across steps,
 keeps pruned weights at exactly zero, and reaches its target sparsity. It is
 also driven through flax's `TrainState.apply_gradients` and
-`nnx.Optimizer.update` with no extra call.
+`nnx.Optimizer.update` with no extra call. The proximal transforms (APG,
+ISTA, group lasso, Network Slimming), which hold no masks, go through the
+same jit / chain / `optax.masked` / `inject_hyperparams` checks in
+`PROXIMAL`.
 """
 
 import inspect
@@ -64,7 +67,8 @@ def _params():
   return {"fc1": {"kernel": jnp.asarray(rng.normal(size=(16, 24)), jnp.float32),
                   "bias": jnp.zeros(24, jnp.float32)},
           "fc2": {"kernel": jnp.asarray(rng.normal(size=(24, 10)), jnp.float32),
-                  "bias": jnp.zeros(10, jnp.float32)}}
+                  "bias": jnp.zeros(10, jnp.float32)},
+          "bn": {"scale": jnp.ones(24, jnp.float32)}}  # a BatchNorm-like scale
 
 
 def _grads(params, step):
@@ -216,3 +220,78 @@ def test_needs_params_everywhere():
       tx.update(params, tx.init(params))
     del name
 
+
+
+class ProxCase(NamedTuple):
+  build: Any  # () -> transform; chained as `optax.chain(before, tx, after)`
+  before: Any
+  after: Any
+  injectable: dict[str, Any]  # factory and its kwargs, for inject_hyperparams
+  zeroes: bool  # drives some weights or whole units to exactly zero
+
+
+PROXIMAL = {
+    "apg": ProxCase(lambda: sparsify.accelerated_proximal_gradient(
+        0.1, gamma=5.0), optax.identity(), optax.identity(),
+                    dict(factory=sparsify.accelerated_proximal_gradient,
+                         kwargs=dict(learning_rate=0.1, gamma=5.0)), True),
+    "ista": ProxCase(lambda: sparsify.proximal_sgd(0.1, l1=5.0),
+                     optax.identity(), optax.identity(),
+                     dict(factory=sparsify.proximal_sgd,
+                          kwargs=dict(learning_rate=0.1, l1=5.0)), True),
+    "group_lasso": ProxCase(lambda: sparsify.group_lasso_prox(0.1, strength=5.0),
+                            optax.sgd(0.05), optax.identity(),
+                            dict(factory=sparsify.group_lasso_prox,
+                                 kwargs=dict(learning_rate=0.1, strength=5.0)),
+                            True),
+    "network_slimming": ProxCase(lambda: sparsify.network_slimming(1e-3),
+                                 optax.identity(), optax.sgd(0.05),
+                                 dict(factory=sparsify.network_slimming,
+                                      kwargs=dict(l1=1e-3)), False),
+}
+PROX_CASES = pytest.mark.parametrize("name", sorted(PROXIMAL))
+
+
+@PROX_CASES
+def test_proximal_transforms_jit_chain_and_keep_state_shapes(name):
+  case = PROXIMAL[name]
+  tx = optax.chain(case.before, case.build(), case.after)
+  params, _ = _run(tx, _params())
+  without, _ = _run(optax.chain(case.before, case.after), _params())
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params,
+                         without)
+  assert any(jax.tree.leaves(changed))
+  zeros = sum(int(np.sum(np.asarray(x) == 0)) for x in jax.tree.leaves(params))
+  biases_init_zero = 24 + 10
+  if case.zeroes:
+    assert zeros > biases_init_zero  # exact zeros, not just small values
+  if name == "network_slimming":  # only the scales feel the L1 term
+    assert changed["bn"]["scale"] and not changed["fc1"]["kernel"]
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+@PROX_CASES
+def test_proximal_transforms_under_optax_masked(name):
+  case = PROXIMAL[name]
+  only_fc1 = lambda p: {k: jax.tree.map(lambda _: k == "fc1", v)  # pylint: disable=g-long-lambda
+                        for k, v in p.items()}
+  tx = optax.chain(case.before, optax.masked(case.build(), only_fc1),
+                   case.after)
+  params, _ = _run(tx, _params())
+  full, _ = _run(optax.chain(case.before, case.after), _params())
+  # fc2 does not see the transform: it moves exactly as without it.
+  jax.tree.map(np.testing.assert_array_equal, params["fc2"], full["fc2"])
+
+
+@PROX_CASES
+def test_proximal_transforms_under_inject_hyperparams(name):
+  case = PROXIMAL[name]
+  factory, kwargs = case.injectable["factory"], case.injectable["kwargs"]
+  static = tuple(k for k in inspect.signature(factory).parameters
+                 if k not in kwargs)
+  injected = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
+  a, _ = _run(optax.chain(case.before, injected, case.after), _params())
+  b, _ = _run(optax.chain(case.before, factory(**kwargs), case.after),
+              _params())
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6,
+                                                       atol=1e-7), a, b)
