@@ -23,4 +23,5 @@ from sparsify.config import with_method
 def get_config(preset=None):
   config = default_config()
   config.model.name = "lenet_300_100"
+  config.model.kwargs.gates = False  # per-neuron scaling factors (SSS)
   return with_method(config, preset)

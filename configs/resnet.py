@@ -17,6 +17,8 @@ def get_config():
   config.model.kwargs.depth = 20
   config.model.kwargs.block = "basic"
   config.model.kwargs.width = 16
+  config.model.kwargs.block_gates = False  # a scale per residual branch
+  config.model.kwargs.channel_gates = False  # a scale per inner channel
   config.data.name = "fashion_mnist"
   config.optimizer.name = "nesterov"
   config.optimizer.learning_rate = 0.1

@@ -21,6 +21,7 @@ def get_config():
   config.model.name = "vgg"
   config.model.kwargs.stages = ((64, 64), (128, 128), (256, 256, 256))
   config.model.kwargs.width = 1.0
+  config.model.kwargs.gates = False  # per-channel scaling factors (SSS)
   config.data.name = "fashion_mnist"
   config.optimizer.name = "nesterov"
   config.optimizer.learning_rate = 0.05
