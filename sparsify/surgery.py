@@ -19,8 +19,9 @@ Folding into the next layer is exact when everything between the gate and
 the consumer is linear and commutes with a scale: average pooling, flatten,
 zero padding always; max pooling only for :math:`\\lambda \\ge 0` (SSS keeps
 gates non-negative). `spec_for` builds the specification of the models in
-`sparsify.models` (MLP, VGG); a user's own model is slimmed by writing its
-specification. What it cannot handle: units whose consumers are not linear
+`sparsify.models` (MLP neurons, VGG channels, ResNet channels inside residual
+branches); a user's own model is slimmed by writing its specification.
+Removing whole residual blocks is not implemented yet. What it cannot handle: units whose consumers are not linear
 in them (a gate before a non-linearity), and coupled axes that are not
 declared (e.g. residual additions across blocks, which ResNet channel gates
 avoid by gating only inside the residual branch).
@@ -107,18 +108,32 @@ def slim(variables: dict[str, Any], spec: list[Unit],
 
 def keep_nonzero(params: base.Params, spec: list[Unit],
                  threshold: float = 0.0) -> dict[str, np.ndarray]:
-  """Keeps the units whose gate magnitude exceeds ``threshold``."""
+  """Keeps the units whose gate magnitude exceeds ``threshold``.
+
+  A layer keeps at least its largest gate, so that no layer vanishes; when
+  that gate is zero its folded consumer weights are zero and the function
+  is unchanged.
+  """
   flat = _flat(params)
-  return {u.name: np.abs(flat[u.gate]) > threshold for u in spec if u.gate}
+  keep = {}
+  for u in spec:
+    if u.gate:
+      g = np.abs(flat[u.gate])
+      k = g > threshold
+      k[np.argmax(g)] = True
+      keep[u.name] = k
+  return keep
 
 
 def spec_for(model: str, **kwargs: Any) -> list[Unit]:
   """The structure specification of a gated `sparsify.models` network.
 
   Args:
-    model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons) or ``'vgg'``
-      (conv channels); the model must have been built with ``gates=True``.
-    **kwargs: the model's configuration (``hidden`` or ``stages``).
+    model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons), ``'vgg'``
+      (conv channels; built with ``gates=True``) or ``'resnet'`` (channels
+      inside residual branches; built with ``channel_gates=True``).
+    **kwargs: the model's configuration (``hidden``, ``stages``, or
+      ``depth`` and ``block``).
 
   Returns:
     The list of `Unit`.
@@ -145,8 +160,21 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
                      (f"{b}/bn/var", 0)),
           consumers=(consumer,)))
     return spec
-  raise ValueError(f"model: got {model!r}; allowed: lenet_300_100, mlp, vgg "
-                   "(write a spec of `Unit`s for other models)")
+  if model == "resnet":
+    per_block = {"basic": 2, "bottleneck": 3}[kwargs.get("block", "basic")]
+    n = (kwargs.get("depth", 20) - 2) // (3 * per_block)
+    spec = []
+    for b in (f"block{s + 1}_{i}" for s in range(3) for i in range(n)):
+      for k in range(1, per_block):  # inner layers k -> k + 1
+        spec.append(Unit(
+            name=f"{b}/gate{k}", gate=f"{b}/gate{k}/gate",
+            producers=((f"{b}/conv{k}/kernel", 3),) + tuple(
+                (f"{b}/bn{k}/{v}", 0) for v in ("scale", "bias", "mean",
+                                                 "var")),
+            consumers=((f"{b}/conv{k + 1}/kernel", 2),)))
+    return spec
+  raise ValueError(f"model: got {model!r}; allowed: lenet_300_100, mlp, "
+                   "resnet, vgg (write a spec of `Unit`s for other models)")
 
 
 def count_kept(keep: dict[str, np.ndarray]) -> dict[str, int]:
@@ -172,6 +200,14 @@ def slim_kwargs(model: str, kwargs: dict[str, Any],
   if model in ("mlp", "lenet_300_100"):
     hidden = kwargs.get("hidden", (300, 100))
     out["hidden"] = tuple(counts[f"fc{i + 1}"] for i in range(len(hidden)))
+    return out
+  if model == "resnet":
+    out.pop("channel_gates", None)
+    blocks = sorted({u.rsplit("/", 1)[0] for u in counts},
+                    key=lambda b: tuple(int(x) for x in b[5:].split("_")))
+    out["inner_widths"] = tuple(
+        tuple(counts[f"{b}/gate{k}"] for k in range(1, 1 + sum(
+            u.startswith(b + "/") for u in counts))) for b in blocks)
     return out
   stages = kwargs["stages"]
   out["stages"] = tuple(

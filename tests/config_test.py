@@ -52,8 +52,9 @@ def test_source_that_does_not_hold_the_dataset(tmp_path):
 def test_unknown_model_argument(tmp_path):
   config = tiny_config(**{"model.name": "resnet"})
   config.model.kwargs.depht = 20
-  with pytest.raises(config_lib.ConfigError, match="depht.*allowed: "
-                     "block, block_gates, channel_gates, depth, num_classes, width"):
+  with pytest.raises(config_lib.ConfigError, match=(
+      "depht.*allowed: block, block_gates, channel_gates, depth, "
+      "inner_widths, num_classes, width")):
     train.Trainer(config, str(tmp_path))
 
 

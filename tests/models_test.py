@@ -313,7 +313,8 @@ def test_unknown_model():
 
 def test_unknown_argument():
   with pytest.raises(ValueError, match=r"'depht'.*allowed: block, "
-                     r"block_gates, channel_gates, depth, num_classes, width"):
+                     r"block_gates, channel_gates, depth, inner_widths, "
+                     r"num_classes, width"):
     models.get_model("resnet", depht=20)
   with pytest.raises(ValueError, match=r"allowed: num_classes$"):
     models.get_model("lenet5", hidden=[10])

@@ -33,12 +33,19 @@ class ResidualBlock(nn.Module):
       reduces to its shortcut.
     channel_gates: per-channel `Gate` after each inner relu of the branch
       (``gate1/gate``, ...).
+    inner: widths of the inner layers of the branch (one for a basic block,
+      two for a bottleneck), as left by surgery; ``None``: ``features``.
   """
 
   features: int
   strides: int = 1
   block_gate: bool = False
   channel_gates: bool = False
+  inner: tuple[int, ...] | None = None
+
+  def inner_width(self, index: int) -> int:
+    """Width of inner layer ``index`` (from 1): ``features`` unless slimmed."""
+    return self.features if self.inner is None else self.inner[index - 1]
   expansion: ClassVar[int] = 1
 
   @property
@@ -80,7 +87,7 @@ class BasicBlock(ResidualBlock):
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
     """Returns the residual branch, before the addition and the relu."""
-    x = _conv(self.features, 3, self.strides, "conv1")(x)
+    x = _conv(self.inner_width(1), 3, self.strides, "conv1")(x)
     x = self.inner_gate(nn.relu(batch_norm(train, name="bn1")(x)), 1)
     x = _conv(self.features, 3, 1, "conv2")(x)
     return batch_norm(train, name="bn2")(x)
@@ -98,9 +105,9 @@ class BottleneckBlock(ResidualBlock):
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
     """Returns the residual branch, before the addition and the relu."""
-    x = _conv(self.features, 1, 1, "conv1")(x)
+    x = _conv(self.inner_width(1), 1, 1, "conv1")(x)
     x = self.inner_gate(nn.relu(batch_norm(train, name="bn1")(x)), 1)
-    x = _conv(self.features, 3, self.strides, "conv2")(x)
+    x = _conv(self.inner_width(2), 3, self.strides, "conv2")(x)
     x = self.inner_gate(nn.relu(batch_norm(train, name="bn2")(x)), 2)
     x = _conv(self.out_features, 1, 1, "conv3")(x)
     return batch_norm(train, name="bn3")(x)
@@ -135,6 +142,8 @@ class ResNet(nn.Module):
     num_classes: Number of output logits.
     block_gates: a scalar `Gate` on every residual branch.
     channel_gates: per-channel `Gate` inside every residual branch.
+    inner_widths: per block (stage by stage), the widths of its inner
+      layers after surgery; ``None`` for the standard widths.
 
   Example:
     >>> model = ResNet(depth=20)
@@ -154,8 +163,12 @@ class ResNet(nn.Module):
   num_classes: int = 10
   block_gates: bool = False
   channel_gates: bool = False
+  inner_widths: tuple[tuple[int, ...], ...] | None = None
 
   def __post_init__(self):
+    if self.inner_widths is not None:
+      self.inner_widths = tuple(tuple(int(w) for w in b)
+                                for b in self.inner_widths)
     if self.block not in BLOCKS:
       allowed = ", ".join(sorted(BLOCKS))
       raise ValueError(
@@ -181,8 +194,10 @@ class ResNet(nn.Module):
     for s in range(3):
       for i in range(self.blocks_per_stage):
         strides = 2 if s > 0 and i == 0 else 1
+        inner = (None if self.inner_widths is None else
+                 self.inner_widths[s * self.blocks_per_stage + i])
         x = block(self.width * 2**s, strides, block_gate=self.block_gates,
-                  channel_gates=self.channel_gates,
+                  channel_gates=self.channel_gates, inner=inner,
                   name=f"block{s + 1}_{i}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
