@@ -21,7 +21,7 @@ zero padding always; max pooling only for :math:`\\lambda \\ge 0` (SSS keeps
 gates non-negative). `spec_for` builds the specification of the models in
 `sparsify.models` (MLP neurons, VGG channels, ResNet channels inside residual
 branches); a user's own model is slimmed by writing its specification.
-Removing whole residual blocks is not implemented yet. What it cannot handle: units whose consumers are not linear
+Whole residual blocks whose gate is zero are removed by `remove_blocks`. What it cannot handle: units whose consumers are not linear
 in them (a gate before a non-linearity), and coupled axes that are not
 declared (e.g. residual additions across blocks, which ResNet channel gates
 avoid by gating only inside the residual branch).
@@ -92,6 +92,8 @@ def slim(variables: dict[str, Any], spec: list[Unit],
   flat = {c: _flat(t) for c, t in variables.items()}
   params = flat["params"]
   for unit in spec:
+    if unit.name not in keep:  # e.g. inside a residual block removed before
+      continue
     mask = np.asarray(keep[unit.name], bool)
     gate = params.pop(unit.gate) if unit.gate else np.ones(mask.shape)
     for path, axis in unit.producers:
@@ -117,7 +119,7 @@ def keep_nonzero(params: base.Params, spec: list[Unit],
   flat = _flat(params)
   keep = {}
   for u in spec:
-    if u.gate:
+    if u.gate in flat:
       g = np.abs(flat[u.gate])
       k = g > threshold
       k[np.argmax(g)] = True
@@ -203,11 +205,13 @@ def slim_kwargs(model: str, kwargs: dict[str, Any],
     return out
   if model == "resnet":
     out.pop("channel_gates", None)
-    blocks = sorted({u.rsplit("/", 1)[0] for u in counts},
-                    key=lambda b: tuple(int(x) for x in b[5:].split("_")))
+    per_block = {"basic": 1, "bottleneck": 2}[kwargs.get("block", "basic")]
+    n = (kwargs.get("depth", 20) - 2) // (3 * (per_block + 1))
+    full = [kwargs.get("width", 16) * 2**s for s in range(3) for _ in range(n)]
+    names = [f"block{s + 1}_{i}" for s in range(3) for i in range(n)]
     out["inner_widths"] = tuple(
-        tuple(counts[f"{b}/gate{k}"] for k in range(1, 1 + sum(
-            u.startswith(b + "/") for u in counts))) for b in blocks)
+        tuple(counts.get(f"{b}/gate{k}", w) for k in range(1, per_block + 1))
+        for b, w in zip(names, full))
     return out
   stages = kwargs["stages"]
   out["stages"] = tuple(
@@ -215,3 +219,45 @@ def slim_kwargs(model: str, kwargs: dict[str, Any],
       for s, stage in enumerate(stages))
   out["width"] = 1.0
   return out
+
+
+def remove_blocks(variables: dict[str, Any], kwargs: dict[str, Any],
+                  threshold: float = 0.0) -> tuple[dict[str, Any],
+                                                   dict[str, Any]]:
+  r"""Removes ResNet residual branches whose block gate is zero.
+
+  A branch with :math:`|\lambda| \le` ``threshold`` is removed: a block with
+  an identity shortcut disappears (its input is the output of a relu, so
+  ``relu(x) = x``), a block with a projection shortcut keeps only it. A
+  surviving :math:`\lambda` is folded into the branch's last BatchNorm
+  (scale and shift times :math:`\lambda`) and the gate removed.
+
+  Args:
+    variables: variables of a `ResNet` built with ``block_gates=True``.
+    kwargs: that model's arguments.
+    threshold: gates at or below it (in magnitude) remove their branch.
+
+  Returns:
+    ``(variables, kwargs)`` of the model without block gates; channel gates
+    (if any) are left for `slim`.
+  """
+  flat = {c: _flat(t) for c, t in variables.items()}
+  params = flat["params"]
+  last_bn = "bn2" if kwargs.get("block", "basic") == "basic" else "bn3"
+  n = len([1 for name in params if name.endswith("/block_gate/gate")]) // 3
+  plan = []
+  for b in (f"block{s + 1}_{i}" for s in range(3) for i in range(n)):
+    gate = params.pop(f"{b}/block_gate/gate")
+    if abs(float(gate)) > threshold:
+      params[f"{b}/{last_bn}/scale"] = params[f"{b}/{last_bn}/scale"] * gate
+      params[f"{b}/{last_bn}/bias"] = params[f"{b}/{last_bn}/bias"] * gate
+      plan.append("full")
+      continue
+    projection = f"{b}/shortcut_conv/kernel" in params
+    plan.append("shortcut" if projection else "none")
+    for coll in flat.values():
+      for name in [k for k in coll if k.startswith(b + "/")]:
+        if not (projection and name.startswith(f"{b}/shortcut_")):
+          del coll[name]
+  out = {**kwargs, "block_gates": False, "block_plan": tuple(plan)}
+  return {c: _unflatten(f) for c, f in flat.items() if f}, out

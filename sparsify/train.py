@@ -129,8 +129,8 @@ class Trainer:
           config.model.name, num_classes=self.dataset.num_classes,
           **config.model.kwargs.to_dict())
     except (ValueError, TypeError) as e:
-      raise config_lib.ConfigError("model.kwargs", config.model.kwargs.to_dict(),
-                                   str(e)) from e
+      message = str(e).removeprefix("model: ")
+      raise config_lib.ConfigError(f"model.kwargs: {message}") from e
     try:
       self.tx = optim.make_optimizer(config, self.total_steps)
     except ValueError as e:

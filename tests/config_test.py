@@ -53,7 +53,8 @@ def test_unknown_model_argument(tmp_path):
   config = tiny_config(**{"model.name": "resnet"})
   config.model.kwargs.depht = 20
   with pytest.raises(config_lib.ConfigError, match=(
-      "depht.*allowed: block, block_gates, channel_gates, depth, "
+      "model.kwargs: unknown argument.s. 'depht' for model 'resnet'; "
+      "allowed: block, block_gates, block_plan, channel_gates, depth, "
       "inner_widths, num_classes, width")):
     train.Trainer(config, str(tmp_path))
 

@@ -312,9 +312,9 @@ def test_unknown_model():
 
 
 def test_unknown_argument():
-  with pytest.raises(ValueError, match=r"'depht'.*allowed: block, "
-                     r"block_gates, channel_gates, depth, inner_widths, "
-                     r"num_classes, width"):
+  with pytest.raises(ValueError, match=(
+      r"'depht'.*allowed: block, block_gates, block_plan, channel_gates, "
+      r"depth, inner_widths, num_classes, width")):
     models.get_model("resnet", depht=20)
   with pytest.raises(ValueError, match=r"allowed: num_classes$"):
     models.get_model("lenet5", hidden=[10])

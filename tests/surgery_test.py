@@ -70,3 +70,39 @@ def test_mlp_slicing_by_hand():
   np.testing.assert_array_equal(out["head"]["kernel"],
                                 [[2 * 0.0, 2 * 1.0], [1 * 4.0, 1 * 5.0]])
   assert "fc1_gate" not in out
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_resnet_blocks_and_channels_removed_equal_gated_model(block):
+  rng = np.random.default_rng(1)
+  kwargs = {"depth": 14 if block == "basic" else 20, "width": 4,
+            "block": block, "block_gates": True, "channel_gates": True}
+  gated = models.get_model("resnet", **kwargs)
+  ds = data.load_dataset("embedded_mnist")
+  x = next(data.eval_batches(ds.eval, batch_size=32, mean=ds.mean,
+                             std=ds.std))["image"]
+  variables = gated.init(jax.random.key(0), x[:1])
+  _, updates = gated.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = _set_gates({**variables, **updates}, rng, zero_fraction=0.3)
+  # Zero the gates of an identity block and of a projection block.
+  params = variables["params"]
+  block_gates = {"block1_0": 1.3, "block1_1": 0.0, "block2_0": 0.0,
+                 "block2_1": 0.5, "block3_0": 0.9, "block3_1": 0.7}
+  for b, g in block_gates.items():
+    params[b]["block_gate"]["gate"] = jnp.asarray(g, jnp.float32)
+
+  slim_vars, slim_kw = surgery.remove_blocks(variables, kwargs)
+  assert slim_kw["block_plan"] == ("full", "none", "shortcut", "full", "full",
+                                   "full")
+  assert "block1_1" not in slim_vars["params"]
+  assert set(slim_vars["params"]["block2_0"]) == {"shortcut_conv",
+                                                  "shortcut_bn"}
+  spec = surgery.spec_for("resnet", **slim_kw)
+  keep = surgery.keep_nonzero(slim_vars["params"], spec)
+  slim_vars = surgery.slim(slim_vars, spec, keep)
+  slim_model = models.get_model(
+      "resnet", **surgery.slim_kwargs("resnet", slim_kw, keep))
+  np.testing.assert_allclose(slim_model.apply(slim_vars, x),
+                             gated.apply(variables, x), rtol=1e-4, atol=1e-4)
+  assert (models.count_params(slim_vars["params"]) <
+          models.count_params(variables["params"]))

@@ -35,6 +35,8 @@ class ResidualBlock(nn.Module):
       (``gate1/gate``, ...).
     inner: widths of the inner layers of the branch (one for a basic block,
       two for a bottleneck), as left by surgery; ``None``: ``features``.
+    branch: ``False`` for a block whose residual branch surgery removed (its
+      gate was zero): the block is ``relu(shortcut(x))``.
   """
 
   features: int
@@ -42,6 +44,7 @@ class ResidualBlock(nn.Module):
   block_gate: bool = False
   channel_gates: bool = False
   inner: tuple[int, ...] | None = None
+  branch: bool = True
 
   def inner_width(self, index: int) -> int:
     """Width of inner layer ``index`` (from 1): ``features`` unless slimmed."""
@@ -67,6 +70,8 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Returns ``relu(residual(x) + shortcut(x))``."""
+    if not self.branch:
+      return nn.relu(self.shortcut(x, train))
     branch = self.residual(x, train)
     if self.block_gate:
       branch = Gate("block", name="block_gate")(branch)
@@ -144,6 +149,8 @@ class ResNet(nn.Module):
     channel_gates: per-channel `Gate` inside every residual branch.
     inner_widths: per block (stage by stage), the widths of its inner
       layers after surgery; ``None`` for the standard widths.
+    block_plan: per block, ``'full'``, ``'shortcut'`` (branch removed,
+      projection kept) or ``'none'`` (removed), as left by surgery.
 
   Example:
     >>> model = ResNet(depth=20)
@@ -164,8 +171,11 @@ class ResNet(nn.Module):
   block_gates: bool = False
   channel_gates: bool = False
   inner_widths: tuple[tuple[int, ...], ...] | None = None
+  block_plan: tuple[str, ...] | None = None
 
   def __post_init__(self):
+    if self.block_plan is not None:
+      self.block_plan = tuple(self.block_plan)
     if self.inner_widths is not None:
       self.inner_widths = tuple(tuple(int(w) for w in b)
                                 for b in self.inner_widths)
@@ -194,10 +204,13 @@ class ResNet(nn.Module):
     for s in range(3):
       for i in range(self.blocks_per_stage):
         strides = 2 if s > 0 and i == 0 else 1
-        inner = (None if self.inner_widths is None else
-                 self.inner_widths[s * self.blocks_per_stage + i])
+        k = s * self.blocks_per_stage + i
+        plan = "full" if self.block_plan is None else self.block_plan[k]
+        if plan == "none":  # removed: an identity block on x >= 0
+          continue
+        inner = None if self.inner_widths is None else self.inner_widths[k]
         x = block(self.width * 2**s, strides, block_gate=self.block_gates,
                   channel_gates=self.channel_gates, inner=inner,
-                  name=f"block{s + 1}_{i}")(x, train)
+                  branch=plan == "full", name=f"block{s + 1}_{i}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
