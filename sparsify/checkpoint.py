@@ -55,11 +55,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     json.dump(mine, f, indent=2)
 
 
-def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+def manager(workdir: str, *, keep: int,
+            create: bool = True) -> ocp.CheckpointManager:
   """A `CheckpointManager` over ``workdir/checkpoints``."""
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -99,7 +100,10 @@ def load(workdir: str, step: int | None = None) -> dict[str, Any]:
     ``{'params', 'opt_state', 'batch_stats', 'step', 'rng', 'data_step'}`` as
     saved (NamedTuples of the optimizer state come back as plain containers).
   """
-  mngr = manager(workdir, keep=1_000_000)
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):  # reading creates nothing
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  mngr = manager(workdir, keep=1_000_000, create=False)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {mngr.directory}")

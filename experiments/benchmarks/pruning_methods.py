@@ -66,17 +66,17 @@ def timing(steps, rounds, dataset):
     variants += [(f"gmp/{every}", "gmp", every), (f"dat/{every}", "dat", every)]
   variants.append(("random", "random", None))
   runs = {}
+  train_split = data_lib.load_dataset(dataset).train
+  # Epochs such that the schedule spans exactly `steps` steps.
+  epochs = steps / data_lib.steps_per_epoch(train_split, 128)
   for name, preset, every in variants:
     config = common.load_config("lenet_300_100", preset)
     config.data.name = dataset
+    config.data.batch_size = 128
+    config.train.epochs = epochs
     config.compression.begin, config.compression.end = 0.0, 1.0
     if every:
       config.compression.update_every = every
-    with tempfile.TemporaryDirectory() as workdir:
-      trainer = train.Trainer(config, workdir)
-    # Epochs such that the schedule spans exactly `steps` steps.
-    config.unlock()
-    config.train.epochs = steps / trainer.steps_per_epoch
     with tempfile.TemporaryDirectory() as workdir:
       trainer = train.Trainer(config, workdir)
     assert trainer.total_steps == steps, (trainer.total_steps, steps)
