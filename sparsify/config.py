@@ -93,8 +93,10 @@ METHOD_PRESETS = {
                 update_every=100),
     "magnitude": dict(method="magnitude", sparsity=0.95, begin=0.5),
     "random": dict(method="random", sparsity=0.95),
+    # DAT shares the budget across layers by their statistics (c = 3 weighs
+    # the spread of each layer's magnitudes): see `dynamic_adaptive_threshold`.
     "dat": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
-                update_every=100, c=1.0, target_mode="solve"),
+                update_every=100, c=3.0, target_mode="global"),
 }
 
 
@@ -175,7 +177,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           ("erk", "global", "layerwise"))
   _in_range("compression.c", comp.c, 0)
   _in_range("compression.power", comp.power, 0, low_open=True)
-  _one_of("compression.target_mode", comp.target_mode, ("clamp", "solve"))
+  _one_of("compression.target_mode", comp.target_mode,
+          ("clamp", "global", "solve"))
   _one_of("compression.statistics", comp.statistics, ("all", "surviving"))
 
   tr = config.train

@@ -10,7 +10,7 @@ import optax
 from sparsify import masking
 from sparsify import pruning
 
-TARGET_MODES = ("clamp", "solve")
+TARGET_MODES = ("clamp", "solve", "global")
 
 
 def threshold_ramp(begin_step: int, end_step: int,
@@ -85,11 +85,22 @@ def dynamic_adaptive_threshold(
   * ``'solve'``: :math:`c` is solved per layer at every update so that the
     full threshold equals :math:`q_l`, i.e. :math:`\tau_l = f(t)\,q_l`; every
     layer reaches :math:`s^*` at :math:`t_1`.
+  * ``'global'``: one factor :math:`\alpha` for all layers,
+    :math:`\tau_l = f(t)\,\alpha\,(\mu_l + c\sigma_l)`, with
+    :math:`\alpha` solved so that a fraction :math:`s^*` of all selected
+    weights lies below their layer's full threshold (the exact
+    :math:`s^*`-quantile of :math:`|w| / (\mu_l + c\sigma_l)` pooled over
+    layers). The statistics decide how the budget is shared: a layer whose
+    weights are spread out (large :math:`\sigma_l / \mu_l`) loses more of
+    them, and small layers are not forced to the same sparsity as large
+    ones. The network reaches :math:`s^*` at :math:`t_1`.
 
   With ``recovery=True`` (hysteresis, as in Dynamic Network Surgery) pruned
   weights keep training in the optimizer state; a kept weight is pruned when
   :math:`|w| < a\tau_l` and a pruned one revived when :math:`|\hat w| >
-  b\tau_l` (:math:`a` = ``prune_factor``, :math:`b` = ``revive_factor``).
+  b\tau_l` (:math:`a` = ``prune_factor``, :math:`b` = ``revive_factor``);
+  at :math:`t_1` the band closes (:math:`a = b = 1`), so the final masks are
+  exactly the threshold's.
   Without it, masks only grow.
 
   This rule is a reconstruction: the paper's text fixes that the threshold is
@@ -103,7 +114,8 @@ def dynamic_adaptive_threshold(
     update_every: steps between mask updates.
     power: exponent :math:`p` of the ramp.
     target_sparsity: optional :math:`s^*` in [0, 1).
-    target_mode: ``'clamp'`` or ``'solve'``, how :math:`s^*` is used.
+    target_mode: ``'clamp'``, ``'solve'`` or ``'global'``, how :math:`s^*`
+      is used.
     recovery: let pruned weights train on and come back.
     statistics: ``'surviving'`` (default) or ``'all'``: which weights
       :math:`\mu_l, \sigma_l` are measured on.
@@ -152,11 +164,45 @@ def dynamic_adaptive_threshold(
       q = jnp.min(jnp.where(keep, magnitude, jnp.inf))
       q = jnp.where(jnp.isfinite(q), q, 0.0)
       tau = jnp.minimum(tau, q) if target_mode == "clamp" else ramp(step) * q
+    return _decide(step, m, magnitude, tau)
+
+  def _decide(step, m, magnitude, tau):
     if not recovery:
       return m & (magnitude >= tau)
-    return jnp.where(m, magnitude >= low * tau, magnitude > high * tau)
+    # The hysteresis band closes at the last update, so that the final masks
+    # are exactly the threshold's (and meet a target exactly).
+    last = step >= end_step
+    a, b = jnp.where(last, 1.0, low), jnp.where(last, 1.0, high)
+    return jnp.where(m, magnitude >= a * tau, magnitude >= b * tau)
+
+  def global_masks(step, weights, masks):
+    # One quantile of the magnitudes in units of each layer's statistic.
+    leaves, treedef = jax.tree.flatten(weights)
+    old = treedef.flatten_up_to(masks)
+    magnitudes, scores, bases = [], [], []
+    for w, m in zip(leaves, old):
+      magnitude = jnp.abs(w if recovery else jnp.where(m, w, 0))
+      population = m if statistics == "surviving" else jnp.ones_like(m)
+      base = layer_threshold(jnp.where(m, w, 0), population, c)
+      base = jnp.where(base > 0, base, 1.0)
+      magnitudes.append(magnitude)
+      scores.append(magnitude / base)
+      bases.append(base)
+    total = sum(w.size for w in leaves)
+    keep = pruning.top_k_mask(scores, pruning.keep_count(total,
+                                                         target_sparsity))
+    q = jnp.min(jnp.stack([jnp.min(jnp.where(k, s, jnp.inf))
+                           for k, s in zip(keep, scores)]))
+    q = jnp.where(jnp.isfinite(q), q, 0.0)
+    new = []
+    for magnitude, base, m in zip(magnitudes, bases, old):
+      tau = ramp(step) * q * base
+      new.append(_decide(step, m, magnitude, tau))
+    return treedef.unflatten(new)
 
   def update_masks(step, weights, masks):
+    if target_mode == "global" and target_sparsity is not None:
+      return global_masks(step, weights, masks)
     return jax.tree.map(lambda w, m: layer_mask(step, w, m), weights, masks)
 
   return masking.mask_updates(

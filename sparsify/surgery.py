@@ -43,7 +43,10 @@ class Unit:
     name: a label for reports.
     gate: path of the 1-D gate over the units, or None (ungated).
     producers: ``(path, axis)`` pairs sliced along the units.
-    consumers: ``(path, axis)`` pairs sliced and scaled by the gate.
+    consumers: ``(path, axis)`` pairs sliced and scaled by the gate. When
+      the consumer's axis is a multiple of the number of units, it is read
+      as a flattened ``(positions, units)`` axis with units innermost, as
+      after flattening NHWC feature maps into a Dense layer.
   """
   name: str
   gate: str | None
@@ -95,13 +98,24 @@ def slim(variables: dict[str, Any], spec: list[Unit],
     if unit.name not in keep:  # e.g. inside a residual block removed before
       continue
     mask = np.asarray(keep[unit.name], bool)
-    gate = params.pop(unit.gate) if unit.gate else np.ones(mask.shape)
+    # A model built without gates has none to fold.
+    gate = (params.pop(unit.gate) if unit.gate in params else
+            np.ones(mask.shape))
     for path, axis in unit.producers:
       for coll in flat.values():  # BatchNorm statistics are in batch_stats
         if path in coll:
           coll[path] = _take(coll[path], mask, axis)
     for path, axis in unit.consumers:
       w = params[path]
+      n = mask.size
+      if w.shape[axis] != n:  # flattened (..., units) inputs: units innermost
+        view = w.shape[:axis] + (w.shape[axis] // n, n) + w.shape[axis + 1:]
+        shape = [1] * len(view)
+        shape[axis + 1] = -1
+        sliced = _take(w.reshape(view) * gate.reshape(shape), mask, axis + 1)
+        params[path] = sliced.reshape(
+            w.shape[:axis] + (-1,) + w.shape[axis + 1:])
+        continue
       shape = [1] * w.ndim
       shape[axis] = -1
       params[path] = _take(w * gate.reshape(shape), mask, axis)
@@ -131,7 +145,8 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
   """The structure specification of a gated `sparsify.models` network.
 
   Args:
-    model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons), ``'vgg'``
+    model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons), ``'lenet5'``
+      (filters of both convolutions and ``fc1`` neurons; no gates), ``'vgg'``
       (conv channels; built with ``gates=True``) or ``'resnet'`` (channels
       inside residual branches; built with ``channel_gates=True``).
     **kwargs: the model's configuration (``hidden``, ``stages``, or
@@ -140,6 +155,12 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
   Returns:
     The list of `Unit`.
   """
+  if model == "lenet5":  # ungated: for neuron and filter pruning
+    chain = [("conv1", 3, 2), ("conv2", 3, 2), ("fc1", 1, 0), ("head", None, 0)]
+    return [Unit(name=name, gate=None,
+                 producers=((f"{name}/kernel", out), (f"{name}/bias", 0)),
+                 consumers=((f"{nxt}/kernel", into),))
+            for (name, out, _), (nxt, _, into) in zip(chain, chain[1:])]
   if model in ("mlp", "lenet_300_100"):
     hidden = kwargs.get("hidden", (300, 100))
     names = [f"fc{i + 1}" for i in range(len(hidden))] + ["head"]
@@ -175,8 +196,8 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
                                                  "var")),
             consumers=((f"{b}/conv{k + 1}/kernel", 2),)))
     return spec
-  raise ValueError(f"model: got {model!r}; allowed: lenet_300_100, mlp, "
-                   "resnet, vgg (write a spec of `Unit`s for other models)")
+  raise ValueError(f"model: got {model!r}; allowed: lenet5, lenet_300_100, "
+                   "mlp, resnet, vgg (write a spec of `Unit`s for other models)")
 
 
 def count_kept(keep: dict[str, np.ndarray]) -> dict[str, int]:
@@ -202,6 +223,9 @@ def slim_kwargs(model: str, kwargs: dict[str, Any],
   if model in ("mlp", "lenet_300_100"):
     hidden = kwargs.get("hidden", (300, 100))
     out["hidden"] = tuple(counts[f"fc{i + 1}"] for i in range(len(hidden)))
+    return out
+  if model == "lenet5":
+    out["features"] = (counts["conv1"], counts["conv2"], counts["fc1"])
     return out
   if model == "resnet":
     out.pop("channel_gates", None)

@@ -91,7 +91,9 @@ def test_hysteresis_prunes_below_a_tau_and_revives_above_b_tau():
     keep = np.ones(w.shape, bool)
     for f in (0.0, 7 / 8, 1.0):
       tau = f * _stats_threshold(w, keep, c)
-      keep = np.where(keep, np.abs(w) >= a * tau, np.abs(w) > b * tau)
+      # The band closes at the last update (f = 1).
+      low, high = (a, b) if f < 1 else (1.0, 1.0)
+      keep = np.where(keep, np.abs(w) >= low * tau, np.abs(w) >= high * tau)
     np.testing.assert_array_equal(masks[layer]["kernel"], keep)
 
 
@@ -123,3 +125,25 @@ def test_bad_arguments_are_named():
                                         end_step=1)
   with pytest.raises(ValueError, match="end_step"):
     sparsify.dynamic_adaptive_threshold(begin_step=5, end_step=1)
+
+
+def test_global_target_shares_one_quantile_of_normalised_magnitudes():
+  params = _weights(3)
+  c, target = 1.0, 0.7
+  tx = sparsify.dynamic_adaptive_threshold(
+      c, begin_step=0, end_step=1, update_every=1, target_sparsity=target,
+      target_mode="global")
+  masks = _masks_after(tx, params, 2)
+  # Step 0: f = 0, nothing pruned. Step 1: f = 1; statistics over all weights.
+  w = {l: np.abs(params[l]["kernel"]) for l in ("a", "b")}
+  base = {l: _stats_threshold(w[l], np.ones_like(w[l], bool), c) for l in w}
+  pooled = np.sort(np.concatenate([(w[l] / base[l]).ravel() for l in w]))
+  q = pooled[round(target * pooled.size)]  # smallest kept normalised score
+  total_pruned = 0
+  for l in w:
+    expected = w[l] >= q * base[l]
+    np.testing.assert_array_equal(masks[l]["kernel"], expected)
+    total_pruned += np.sum(~expected)
+  assert total_pruned == round(target * pooled.size)
+  # Layers end with different sparsities: the budget is shared, not split.
+  assert np.mean(~masks["a"]["kernel"]) != np.mean(~masks["b"]["kernel"])

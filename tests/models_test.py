@@ -316,7 +316,7 @@ def test_unknown_argument():
       r"'depht'.*allowed: block, block_gates, block_plan, channel_gates, "
       r"depth, inner_widths, num_classes, width")):
     models.get_model("resnet", depht=20)
-  with pytest.raises(ValueError, match=r"allowed: num_classes$"):
+  with pytest.raises(ValueError, match=r"allowed: features, num_classes$"):
     models.get_model("lenet5", hidden=[10])
 
 

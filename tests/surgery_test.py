@@ -106,3 +106,35 @@ def test_resnet_blocks_and_channels_removed_equal_gated_model(block):
                              gated.apply(variables, x), rtol=1e-4, atol=1e-4)
   assert (models.count_params(slim_vars["params"]) <
           models.count_params(variables["params"]))
+
+
+def test_lenet5_filters_and_neurons_removed_like_zeroed_ones():
+  # Zeroing a unit's kernel slice and bias is what pruning it means; the slim
+  # LeNet-5 (fewer filters in both convolutions and fewer fc1 neurons, the
+  # conv2 -> fc1 coupling going through a flatten) must compute the same.
+  rng = np.random.default_rng(1)
+  model = models.get_model("lenet5")
+  ds = data.load_dataset("embedded_mnist")
+  x = next(data.eval_batches(ds.eval, batch_size=32, mean=ds.mean,
+                             std=ds.std))["image"]
+  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), x[:1]))[
+      "params"]
+  spec = surgery.spec_for("lenet5")
+  keep = {u.name: rng.random(n) < 0.6 for u, n in
+          zip(spec, (20, 50, 500))}
+  zeroed = jax.tree.map(np.copy, params)
+  for unit in spec:
+    for path, axis in unit.producers:
+      layer, leaf = path.split("/")
+      idx = [slice(None)] * zeroed[layer][leaf].ndim
+      idx[axis] = ~keep[unit.name]
+      zeroed[layer][leaf][tuple(idx)] = 0.0
+  slim_vars = surgery.slim({"params": params}, spec, keep)
+  kwargs = surgery.slim_kwargs("lenet5", {}, keep)
+  assert kwargs["features"] == tuple(int(k.sum()) for k in keep.values())
+  small = models.get_model("lenet5", **kwargs)
+  assert slim_vars["params"]["fc1"]["kernel"].shape == (
+      16 * kwargs["features"][1], kwargs["features"][2])
+  np.testing.assert_allclose(
+      small.apply(slim_vars, x), model.apply({"params": zeroed}, x),
+      rtol=1e-5, atol=1e-5)

@@ -17,6 +17,8 @@ class LeNet5(nn.Module):
 
   Attributes:
     num_classes: Number of output logits.
+    features: widths of ``conv1``, ``conv2`` and ``fc1`` (a slimmed LeNet-5
+      has fewer).
 
   Example:
     >>> model = LeNet5()
@@ -29,15 +31,17 @@ class LeNet5(nn.Module):
   """
 
   num_classes: int = 10
+  features: tuple[int, int, int] = (20, 50, 500)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Returns logits of shape ``(N, num_classes)`` for NHWC images."""
     del train  # No batch statistics or dropout.
-    x = nn.Conv(20, (5, 5), padding="VALID", name="conv1")(x)
+    c1, c2, hidden = self.features
+    x = nn.Conv(c1, (5, 5), padding="VALID", name="conv1")(x)
     x = max_pool_2x2(x)
-    x = nn.Conv(50, (5, 5), padding="VALID", name="conv2")(x)
+    x = nn.Conv(c2, (5, 5), padding="VALID", name="conv2")(x)
     x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(500, name="fc1")(x))
+    x = nn.relu(nn.Dense(hidden, name="fc1")(x))
     return nn.Dense(self.num_classes, name="head")(x)

@@ -1,0 +1,305 @@
+r"""Penalties on the weights, as transforms that add the penalty's gradient.
+
+Each transform here turns the incoming gradient :math:`g` into
+:math:`g + \lambda_t \nabla R(w)`, like `optax.add_decayed_weights` does for
+:math:`R(w) = \tfrac12 \lVert w \rVert^2`: place it before the optimizer
+(``optax.chain(binary_attractor(1e-4), optax.sgd(0.1))``) and the optimizer
+minimises :math:`L + \lambda R`. The penalty acts on the parameters chosen by
+``where``, by default the fully-connected kernels (2-D leaves named
+``kernel``); other parameters pass unchanged. ``strength`` is a float or a
+schedule of the transform's step count. All of them need ``params``.
+
+The attractors pull each weight toward a few values, so that the trained
+layer is easy to quantize (Soulie et al. 2016, compression on the fly).
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsify import base
+from sparsify import proximal
+from sparsify import quantization
+
+Where = str | Callable[[str, Any], bool] | None
+
+
+def _selector(where: Where):
+  predicate = (quantization.dense_kernel if where is None
+               else base.path_predicate(where))
+  return lambda params: base.select(params, predicate)
+
+
+def _check_nonnegative(value, what):
+  if not callable(value) and isinstance(value, (int, float)) and value < 0:
+    raise ValueError(f"{what}: got {value}; allowed: a float >= 0 or a "
+                     "schedule")
+
+
+def _penalty(state_cls, gradient, strength, where):
+  """Adds ``strength(count) * gradient(w, count)`` on the selected leaves."""
+  _check_nonnegative(strength, "strength")
+
+  def step(updates, params, count):
+    lam = proximal.value_at(strength, count)
+    return jax.tree.map(
+        lambda g, p: (g + lam * gradient(p, count)).astype(g.dtype), updates,
+        params)
+
+  return optax.masked(proximal.counting_transform(state_cls, step),
+                      _selector(where))
+
+
+class BinaryAttractorState(NamedTuple):
+  """State of `binary_attractor`."""
+  count: jax.Array  # int32
+
+
+def binary_attractor(
+    strength: base.ScalarOrSchedule,
+    *,
+    alpha: base.ScalarOrSchedule | None = None,
+    where: Where = None,
+) -> optax.GradientTransformation:
+  r"""Adds the gradient of a penalty that pulls weights to :math:`\pm\alpha`.
+
+  .. math::
+    R(w) = \sum_i (w_i^2 - \alpha^2)^2, \qquad
+    \nabla R(w)_i = 4 w_i (w_i^2 - \alpha^2),
+    \qquad g \leftarrow g + \lambda_t \nabla R(w).
+
+  :math:`\alpha` is per layer: the given value, or with ``alpha=None`` the
+  layer's mean :math:`|w|` (over all its entries), recomputed from the
+  current weights at every step and held constant in the gradient.
+
+  Args:
+    strength: :math:`\lambda`, a float or a schedule of the step count.
+    alpha: the attracting magnitude, a float or a schedule; ``None`` for each
+      layer's mean absolute weight.
+    where: which parameters: ``None`` for fully-connected kernels (2-D leaves
+      named ``kernel``), a regex searched in the path, or a predicate
+      ``(path, leaf) -> bool``.
+
+  Returns:
+    An `optax.GradientTransformation`; place it before the optimizer.
+
+  Example:
+    >>> tx = optax.chain(binary_attractor(1e-3), optax.sgd(0.1, momentum=0.9))
+
+  References:
+    Soulie, Gripon & Robert, "Compression of deep neural networks on the
+    fly", ICANN 2016. https://arxiv.org/abs/1509.08745
+  """
+  if alpha is not None:
+    _check_nonnegative(alpha, "alpha")
+
+  def gradient(w, count):
+    a = (jnp.mean(jnp.abs(w)) if alpha is None
+         else proximal.value_at(alpha, count))
+    return 4.0 * w * (jnp.square(w) - jnp.square(a))
+
+  return _penalty(BinaryAttractorState, gradient, strength, where)
+
+
+class KCentreAttractorState(NamedTuple):
+  """State of `kcentre_attractor`.
+
+  Attributes:
+    count: number of updates seen so far (int32).
+    centres: per selected parameter, its ``k`` centres (float32 ``(k,)``).
+  """
+  count: jax.Array
+  centres: Any
+
+
+def kcentre_attractor(
+    strength: base.ScalarOrSchedule,
+    *,
+    centres: int = 2,
+    refresh_every: int = 100,
+    iterations: int = 10,
+    seed: int = 0,
+    where: Where = None,
+) -> optax.GradientTransformation:
+  r"""Adds the gradient of a penalty that drives weights toward k centres.
+
+  .. math::
+    R(w) = \sum_i \min_j (w_i - c_j)^2, \qquad
+    \nabla R(w)_i = 2 (w_i - c_{j^*(i)}), \quad
+    j^*(i) = \arg\min_j |w_i - c_j|
+
+  (the lowest :math:`j` on a tie), with centres :math:`c` per layer held in
+  the state. `init` sets them by 1-D `quantization.kmeans` of the layer's
+  weights (k-means++ seeding with key ``jax.random.split(key(seed), L)[i]``
+  for the ``i``-th of ``L`` selected leaves, then ``iterations`` Lloyd
+  updates). At every step :math:`t` with :math:`t \bmod T = 0`
+  (``T = refresh_every``; step 0 included) they are refreshed from the
+  current weights by ``iterations`` Lloyd updates started from the previous
+  centres, before the step's gradient is computed.
+
+  Args:
+    strength: :math:`\lambda`, a float or a schedule of the step count.
+    centres: ``k``, the number of centres per layer (at most the layer's size).
+    refresh_every: ``T``, steps between refreshes of the centres.
+    iterations: Lloyd updates per k-means (at most; they stop at a fixed
+      point).
+    seed: seeds the k-means++ initialisation.
+    where: which parameters (see `binary_attractor`).
+
+  Returns:
+    An `optax.GradientTransformation` whose state holds a
+    `KCentreAttractorState`; place it before the optimizer.
+
+  Example:
+    >>> tx = optax.chain(kcentre_attractor(1e-3, centres=4, refresh_every=50),
+    ...                  optax.adam(1e-3))
+
+  References:
+    Soulie, Gripon & Robert, "Compression of deep neural networks on the
+    fly", ICANN 2016. https://arxiv.org/abs/1509.08745
+  """
+  _check_nonnegative(strength, "strength")
+  for what, value in (("centres", centres), ("refresh_every", refresh_every),
+                      ("iterations", iterations)):
+    lowest = 0 if what == "iterations" else 1
+    if not isinstance(value, (int, np.integer)) or value < lowest:
+      raise ValueError(f"{what}: got {value!r}; allowed: an integer >= "
+                       f"{lowest}")
+
+  def column(w):
+    return jnp.reshape(w, (-1, 1)).astype(jnp.float32)
+
+  def first_centres(w, key):
+    if jnp.size(w) < centres:
+      raise ValueError(f"centres: got {centres}; a selected parameter of "
+                       f"shape {jnp.shape(w)} has {jnp.size(w)} weights; "
+                       f"allowed: 1 to {jnp.size(w)}")
+    return quantization.kmeans(column(w), centres, key=key,
+                               iterations=iterations)[0][:, 0]
+
+  def refresh(w, c):
+    return quantization.lloyd(column(w), c[:, None],
+                              iterations=iterations)[0][:, 0]
+
+  def gradient(w, c):
+    nearest = jnp.argmin(jnp.abs(w[..., None] - c), axis=-1)
+    return 2.0 * (w - jnp.take(c, nearest).astype(w.dtype))
+
+  def init_fn(params):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    return KCentreAttractorState(
+        count=jnp.zeros([], jnp.int32),
+        centres=treedef.unflatten(
+            [first_centres(w, k) for w, k in zip(leaves, keys)]))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(base.NO_PARAMS_MSG)
+    count = state.count
+    kept = state.centres
+    new_centres = jax.lax.cond(
+        count % refresh_every == 0,
+        lambda: jax.tree.map(refresh, params, kept), lambda: kept)
+    lam = proximal.value_at(strength, count)
+    updates = jax.tree.map(
+        lambda g, p, c: (g + lam * gradient(p, c)).astype(g.dtype), updates,
+        params, new_centres)
+    return updates, KCentreAttractorState(
+        count=optax.safe_increment(count), centres=new_centres)
+
+  return optax.masked(optax.GradientTransformation(init_fn, update_fn),
+                      _selector(where))
+
+
+class L1PenaltyState(NamedTuple):
+  """State of `l1`."""
+  count: jax.Array  # int32
+
+
+def l1(strength: base.ScalarOrSchedule, *,
+       where: Where = None) -> optax.GradientTransformation:
+  r"""Adds the L1 subgradient :math:`\lambda_t \operatorname{sign}(w)`.
+
+  .. math::
+    R(w) = \sum_i |w_i|, \qquad g \leftarrow g + \lambda_t
+    \operatorname{sign}(w)
+
+  with :math:`\operatorname{sign}(0) = 0`. Weights only hover around zero;
+  `proximal.proximal_sgd` reaches exact zeros.
+
+  Args:
+    strength: :math:`\lambda`, a float or a schedule of the step count.
+    where: which parameters (see `binary_attractor`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it before the optimizer.
+
+  Example:
+    >>> tx = optax.chain(l1(1e-5), optax.sgd(0.1))
+  """
+  return _penalty(L1PenaltyState, lambda w, _: jnp.sign(w), strength, where)
+
+
+class GroupLassoPenaltyState(NamedTuple):
+  """State of `group_lasso`."""
+  count: jax.Array  # int32
+
+
+def group_lasso(
+    strength: base.ScalarOrSchedule,
+    *,
+    axis: int = -1,
+    scale_by_group_size: bool = False,
+    where: Where = None,
+) -> optax.GradientTransformation:
+  r"""Adds the group-lasso subgradient, one group per output unit.
+
+  Each index along ``axis`` is one group :math:`w_g`: with the default
+  ``axis=-1``, column :math:`j` of a Dense kernel ``(in, out)`` (the
+  incoming weights of output neuron :math:`j`) or filter ``[..., j]`` of a
+  conv kernel ``(kh, kw, cin, cout)``, as in `proximal.group_lasso_prox`.
+
+  .. math::
+    R(w) = \sum_g \rho_g \lVert w_g \rVert_2, \qquad
+    \nabla R(w)_g = \rho_g \frac{w_g}{\lVert w_g \rVert_2}
+
+  and 0 for a group that is entirely zero; :math:`\rho_g = 1`, or
+  :math:`\sqrt{|g|}` with ``scale_by_group_size=True`` (the default of
+  `proximal.group_lasso_prox`). The proximal step reaches exact zeros; this
+  subgradient only shrinks groups.
+
+  Args:
+    strength: :math:`\lambda`, a float or a schedule of the step count.
+    axis: the axis that indexes the groups.
+    scale_by_group_size: weigh each group by the square root of its size.
+    where: which parameters (see `binary_attractor`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it before the optimizer.
+
+  Example:
+    >>> tx = optax.chain(group_lasso(1e-4), optax.sgd(0.1, momentum=0.9))
+
+  References:
+    Yuan & Lin, "Model selection and estimation in regression with grouped
+    variables", J. R. Stat. Soc. B 2006.
+  """
+
+  def gradient(w, _):
+    if not -w.ndim <= axis < w.ndim:
+      raise ValueError(f"axis: got {axis}; allowed: -{w.ndim} to "
+                       f"{w.ndim - 1} for a parameter of shape {w.shape}")
+    ax = axis % w.ndim
+    others = tuple(i for i in range(w.ndim) if i != ax)
+    norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=others, keepdims=True))
+    g = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0)
+    if scale_by_group_size:
+      g = g * np.sqrt(w.size // w.shape[ax])
+    return g
+
+  return _penalty(GroupLassoPenaltyState, gradient, strength, where)
