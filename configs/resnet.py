@@ -6,12 +6,16 @@ r"""Dense CIFAR ResNet (basic blocks, depth 6n+2) on Fashion-MNIST (IDX files).
 Bottleneck blocks need depth 9n+2 (``--config.model.kwargs.block=bottleneck
 --config.model.kwargs.depth=29``). CIFAR-10 through tensorflow-datasets:
 ``--config.data.name=cifar10``.
+
+``configs/resnet.py:sss`` gates the channels inside residual branches, trains
+them with APG and slims them away (`sparsify.config.METHOD_PRESETS`).
 """
 
 from sparsify.config import default_config
+from sparsify.config import with_method
 
 
-def get_config():
+def get_config(preset=None):
   config = default_config()
   config.model.name = "resnet"
   config.model.kwargs.depth = 20
@@ -24,4 +28,4 @@ def get_config():
   config.optimizer.learning_rate = 0.1
   config.optimizer.weight_decay = 1e-4
   config.train.epochs = 20
-  return config
+  return with_method(config, preset)

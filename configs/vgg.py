@@ -11,12 +11,21 @@ CIFAR-10 through tensorflow-datasets (needs the prepared dataset):
 
   python -m experiments.main --config configs/vgg.py --workdir /tmp/vgg_c10 \
       --config.data.name=cifar10
+
+With a method after ``:`` (`sparsify.config.METHOD_PRESETS`): ``sss`` trains
+channel gates with APG and slims them away, ``slimming`` is Network Slimming
+(L1 on BatchNorm scales, then the lowest half of the channels removed),
+``search`` is binary-search filter pruning, each followed by fine-tuning:
+
+  python -m experiments.main --config configs/vgg.py:sss --workdir /tmp/vgg_sss \
+      --config.compression.gamma=0.005 --config.model.kwargs.width=0.25
 """
 
 from sparsify.config import default_config
+from sparsify.config import with_method
 
 
-def get_config():
+def get_config(preset=None):
   config = default_config()
   config.model.name = "vgg"
   config.model.kwargs.stages = ((64, 64), (128, 128), (256, 256, 256))
@@ -27,4 +36,4 @@ def get_config():
   config.optimizer.learning_rate = 0.05
   config.optimizer.weight_decay = 1e-4
   config.train.epochs = 20
-  return config
+  return with_method(config, preset)

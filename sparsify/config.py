@@ -73,6 +73,33 @@ def default_config() -> ml_collections.ConfigDict:
   c.compression.target_mode = "clamp"
   c.compression.recovery = False
   c.compression.statistics = "surviving"
+  # SSS (method 'sss'): L1 strength on the scaling factors, solved by APG.
+  c.compression.gamma = 0.0
+  # A penalty whose gradient is added before the optimizer: none, binary,
+  # kcentre, l1, group_lasso, slimming (L1 on BatchNorm scales).
+  c.compression.regularizer = "none"
+  c.compression.strength = 0.0
+  c.compression.centres = 2  # kcentre
+  c.compression.refresh_every = 100  # kcentre: k-means of the centres
+
+  # After training (`sparsify.pipeline`): comma-separated stages out of
+  # slim, search, finetune, pq, lct; each has its own fields below.
+  c.post = ml_collections.ConfigDict()
+  c.post.stages = ""
+  c.post.validation_examples = 5000  # last training examples, for selection
+  c.post.slim = ml_collections.ConfigDict(
+      {"threshold": 0.0, "fraction": 0.0})
+  c.post.search = ml_collections.ConfigDict(
+      {"tolerance": 0.005, "norm": "l1", "order": "forward",
+       "relative": False})
+  c.post.finetune = ml_collections.ConfigDict(
+      {"epochs": 1.0, "learning_rate": 0.01})
+  c.post.pq = ml_collections.ConfigDict(
+      {"dim": 4, "centroids": 16,
+       "where": ml_collections.config_dict.placeholder(str)})
+  c.post.lct = ml_collections.ConfigDict(
+      {"sparsity": 0.9, "by": "sparsity", "sigma": "mean", "steps": 300,
+       "prune_steps": 500, "learning_rate": 0.01, "budget": 0.01})
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10.0  # may be fractional
@@ -97,7 +124,26 @@ METHOD_PRESETS = {
     # the spread of each layer's magnitudes): see `dynamic_adaptive_threshold`.
     "dat": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
                 update_every=100, c=3.0, target_mode="global"),
+    "sss": dict(method="sss", gamma=0.01),
+    "slimming": dict(method="none", regularizer="slimming", strength=1e-4),
+    "search": dict(method="none"),
+    "pq": dict(method="none"),
+    "dat_pq": dict(method="dat", sparsity=0.9, begin=0.1, end=0.7,
+                   update_every=100, c=3.0, target_mode="global"),
+    "lct": dict(method="none"),
 }
+
+# What else a preset sets: the stages after training (`sparsify.pipeline`).
+# SSS also switches on the model's gates (see `with_method`).
+PRESET_STAGES = {
+    "sss": "slim,finetune",
+    "slimming": "slim,finetune",
+    "search": "search,finetune",
+    "pq": "pq",
+    "dat_pq": "pq",
+    "lct": "lct",
+}
+_GATE_SWITCHES = ("gates", "channel_gates")
 
 
 def with_method(config: ml_collections.ConfigDict,
@@ -117,6 +163,13 @@ def with_method(config: ml_collections.ConfigDict,
     raise ConfigError("config preset (after ':' in --config)", preset,
                       ", ".join(sorted(METHOD_PRESETS)))
   config.compression.update(METHOD_PRESETS[preset])
+  config.post.stages = PRESET_STAGES.get(preset, "")
+  if preset == "sss":
+    for switch in _GATE_SWITCHES:
+      if switch in config.model.kwargs:
+        config.model.kwargs[switch] = True
+  if preset == "slimming":
+    config.post.slim.fraction = 0.5
   return config
 
 
@@ -180,6 +233,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of("compression.target_mode", comp.target_mode,
           ("clamp", "global", "solve"))
   _one_of("compression.statistics", comp.statistics, ("all", "surviving"))
+  _in_range("compression.gamma", comp.gamma, 0)
+  _one_of("compression.regularizer", comp.regularizer, methods.REGULARIZERS)
+  _in_range("compression.strength", comp.strength, 0)
+  _in_range("compression.centres", comp.centres, 1, integer=True)
+  _in_range("compression.refresh_every", comp.refresh_every, 1, integer=True)
+
+  post = config.post
+  from sparsify import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    pipeline.stage_names(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  _in_range("post.validation_examples", post.validation_examples, 1,
+            integer=True)
+  _in_range("post.slim.threshold", post.slim.threshold, 0)
+  _in_range("post.slim.fraction", post.slim.fraction, 0, 1)
+  _in_range("post.search.tolerance", post.search.tolerance, 0)
+  _one_of("post.search.norm", post.search.norm, ("l1", "l2"))
+  _one_of("post.search.order", post.search.order,
+          ("backward", "forward", "size"))
+  _in_range("post.finetune.epochs", post.finetune.epochs, 0)
+  _in_range("post.finetune.learning_rate", post.finetune.learning_rate, 0,
+            low_open=True)
+  _in_range("post.pq.dim", post.pq.dim, 1, integer=True)
+  _in_range("post.pq.centroids", post.pq.centroids, 1, integer=True)
+  _in_range("post.lct.sparsity", post.lct.sparsity, 0, 1)
+  _one_of("post.lct.by", post.lct.by, ("size", "sparsity"))
+  _one_of("post.lct.sigma", post.lct.sigma, ("learned", "mean"))
+  for name in ("steps", "prune_steps"):
+    _in_range(f"post.lct.{name}", post.lct[name], 0, integer=True)
+  _in_range("post.lct.learning_rate", post.lct.learning_rate, 0,
+            low_open=True)
+  _in_range("post.lct.budget", post.lct.budget, 0, 1, high_open=False)
 
   tr = config.train
   _in_range("train.epochs", tr.epochs, 0, low_open=True)

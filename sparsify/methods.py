@@ -12,6 +12,8 @@ import optax
 
 from sparsify import dat
 from sparsify import pruning
+from sparsify import regularizers
+from sparsify import sss
 
 Builder = Callable[[ml_collections.ConfigDict, int],
                    optax.GradientTransformation | None]
@@ -62,6 +64,7 @@ def _dat(config, total_steps):
 METHODS: dict[str, Builder] = {
     "dat": _dat,
     "none": lambda config, total_steps: None,
+    "sss": lambda config, total_steps: None,  # replaces the optimizer
     "gmp": _gmp,
     "magnitude": _one_shot,
     "random": _random,
@@ -76,3 +79,28 @@ def make_compression(
     raise ValueError(f"compression.method: got {config.method!r}; allowed: "
                      f"{', '.join(sorted(METHODS))}")
   return METHODS[config.method](config, total_steps)
+
+
+# Penalties whose gradient is added before the optimizer.
+REGULARIZERS: dict[str, Builder] = {
+    "none": lambda config, total_steps: None,
+    "binary": lambda c, n: regularizers.binary_attractor(c.strength,
+                                                          where=c.where),
+    "kcentre": lambda c, n: regularizers.kcentre_attractor(
+        c.strength, centres=c.centres, refresh_every=c.refresh_every,
+        where=c.where),
+    "l1": lambda c, n: regularizers.l1(c.strength, where=c.where),
+    "group_lasso": lambda c, n: regularizers.group_lasso(
+        c.strength, where=c.where),
+    "slimming": lambda c, n: sss.network_slimming(c.strength),
+}
+
+
+def make_regularizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation | None:
+  """The penalty named by ``config.regularizer`` (None for none)."""
+  if config.regularizer not in REGULARIZERS:
+    raise ValueError(f"compression.regularizer: got {config.regularizer!r}; "
+                     f"allowed: {', '.join(sorted(REGULARIZERS))}")
+  return REGULARIZERS[config.regularizer](config, total_steps)

@@ -1,14 +1,17 @@
 """Builds the optax optimizer chain from a config.
 
-The chain is ``[weight decay] -> optimizer(schedule) -> [compression]``: the
-compression transform named by ``config.compression.method`` is appended
-last, so that it sees (and may rewrite) the final updates.
+The chain is ``[penalty] -> [weight decay] -> optimizer(schedule) ->
+[masks]``: a regularizer (``config.compression.regularizer``) adds its
+gradient before the optimizer; the masking transform named by
+``config.compression.method`` is appended last, so that it sees (and may
+rewrite) the final updates. SSS replaces the optimizer.
 """
 
 import ml_collections
 import optax
 
 from sparsify import methods
+from sparsify import sss
 
 OPTIMIZERS = ("adam", "adamw", "momentum", "nesterov", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -38,10 +41,35 @@ def make_schedule(
       [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def base_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
+  """The optimizer of ``config.optimizer`` alone, with its schedule."""
+  lr = make_schedule(opt, total_steps)
+  if opt.name == "adamw":
+    return optax.adamw(lr, weight_decay=opt.weight_decay)
+  base = {
+      "sgd": lambda: optax.sgd(lr),
+      "momentum": lambda: optax.sgd(lr, momentum=opt.momentum),
+      "nesterov": lambda: optax.sgd(lr, momentum=opt.momentum,
+                                    nesterov=True),
+      "adam": lambda: optax.adam(lr),
+  }[opt.name]()
+  if opt.weight_decay:
+    base = optax.chain(optax.add_decayed_weights(opt.weight_decay), base)
+  return base
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation:
-  """The full optax chain of a config: optimizer then compression.
+  """The full optax chain of a config: [penalty] -> optimizer -> [masks].
+
+  ``compression.method`` ``'sss'`` replaces the optimizer by
+  `sparsify.sparse_structure_selection` (Nesterov SGD on the weights, APG
+  on the scales, with the config's learning-rate schedule, momentum and
+  weight decay); a ``compression.regularizer`` adds its penalty's gradient
+  before the optimizer; a masking method is appended last.
 
   Args:
     config: the experiment config (uses ``optimizer`` and ``compression``).
@@ -50,19 +78,16 @@ def make_optimizer(
   Returns:
     An `optax.GradientTransformation`.
   """
-  opt = config.optimizer
-  lr = make_schedule(opt, total_steps)
-  if opt.name == "adamw":
-    base = optax.adamw(lr, weight_decay=opt.weight_decay)
-  else:
-    base = {
-        "sgd": lambda: optax.sgd(lr),
-        "momentum": lambda: optax.sgd(lr, momentum=opt.momentum),
-        "nesterov": lambda: optax.sgd(lr, momentum=opt.momentum,
-                                      nesterov=True),
-        "adam": lambda: optax.adam(lr),
-    }[opt.name]()
-    if opt.weight_decay:
-      base = optax.chain(optax.add_decayed_weights(opt.weight_decay), base)
-  compression = methods.make_compression(config.compression, total_steps)
-  return base if compression is None else optax.chain(base, compression)
+  opt, comp = config.optimizer, config.compression
+  if comp.method == "sss":
+    return sss.sparse_structure_selection(
+        make_schedule(opt, total_steps), gamma=comp.gamma,
+        momentum=opt.momentum, weight_decay=opt.weight_decay)
+  parts = [base_optimizer(opt, total_steps)]
+  penalty = methods.make_regularizer(comp, total_steps)
+  if penalty is not None:
+    parts.insert(0, penalty)
+  compression = methods.make_compression(comp, total_steps)
+  if compression is not None:
+    parts.append(compression)
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)

@@ -282,7 +282,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              "model": config.model.name, "dataset": config.data.name,
              "method": config.compression.method,
              "report": report.to_dict()}
+  if config.post.stages:
+    from sparsify import pipeline  # pylint: disable=g-import-not-at-top
+    post = pipeline.run(
+        config, trainer.dataset, workdir,
+        jax.device_get(_variables(state.params, state.batch_stats)),
+        jax.device_get(masking.find_masks(state.opt_state)))
+    print("\n" + pipeline.table(post))
+    results["post"] = post
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+    json.dump(results, f, indent=2, default=str)
   mngr.close()
   return results

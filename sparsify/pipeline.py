@@ -1,0 +1,445 @@
+"""What happens to a trained model after training: select, slim, quantize.
+
+``config.post.stages`` names the stages run, in order, after
+`sparsify.train.train_and_evaluate` has trained and evaluated a model, e.g.
+``'slim,finetune'`` for SSS, ``'search,finetune'`` for binary-search neuron
+pruning, ``'pq'`` for product quantization into a compressed file, ``'lct'``
+for layer-wise ternarization. Every stage takes and returns a `Model` (the
+module, its constructor arguments, its variables and its keep-masks) and
+records what it measured; the run ends with a table of accuracy, parameters,
+FLOPs and bytes after each stage, written to ``post.json``.
+
+A stage is a plain function ``(context, model, stage_config) -> (model,
+record)``; adding one means adding an entry to `STAGES`.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sparsify import base
+from sparsify import compressed
+from sparsify import data as data_lib
+from sparsify import lct
+from sparsify import masking
+from sparsify import models
+from sparsify import neuron_search
+from sparsify import optim
+from sparsify import quantization
+from sparsify import report as report_lib
+from sparsify import surgery
+from sparsify import train as train_lib
+
+log = logging.getLogger("sparsify")
+
+
+@dataclasses.dataclass
+class Model:
+  """A model between stages.
+
+  Attributes:
+    name: the `sparsify.models` name.
+    kwargs: its constructor arguments (a slimmed model has smaller widths).
+    variables: ``{'params': ..., 'batch_stats': ...}`` as numpy arrays.
+    masks: keep-masks of the params (None: every weight kept).
+    encodings: per-leaf encodings for the compressed file
+      (`sparsify.compressed`), keyed ``'params/<path>'``.
+  """
+  name: str
+  kwargs: dict[str, Any]
+  variables: dict[str, Any]
+  masks: Any = None
+  encodings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @functools.cached_property
+  def module(self):
+    return models.get_model(self.name, **self.kwargs)
+
+
+class Context:
+  """The data, config and compiled evaluation shared by the stages."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               dataset: data_lib.Dataset, workdir: str):
+    self.config = config
+    self.dataset = dataset
+    self.workdir = workdir
+    self.num_classes = dataset.num_classes
+    n = min(config.post.validation_examples, len(dataset.train.labels))
+    # Model selection (search, LCT decisions) looks at the last training
+    # examples, never at the test split that the final accuracy reports.
+    self.validation = data_lib.Split(dataset.train.images[-n:],
+                                     dataset.train.labels[-n:])
+
+  def accuracy(self, model: Model, variables=None, split=None) -> float:
+    """Accuracy of ``model`` (or of ``variables`` in it) on a split."""
+    variables = model.variables if variables is None else variables
+    split = self.dataset.eval if split is None else split
+    step = jax.jit(functools.partial(_eval_step, model.module.apply))
+    correct = count = 0.0
+    for batch in data_lib.eval_batches(
+        split, batch_size=self.config.data.eval_batch_size,
+        mean=self.dataset.mean, std=self.dataset.std):
+      c, n = step(variables, batch)
+      correct, count = correct + float(c), count + float(n)
+    return correct / count
+
+  def finetune(self, model: Model, steps: int, learning_rate: float,
+               extra: optax.GradientTransformation | None = None,
+               masks: Any = None) -> dict[str, Any]:
+    """Trains ``model`` for ``steps`` steps; returns its new variables.
+
+    The optimizer is the config's, with a cosine schedule over ``steps``
+    from ``learning_rate``; ``masks`` (if any) stay enforced, and ``extra``
+    is appended after them (e.g. a ternary constraint).
+    """
+    if steps <= 0:
+      return model.variables
+    opt = ml_collections.ConfigDict(self.config.optimizer.to_dict())
+    opt.learning_rate, opt.schedule, opt.warmup_steps = (learning_rate,
+                                                         "cosine", 0)
+    parts = [optim.base_optimizer(opt, steps)]
+    if masks is not None:
+      full = _full_masks(masks, model.variables["params"])
+      parts.append(masking.mask_updates(lambda _: full,
+                                        where=lambda name, leaf: True))
+    if extra is not None:
+      parts.append(extra)
+    tx = optax.chain(*parts)
+    state = train_lib.TrainState.create(
+        apply_fn=model.module.apply,
+        params=jax.tree.map(jnp.asarray, model.variables["params"]), tx=tx,
+        batch_stats=model.variables.get("batch_stats", {}),
+        rng=jax.random.key_data(jax.random.key(self.config.seed)))
+    step_fn = jax.jit(train_lib.train_step, donate_argnums=0)
+    batches = data_lib.batches(
+        self.dataset.train, batch_size=self.config.data.batch_size,
+        seed=self.config.seed + 1, mean=self.dataset.mean,
+        std=self.dataset.std)
+    for _ in range(steps):
+      state, _ = step_fn(state, next(batches))
+    out = {"params": state.params}
+    if state.batch_stats:
+      out["batch_stats"] = state.batch_stats
+    return jax.tree.map(np.asarray, out)
+
+  def epochs_to_steps(self, epochs: float) -> int:
+    return int(round(epochs * data_lib.steps_per_epoch(
+        self.dataset.train, self.config.data.batch_size)))
+
+  def measure(self, model: Model) -> dict[str, Any]:
+    """Test accuracy, parameters, FLOPs and sparse bytes of ``model``."""
+    shapes = report_lib.layer_output_shapes(
+        model.module, model.variables, (1, *self.dataset.input_shape))
+    rep = report_lib.compression_report(
+        model.variables["params"], _kernel_masks(model.masks),
+        output_shapes=shapes).total
+    return {"test_accuracy": self.accuracy(model), "params": rep.params,
+            "nonzeros": rep.nonzeros, "flops": rep.flops_dense,
+            "flops_effective": rep.flops_effective,
+            "bytes_sparse": rep.bytes_sparse}
+
+
+def _eval_step(apply_fn, variables, batch):
+  logits = apply_fn(variables, batch["image"], train=False)
+  correct = (logits.argmax(-1) == batch["label"]) * batch["mask"]
+  return correct.sum(), batch["mask"].sum()
+
+
+def _kernel_masks(masks):
+  """Masks with `optax.MaskedNode` leaves replaced by None."""
+  if masks is None:
+    return None
+  return jax.tree.map(
+      lambda m: None if isinstance(m, optax.MaskedNode) else m, masks,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+
+
+def _full_masks(masks, params):
+  """A boolean mask for every parameter; unmasked ones keep everything."""
+  return jax.tree.map(
+      lambda m, p: jnp.ones(np.shape(p), bool) if m is None else jnp.asarray(
+          m, bool), _kernel_masks(masks), params, is_leaf=lambda x: x is None)
+
+
+def _spec(model: Model) -> list[surgery.Unit]:
+  return surgery.spec_for(model.name, **model.kwargs)
+
+
+def _slimmed(model: Model, spec, keep) -> Model:
+  variables = surgery.slim(model.variables, spec, keep)
+  kwargs = surgery.slim_kwargs(model.name, model.kwargs, keep)
+  if model.name == "resnet":
+    kwargs.pop("block_gates", None)
+  return Model(model.name, kwargs, variables)
+
+
+# ----------------------------------------------------------------- stages
+
+
+def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
+  """SSS / Network Slimming: drop the units whose scale is below threshold.
+
+  Gates (SSS) select units when the model has them; otherwise BatchNorm
+  scales (Network Slimming) do, with the threshold of
+  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0.
+  """
+  spec = _spec(model)
+  params = model.variables["params"]
+  flat = dict(base.named_leaves(params))
+  threshold = cfg.threshold
+  if not any(u.gate in flat for u in spec):  # Network Slimming: BN scales
+    scale_of = {u.name: next(p for p, _ in u.producers
+                             if p.endswith("bn/scale")) for u in spec}
+    if cfg.fraction > 0:
+      from sparsify import sss  # pylint: disable=g-import-not-at-top
+      threshold = sss.slimming_threshold(params, cfg.fraction)
+    keep = {}
+    for u in spec:
+      g = np.abs(np.asarray(flat[scale_of[u.name]]))
+      k = g >= threshold if cfg.fraction > 0 else g > threshold
+      k[np.argmax(g)] = True
+      keep[u.name] = k
+  else:
+    keep = surgery.keep_nonzero(params, spec, threshold)
+  out = _slimmed(model, spec, keep)
+  kept = surgery.count_kept(keep)
+  full = {u.name: int(np.size(k)) for u, k in zip(spec, keep.values())}
+  return out, {"units_before": full, "units_after": kept}
+
+
+def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
+  """Binary-search neuron pruning on the validation examples, then slim."""
+  spec = neuron_search.ungated_spec(_spec(model), model.variables["params"])
+  rest = {k: v for k, v in model.variables.items() if k != "params"}
+
+  def evaluate(params):
+    return ctx.accuracy(model, {"params": params, **rest}, ctx.validation)
+
+  t = time.perf_counter()
+  result = neuron_search.binary_search_prune(
+      model.variables["params"], evaluate, cfg.tolerance, spec=spec,
+      norm=cfg.norm, order=cfg.order, relative=cfg.relative)
+  seconds = time.perf_counter() - t
+  slimmed = _slimmed(Model(model.name, model.kwargs,
+                           {"params": result.params, **rest}), spec,
+                     result.keep)
+  full = {u.name: int(np.size(result.keep[u.name])) for u in spec}
+  return slimmed, {
+      "units_before": full, "units_after": surgery.count_kept(result.keep),
+      "evaluations": len(result.log), "search_seconds": seconds,
+      "validation_baseline": result.baseline,
+      "log": [s._asdict() for s in result.log]}
+
+
+def finetune_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
+  """Trains the current model (masks kept) for ``cfg.epochs``."""
+  steps = ctx.epochs_to_steps(cfg.epochs)
+  variables = ctx.finetune(model, steps, cfg.learning_rate,
+                           masks=model.masks)
+  return dataclasses.replace(model, variables=variables), {"steps": steps}
+
+
+def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
+  """Product quantization of the Dense kernels; pruned weights stay zero."""
+  params = model.variables["params"]
+  masks = _kernel_masks(model.masks)
+  if masks is None:  # a pruned model without masks: its zeros are the mask
+    masks = jax.tree.map(lambda p: np.asarray(p) != 0, params)
+  masks = jax.tree.map(lambda m, p: m if m is not None else
+                       np.ones(np.shape(p), bool), masks, params,
+                       is_leaf=lambda x: x is None)
+  where = cfg.where or quantization.dense_kernel
+  subspaces, centroids = {}, {}
+  for path, leaf in base.named_leaves(params):
+    if base.path_predicate(where)(path, leaf):
+      n = int(np.prod(np.shape(leaf)[:-1]))
+      if n % cfg.dim:
+        raise ValueError(f"post.pq.dim: got {cfg.dim}; allowed: a divisor of"
+                         f" the {n} inputs of {path}")
+      subspaces[path] = n // cfg.dim
+      # k-means needs at least k rows: a small head gets fewer centroids.
+      centroids[path] = min(cfg.centroids, np.shape(leaf)[-1])
+  quantized, codes = quantization.pq_quantize(
+      params, subspaces=subspaces, centroids=centroids,
+      key=jax.random.key(ctx.config.seed), masks=masks, where=where)
+  flat_masks = dict(base.named_leaves(masks))
+  encodings = dict(model.encodings)
+  for path, code in codes.items():
+    mask = np.asarray(flat_masks[path])
+    encodings[f"params/{path}"] = compressed.pq_layer(
+        *code, mask=None if mask.all() else mask)
+  variables = {**model.variables, "params": jax.tree.map(np.asarray,
+                                                         quantized)}
+  return dataclasses.replace(model, variables=variables,
+                             encodings=encodings), {
+      "quantized_layers": sorted(codes)}
+
+
+def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
+  """LCT: global magnitude pruning, then layers ternarized in order.
+
+  From the least to the most significant layer: constrain it to
+  :math:`\\{-\\sigma, 0, \\sigma\\}` on its mask, train ``cfg.steps`` steps,
+  keep it if validation accuracy stays within ``cfg.budget`` of the pruned
+  model's, else revert it and stop.
+  """
+  params = model.variables["params"]
+  sig = lct.layer_significance(params, sparsity=cfg.sparsity, by=cfg.by)
+  masks = jax.tree.map(np.asarray, sig.masks)
+  pruned = dataclasses.replace(model, masks=masks, variables={
+      **model.variables,
+      "params": jax.tree.map(lambda p, m: np.where(m, p, 0), params, masks)})
+  pruned = dataclasses.replace(pruned, variables=ctx.finetune(
+      pruned, cfg.prune_steps, cfg.learning_rate, masks=masks))
+  reference = ctx.accuracy(pruned, split=ctx.validation)
+  current, chosen, decisions = pruned, [], []
+  for layer in sig.order:
+    trial = chosen + [layer]
+    tx = lct.ternary_constrained(trial, sigma=cfg.sigma,
+                                 masks={p: m for p, m in base.named_leaves(
+                                     masks) if p in trial})
+    variables = ctx.finetune(current, cfg.steps, cfg.learning_rate,
+                             extra=tx, masks=masks)
+    candidate = dataclasses.replace(current, variables=variables)
+    acc = ctx.accuracy(candidate, split=ctx.validation)
+    accepted = acc >= reference - cfg.budget
+    decisions.append({"layer": layer, "validation_accuracy": acc,
+                      "accepted": bool(accepted)})
+    log.info("lct: %s -> %.4f (%s)", layer, acc,
+             "kept" if accepted else "reverted, stop")
+    if not accepted:
+      break
+    current, chosen = candidate, trial
+  encodings = dict(current.encodings)
+  for layer in chosen:
+    encodings[f"params/{layer}"] = "ternary"
+  return dataclasses.replace(current, encodings=encodings), {
+      "order": list(sig.order), "significance": sig.scores,
+      "validation_reference": reference, "ternary_layers": chosen,
+      "decisions": decisions}
+
+
+STAGES = {
+    "finetune": finetune_stage,
+    "lct": lct_stage,
+    "pq": pq_stage,
+    "search": search_stage,
+    "slim": slim_stage,
+}
+
+
+def stage_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The stages of ``config.post.stages`` (comma-separated), checked."""
+  names = [s.strip() for s in config.post.stages.split(",") if s.strip()]
+  for s in names:
+    if s not in STAGES:
+      raise ValueError(f"post.stages: got {s!r}; allowed: a comma-separated "
+                       f"list of {', '.join(sorted(STAGES))}")
+  return names
+
+
+def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+        workdir: str, variables: dict[str, Any], masks: Any) -> dict[str, Any]:
+  """Runs ``config.post.stages`` on a trained model; writes the results.
+
+  Args:
+    config: the experiment config.
+    dataset: its dataset.
+    workdir: where ``post.json`` and ``model.spz`` (the compressed file) go.
+    variables: the trained variables.
+    masks: the trained keep-masks (from the optimizer state), or None.
+
+  Returns:
+    ``{'stages': [...], 'file': {...}}``: per stage its measurements and
+    record; the compressed file's bytes on disk and the accuracy of the
+    model decoded from it.
+  """
+  ctx = Context(config, dataset, workdir)
+  model = Model(config.model.name, config.model.kwargs.to_dict(),
+                jax.tree.map(np.asarray, variables), masks)
+  rows = [{"stage": "trained", **ctx.measure(model)}]
+  for name in stage_names(config):
+    t = time.perf_counter()
+    model, record = STAGES[name](ctx, model, config.post[name])
+    row = {"stage": name, **ctx.measure(model),
+           "seconds": time.perf_counter() - t, **record}
+    rows.append(row)
+    log.info("%s: test accuracy %.4f, %d params", name, row["test_accuracy"],
+             row["params"])
+  path = os.path.join(workdir, "model.spz")
+  accuracy = rows[-1]["test_accuracy"]
+  params = jax.tree.map(np.asarray, model.variables)
+  if model.masks is not None:
+    params["params"] = masking.apply_masks(params["params"], model.masks)
+  compressed.save(path, params, model.encodings, metadata={
+      "model": {"name": model.name, "kwargs": model.kwargs},
+      "dataset": config.data.name, "test_accuracy": accuracy,
+      "stages": [r["stage"] for r in rows]})
+  file_info = evaluate_file(path, dataset, config.data.eval_batch_size)
+  results = {"stages": rows, "file": file_info}
+  with open(os.path.join(workdir, "post.json"), "w") as f:
+    json.dump(results, f, indent=2, default=_jsonable)
+  return results
+
+
+def evaluate_file(path: str, dataset: data_lib.Dataset,
+                  eval_batch_size: int = 1000) -> dict[str, Any]:
+  """Loads a compressed file, rebuilds its model and evaluates it.
+
+  Returns bytes on disk, the float32 size, the accuracy recorded at save
+  time and the accuracy measured now on ``dataset``'s eval split.
+  """
+  variables, meta = compressed.load(path)
+  spec = meta["model"]
+  kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
+            for k, v in spec["kwargs"].items()}
+  model = Model(spec["name"], kwargs, variables)
+  config = ml_collections.ConfigDict({"data": {
+      "eval_batch_size": eval_batch_size}, "post": {
+          "validation_examples": 1}})
+  measured = Context(config, dataset, os.path.dirname(path)).accuracy(model)
+  info = compressed.file_report(path)
+  return {"path": path, "bytes_on_disk": info.file_bytes,
+          "float32_bytes": compressed.float32_bytes(variables["params"]),
+          "recorded_accuracy": meta["test_accuracy"],
+          "decoded_accuracy": measured}
+
+
+def _tuples(x):
+  return tuple(map(_tuples, x)) if isinstance(x, list) else x
+
+
+def _jsonable(x):
+  if isinstance(x, (np.integer, np.floating)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)
+
+
+def table(results: dict[str, Any]) -> str:
+  """The stages as a text table, then the compressed file's line."""
+  lines = [f"{'stage':<10} {'test acc':>9} {'params':>10} {'nonzeros':>10} "
+           f"{'MFLOPs':>8}"]
+  for r in results["stages"]:
+    flops = f"{r['flops'] / 1e6:.2f}" if r["flops"] is not None else "n/a"
+    lines.append(f"{r['stage']:<10} {100 * r['test_accuracy']:>8.2f}% "
+                 f"{r['params']:>10,} {r['nonzeros']:>10,} {flops:>8}")
+  f = results["file"]
+  lines.append(
+      f"compressed file {f['path']}: {f['bytes_on_disk']:,} bytes on disk, "
+      f"{f['float32_bytes'] / f['bytes_on_disk']:.1f}x smaller than float32 "
+      f"params; decoded accuracy {100 * f['decoded_accuracy']:.2f} % "
+      f"(recorded {100 * f['recorded_accuracy']:.2f} %)")
+  return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Stages after training, end to end through `train_and_evaluate`."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from sparsify import compressed
+from sparsify import config as config_lib
+from sparsify import train
+
+
+def _config(preset, **overrides):
+  config = config_lib.default_config()
+  config.model.name = "mlp"
+  config.model.kwargs.hidden = (32, 16)
+  config.model.kwargs.gates = False
+  config = config_lib.with_method(config, preset)
+  config.data.batch_size = 32
+  config.data.eval_batch_size = 400
+  config.train.epochs = 1.0
+  config.train.log_every = 50
+  config.train.checkpoint_every = 1000
+  config.post.validation_examples = 800
+  config.post.finetune.epochs = 0.25
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _file_matches_record(results, workdir):
+  info = results["post"]["file"]
+  assert info["bytes_on_disk"] == os.path.getsize(
+      os.path.join(workdir, "model.spz"))
+  # The decoded file is the model whose accuracy was recorded at save time.
+  assert info["decoded_accuracy"] == info["recorded_accuracy"]
+  assert info["recorded_accuracy"] == results["post"]["stages"][-1][
+      "test_accuracy"]
+
+
+def test_sss_slim_keeps_the_function_and_removes_units(tmp_path):
+  config = _config("sss", **{"compression.gamma": 0.3,
+                             "post.stages": "slim"})
+  assert config.model.kwargs.gates  # the preset switches gates on
+  results = train.train_and_evaluate(config, str(tmp_path))
+  trained, slim = results["post"]["stages"]
+  assert sum(slim["units_after"].values()) < 48  # APG zeroed some gates
+  assert slim["params"] < trained["params"]
+  assert slim["flops"] < trained["flops"]
+  # Removing zero-gated units and folding the others is exact.
+  assert slim["test_accuracy"] == pytest.approx(trained["test_accuracy"],
+                                                abs=1e-9)
+  hidden = tuple(slim["units_after"][f"fc{i}"] for i in (1, 2))
+  # Parameters of the slim MLP, counted by hand: 784 -> h1 -> h2 -> 10.
+  expected = 784 * hidden[0] + hidden[0] + hidden[0] * hidden[1] + (
+      hidden[1] + hidden[1] * 10 + 10)
+  assert slim["params"] == expected
+  _file_matches_record(results, str(tmp_path))
+
+
+def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
+  config = _config("search", **{"post.search.tolerance": 0.02})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  trained, search, tuned = results["post"]["stages"]
+  bound = sum(math.ceil(math.log2(n)) + 1 for n in (32, 16))
+  assert search["evaluations"] <= bound + 1  # plus the baseline
+  accepted = [s for s in search["log"] if s["accepted"] and s["unit"]]
+  assert all(s["accuracy"] >= search["validation_baseline"] - 0.02
+             for s in accepted)
+  assert search["params"] < trained["params"]
+  assert tuned["params"] == search["params"]
+  assert tuned["steps"] == round(0.25 * (8000 // 32))
+  _file_matches_record(results, str(tmp_path))
+
+
+def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
+  config = _config("pq", **{"post.pq.dim": 4, "post.pq.centroids": 8})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  _file_matches_record(results, str(tmp_path))
+  params, meta = compressed.load(os.path.join(str(tmp_path), "model.spz"))
+  assert meta["stages"] == ["trained", "pq"]
+  for name, m in (("fc1", 32), ("fc2", 16), ("head", 10)):
+    w = params["params"][name]["kernel"]
+    # Each of the n / 4 sub-vectors of a row is one of at most 8 codewords.
+    blocks = w.T.reshape(m, -1, 4)
+    for j in range(blocks.shape[1]):
+      assert len(np.unique(blocks[:, j], axis=0)) <= min(8, m)
+  report = compressed.file_report(os.path.join(str(tmp_path), "model.spz"))
+  encodings = {leaf.path: leaf.encoding for leaf in report.leaves}
+  assert encodings["params/fc1/kernel"] == "pq"
+
+
+def test_lct_leaves_ternary_layers_in_the_file(tmp_path):
+  config = _config("lct", **{"post.lct.steps": 20, "post.lct.prune_steps": 20,
+                             "post.lct.budget": 1.0})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  lct = results["post"]["stages"][-1]
+  # With the whole budget every layer is accepted, least significant first.
+  assert lct["ternary_layers"] == lct["order"]
+  assert len(lct["order"]) == 3
+  params, _ = compressed.load(os.path.join(str(tmp_path), "model.spz"))
+  for layer in lct["ternary_layers"]:
+    w = params["params"][layer.split("/")[0]]["kernel"]
+    values = np.unique(np.abs(w))
+    assert len(values) <= 2 and values[0] == 0.0  # {-s, 0, s}
+  _file_matches_record(results, str(tmp_path))
+
+
+def test_unknown_stage_is_named(tmp_path):
+  config = _config(None, **{"post.stages": "slim,prune"})
+  with pytest.raises(config_lib.ConfigError,
+                     match="post.stages: got 'prune'; allowed: .*finetune"):
+    train.train_and_evaluate(config, str(tmp_path))
