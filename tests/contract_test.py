@@ -249,6 +249,31 @@ PROXIMAL = {
                                  dict(factory=sparsify.network_slimming,
                                       kwargs=dict(l1=1e-3)), False),
 }
+# Penalties added before the optimizer, and LCT's ternary constraint.
+PROXIMAL.update({
+    "binary_attractor": ProxCase(
+        lambda: sparsify.binary_attractor(1e-2, alpha=0.5), optax.identity(),
+        optax.sgd(0.05), dict(factory=sparsify.binary_attractor,
+                              kwargs=dict(strength=1e-2, alpha=0.5)), False),
+    "kcentre_attractor": ProxCase(
+        lambda: sparsify.kcentre_attractor(1e-2, centres=3, refresh_every=2),
+        optax.identity(), optax.sgd(0.05),
+        dict(factory=sparsify.kcentre_attractor,
+             kwargs=dict(strength=1e-2)), False),
+    "l1": ProxCase(lambda: sparsify.l1(1e-2), optax.identity(),
+                   optax.sgd(0.05), dict(factory=sparsify.l1,
+                                         kwargs=dict(strength=1e-2)), False),
+    "group_lasso_penalty": ProxCase(
+        lambda: sparsify.group_lasso(1e-2), optax.identity(), optax.sgd(0.05),
+        dict(factory=sparsify.group_lasso, kwargs=dict(strength=1e-2)),
+        False),
+    "ternary_constrained": ProxCase(
+        lambda: sparsify.ternary_constrained(sigma="learned",
+                                             sigma_learning_rate=0.01),
+        optax.sgd(0.05), optax.identity(),
+        dict(factory=sparsify.ternary_constrained,
+             kwargs=dict(sigma_learning_rate=0.01, threshold=0.3)), False),
+})
 PROX_CASES = pytest.mark.parametrize("name", sorted(PROXIMAL))
 
 
