@@ -192,15 +192,29 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
   Gates (SSS) select units when the model has them; otherwise BatchNorm
   scales (Network Slimming) do, with the threshold of
-  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0.
+  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0. ResNet
+  residual branches whose block gate is zero are removed first
+  (`surgery.remove_blocks`).
   """
-  spec = _spec(model)
+  record = {}
+  if model.name == "resnet" and model.kwargs.get("block_gates"):
+    # Residual branches with zero block gates go first, then channels.
+    variables, kwargs = surgery.remove_blocks(model.variables, model.kwargs,
+                                              cfg.threshold)
+    model = Model(model.name, kwargs, variables, model.masks)
+    record["block_plan"] = list(kwargs["block_plan"])
+    if not kwargs.get("channel_gates"):
+      return model, record
   params = model.variables["params"]
   flat = dict(base.named_leaves(params))
+  # Units inside residual branches removed above are gone.
+  spec = [u for u in _spec(model) if u.producers[0][0] in flat]
+  if not spec:
+    return model, record
   threshold = cfg.threshold
   if not any(u.gate in flat for u in spec):  # Network Slimming: BN scales
     scale_of = {u.name: next(p for p, _ in u.producers
-                             if p.endswith("bn/scale")) for u in spec}
+                             if p.endswith("/scale")) for u in spec}
     if cfg.fraction > 0:
       from sparsify import sss  # pylint: disable=g-import-not-at-top
       threshold = sss.slimming_threshold(params, cfg.fraction)
@@ -215,7 +229,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   out = _slimmed(model, spec, keep)
   kept = surgery.count_kept(keep)
   full = {u.name: int(np.size(k)) for u, k in zip(spec, keep.values())}
-  return out, {"units_before": full, "units_after": kept}
+  return out, {**record, "units_before": full, "units_after": kept}
 
 
 def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:

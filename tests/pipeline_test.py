@@ -63,6 +63,21 @@ def test_sss_slim_keeps_the_function_and_removes_units(tmp_path):
   _file_matches_record(results, str(tmp_path))
 
 
+def test_resnet_blocks_and_channels_slimmed_exactly(tmp_path):
+  config = _config("sss", **{"compression.gamma": 2.0, "post.stages": "slim",
+                             "train.epochs": 0.25})
+  config.model.name = "resnet"
+  config.model.kwargs = {"depth": 8, "width": 4, "block_gates": True,
+                         "channel_gates": True}
+  results = train.train_and_evaluate(config, str(tmp_path))
+  trained, slim = results["post"]["stages"]
+  assert slim["params"] < trained["params"]
+  assert slim["test_accuracy"] == pytest.approx(trained["test_accuracy"],
+                                                abs=1e-9)
+  assert len(slim["block_plan"]) == 3
+  _file_matches_record(results, str(tmp_path))
+
+
 def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
   config = _config("search", **{"post.search.tolerance": 0.02})
   results = train.train_and_evaluate(config, str(tmp_path))
