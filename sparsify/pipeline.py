@@ -265,7 +265,13 @@ def finetune_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
 
 def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
-  """Product quantization of the Dense kernels; pruned weights stay zero."""
+  """Product quantization of the Dense kernels; pruned weights stay zero.
+
+  Each layer uses the longest sub-vector up to ``cfg.dim`` that divides its
+  inputs and at most ``cfg.centroids`` (and no more than its rows)
+  centroids; a layer whose PQ encoding would not be smaller than its
+  lossless one is left as it is.
+  """
   params = model.variables["params"]
   masks = _kernel_masks(model.masks)
   if masks is None:  # a pruned model without masks: its zeros are the mask
@@ -273,21 +279,30 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   masks = jax.tree.map(lambda m, p: m if m is not None else
                        np.ones(np.shape(p), bool), masks, params,
                        is_leaf=lambda x: x is None)
-  where = cfg.where or quantization.dense_kernel
-  subspaces, centroids = {}, {}
+  selected = base.path_predicate(cfg.where or quantization.dense_kernel)
+  flat_masks = dict(base.named_leaves(masks))
+  subspaces, centroids, layers = {}, {}, {}
   for path, leaf in base.named_leaves(params):
-    if base.path_predicate(where)(path, leaf):
-      n = int(np.prod(np.shape(leaf)[:-1]))
-      if n % cfg.dim:
-        raise ValueError(f"post.pq.dim: got {cfg.dim}; allowed: a divisor of"
-                         f" the {n} inputs of {path}")
-      subspaces[path] = n // cfg.dim
-      # k-means needs at least k rows: a small head gets fewer centroids.
-      centroids[path] = min(cfg.centroids, np.shape(leaf)[-1])
+    if not selected(path, leaf):
+      continue
+    n, m = int(np.prod(np.shape(leaf)[:-1])), int(np.shape(leaf)[-1])
+    # The longest sub-vector up to `dim` that divides the layer's inputs,
+    # and at most one centroid per row (k-means needs k rows).
+    d = max(x for x in range(1, min(cfg.dim, n) + 1) if n % x == 0)
+    k = min(cfg.centroids, m)
+    mask = np.asarray(flat_masks[path])
+    pq_bytes = -(-quantization.pq_storage_bits(m, n, n // d, k) // 8) + (
+        0 if mask.all() else -(-mask.size // 8))
+    lossless = compressed.encode_leaf(np.where(mask, leaf, 0)).nbytes
+    if pq_bytes >= lossless:  # e.g. a small head: its codebook is the layer
+      continue
+    subspaces[path], centroids[path], layers[path] = n // d, k, (d, k)
+  chosen = lambda path, leaf: path in layers
+  if not layers:
+    return model, {"quantized_layers": {}}
   quantized, codes = quantization.pq_quantize(
       params, subspaces=subspaces, centroids=centroids,
-      key=jax.random.key(ctx.config.seed), masks=masks, where=where)
-  flat_masks = dict(base.named_leaves(masks))
+      key=jax.random.key(ctx.config.seed), masks=masks, where=chosen)
   encodings = dict(model.encodings)
   for path, code in codes.items():
     mask = np.asarray(flat_masks[path])
@@ -297,7 +312,8 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
                                                          quantized)}
   return dataclasses.replace(model, variables=variables,
                              encodings=encodings), {
-      "quantized_layers": sorted(codes)}
+      "quantized_layers": {p: {"dim": d, "centroids": k}
+                           for p, (d, k) in sorted(layers.items())}}
 
 
 def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:

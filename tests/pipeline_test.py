@@ -107,7 +107,12 @@ def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
       assert len(np.unique(blocks[:, j], axis=0)) <= min(8, m)
   report = compressed.file_report(os.path.join(str(tmp_path), "model.spz"))
   encodings = {leaf.path: leaf.encoding for leaf in report.leaves}
-  assert encodings["params/fc1/kernel"] == "pq"
+  # PQ where it is smaller than float32 (dense layers, no mask): codebooks
+  # 4 k n bytes plus 3-bit codes, m rows x n / 4 sub-vectors.
+  for name, n, m in (("fc1", 784, 32), ("fc2", 32, 16), ("head", 16, 10)):
+    pq_bytes = 4 * 8 * n + math.ceil(3 * m * (n // 4) / 8)
+    assert (encodings[f"params/{name}/kernel"] == "pq") == (
+        pq_bytes < 4 * n * m)
 
 
 def test_lct_leaves_ternary_layers_in_the_file(tmp_path):
