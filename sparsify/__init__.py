@@ -17,6 +17,8 @@ from sparsify.compressed import load as load_compressed
 from sparsify.compressed import pq_layer
 from sparsify.compressed import PQLayer
 from sparsify.compressed import save as save_compressed
+from sparsify.compressed import shared_layer
+from sparsify.compressed import SharedLayer
 from sparsify.compressed import ternary_layer
 from sparsify.compressed import TernaryLayer
 from sparsify.config import ConfigError
@@ -57,6 +59,10 @@ from sparsify.quantization import pq_encode
 from sparsify.quantization import pq_nbytes
 from sparsify.quantization import pq_quantize
 from sparsify.quantization import pq_storage_bits
+from sparsify.quantization import share_params
+from sparsify.quantization import share_weights
+from sparsify.quantization import SharedCode
+from sparsify.quantization import shared_decode
 from sparsify.quantization import PQCode
 from sparsify.regularizers import binary_attractor
 from sparsify.regularizers import group_lasso
@@ -90,6 +96,8 @@ __all__ = (
     "PQLayer",
     "Params",
     "SearchResult",
+    "SharedCode",
+    "SharedLayer",
     "Significance",
     "TernaryLayer",
     "TernaryState",
@@ -134,6 +142,10 @@ __all__ = (
     "save_compressed",
     "select",
     "select_by_score",
+    "share_params",
+    "share_weights",
+    "shared_decode",
+    "shared_layer",
     "sigma_of",
     "slim",
     "slimming_threshold",

@@ -1,4 +1,4 @@
-"""One file for a compressed model: dense, bitmask, CSR, PQ and ternary leaves.
+"""One file for a compressed model: dense, bitmask, CSR, PQ, ternary, shared.
 
 `save` writes a parameter pytree (nested dicts of arrays, such as
 ``variables['params']`` of a Flax Linen model) to one file, each leaf in one
@@ -35,6 +35,21 @@ encodings give the leaf back bit for bit.
   ``sign``, one bit per nonzero in C order, 1 for ``-sigma``; ``sigma``, one
   float32. ``ceil(size / 8) + ceil(nnz / 8) + 4`` bytes: ``size + nnz`` bits,
   so at most 2 bits per weight, plus 4 bytes.
+* ``shared`` (lossy, from a `SharedLayer`; Deep Compression's pruning, weight
+  sharing and relative indices): the ``nnz`` kept weights, in C order of the
+  flattened kernel at positions ``p_0 < p_1 < ...``, each take one of ``k``
+  shared values. Buffers: ``codebook``, ``k`` float32; ``gaps``, ``e``
+  entries of ``g`` bits (``1 <= g <= 16``, escape ``E = 2**g - 1``) telling
+  where the kept weights lie; ``codes``, one ``c = ceil(log2 k)``-bit code
+  per kept weight in C order (0 bits when ``k = 1``), the weight being
+  ``codebook[code]``. Kept weight ``i`` follows ``r_i = p_i - p_{i-1} - 1``
+  skipped positions (``p_{-1} = -1``, so ``r_0 = p_0``), written as
+  ``r_i // E`` entries ``E`` ("skip ``E`` positions, no weight here")
+  followed by one entry ``r_i % E`` ("skip that many, then a weight"); so
+  ``e = nnz + sum_i (r_i // E)``, and positions after the last kept weight
+  are not written. ``g`` is the value in 1..16 whose gap buffer is smallest
+  (the smallest such ``g`` on a tie). ``4 k + ceil(g e / 8) + ceil(c nnz /
+  8)`` bytes.
 
 A leaf without an explicit encoding gets the smallest of dense, bitmask and
 csr (ties go to the first in that order); for float32 leaves these are the
@@ -71,7 +86,8 @@ type of stored ``values``; ``buffers`` maps each buffer to ``[offset,
 length]`` in bytes from the start of the data section. ``attrs``: dense
 ``{}``; bitmask and ternary ``{"nnz"}``; csr ``{"nnz", "indptr_bytes",
 "index_bytes"}``; pq ``{"subspaces": s, "centroids": k, "code_bits": c,
-"masked": bool}``.
+"masked": bool}``; shared ``{"nnz", "centroids": k, "code_bits": c,
+"gap_bits": g, "gap_entries": e}``.
 
 Saving is atomic: the file is written under a temporary name in the same
 directory, then renamed over ``path``, so a failed save leaves a previous
@@ -92,7 +108,7 @@ import numpy as np
 
 MAGIC = b"\x89SPZ\r\n\x1a\n"
 VERSION = 1
-ENCODINGS = ("dense", "bitmask", "csr", "pq", "ternary")
+ENCODINGS = ("dense", "bitmask", "csr", "pq", "ternary", "shared")
 _LOSSLESS = ("dense", "bitmask", "csr")  # Also the order that breaks ties.
 _PREAMBLE = struct.Struct("<8sIQQ")
 _DIGEST_BYTES = 32
@@ -159,7 +175,28 @@ class TernaryLayer(NamedTuple):
                     np.float32(0)).astype(np.float32)
 
 
-LayerEncoding = str | PQLayer | TernaryLayer
+class SharedLayer(NamedTuple):
+  """A pruned kernel whose kept weights share ``k`` values; see `shared_layer`.
+
+  Attributes:
+    codebook: float32 ``(k,)``, the shared values.
+    codes: integers ``(nnz,)`` in ``[0, k)``, one per kept weight in C order.
+    mask: booleans of ``shape``, True where a weight is kept.
+    shape: the kernel's shape.
+  """
+  codebook: np.ndarray
+  codes: np.ndarray
+  mask: np.ndarray
+  shape: tuple[int, ...]
+
+  def decode(self) -> np.ndarray:
+    """Returns the float32 kernel: ``codebook[codes]`` where kept, else 0."""
+    kernel = np.zeros(self.shape, np.float32)
+    kernel[self.mask] = self.codebook[self.codes]
+    return kernel
+
+
+LayerEncoding = str | PQLayer | TernaryLayer | SharedLayer
 
 
 class EncodedLeaf(NamedTuple):
@@ -235,6 +272,56 @@ def pq_layer(codebooks: Any, codes: Any, shape: Any,
       raise ValueError(f"mask must be booleans of shape {shape}; got shape "
                        f"{mask.shape} of {mask.dtype}")
   return PQLayer(cb.astype(np.float32), cd.astype(np.int64), shape, mask)
+
+
+def shared_layer(codebook: Any, codes: Any, mask: Any,
+                 shape: Any) -> SharedLayer:
+  """Checks a weight-shared kernel and returns its `SharedLayer`.
+
+  Takes the fields of a `quantization.SharedCode` in order, so
+  ``shared_layer(*code)`` converts one.
+
+  Args:
+    codebook: ``k`` floats, ``1 <= k <= 2**16``, cast to float32.
+    codes: ``nnz`` integers in ``[0, k)``, one per kept weight in C order.
+    mask: booleans of ``shape``, True where a weight is kept (``nnz`` Trues).
+    shape: the kernel's shape.
+
+  Returns:
+    A `SharedLayer` of numpy arrays.
+
+  Raises:
+    ValueError: on a shape, dtype or code that breaks the convention.
+
+  Example:
+    >>> layer = shared_layer([-0.5, 0.5], [1, 0], [[True, False, True]],
+    ...                      (1, 3))
+    >>> layer.decode()
+    array([[ 0.5,  0. , -0.5]], dtype=float32)
+  """
+  cb, cd, mk = np.asarray(codebook), np.asarray(codes), np.asarray(mask)
+  if cb.ndim != 1 or cb.dtype.kind not in "iuf" or not 1 <= cb.size <= 2**16:
+    raise ValueError(f"codebook must be k floats with 1 <= k <= 65536 (codes "
+                     f"of at most 16 bits); got shape {cb.shape} of "
+                     f"{cb.dtype}")
+  try:
+    shape = tuple(int(x) for x in shape)
+  except (TypeError, ValueError):
+    raise ValueError(f"shape must be a tuple of ints; got {shape!r}") from None
+  if min(shape, default=0) < 0:
+    raise ValueError(f"shape must have non-negative dimensions; got {shape}")
+  if mk.shape != shape or mk.dtype != bool:
+    raise ValueError(f"mask must be booleans of the kernel's shape {shape}; "
+                     f"got shape {mk.shape} of {mk.dtype}")
+  nnz = int(np.count_nonzero(mk))
+  if cd.shape != (nnz,) or cd.dtype.kind not in "iu":
+    raise ValueError(f"codes must be integers of shape ({nnz},), one per kept "
+                     f"weight; got shape {cd.shape} of {cd.dtype}")
+  k = cb.size
+  if cd.size and (cd.min() < 0 or cd.max() >= k):
+    raise ValueError(f"codes must lie in [0, k) = [0, {k}); got values in "
+                     f"[{cd.min()}, {cd.max()}]")
+  return SharedLayer(cb.astype(np.float32), cd.astype(np.int64), mk, shape)
 
 
 def ternary_layer(kernel: Any) -> TernaryLayer:
@@ -353,8 +440,9 @@ def encode_leaf(value: Any, encoding: LayerEncoding = "auto") -> EncodedLeaf:
     value: the leaf (an array).
     encoding: ``'auto'`` (see `choose_encoding`), ``'dense'``,
       ``'bitmask'``, ``'csr'``, ``'ternary'`` (``value`` must be ternary, see
-      `ternary_layer`), or a `PQLayer` or `TernaryLayer` of ``value``'s shape,
-      whose content replaces ``value``'s (which must be float).
+      `ternary_layer`), or a `PQLayer`, `TernaryLayer` or `SharedLayer` of
+      ``value``'s shape, whose content replaces ``value``'s (which must be
+      float).
 
   Returns:
     An `EncodedLeaf`; `decode_leaf` turns it back into an array.
@@ -367,9 +455,16 @@ def encode_leaf(value: Any, encoding: LayerEncoding = "auto") -> EncodedLeaf:
   shape, dtype = tuple(int(n) for n in x.shape), _dtype_name(x.dtype)
   if isinstance(encoding, str) and encoding == "ternary":
     encoding = ternary_layer(x)
-  if isinstance(encoding, (PQLayer, TernaryLayer)):
+  if isinstance(encoding, (PQLayer, TernaryLayer, SharedLayer)):
     if dtype not in ("float16", "float32", "float64", "bfloat16"):
-      raise ValueError(f"pq and ternary encode float leaves; got {dtype}")
+      raise ValueError(f"pq, ternary and shared encode float leaves; got "
+                       f"{dtype}")
+    if isinstance(encoding, SharedLayer):
+      layer = shared_layer(*encoding)
+      if layer.shape != shape:
+        raise ValueError(f"SharedLayer of shape {layer.shape} for a leaf of "
+                         f"shape {shape}")
+      return _encode_shared(layer, dtype)
     if isinstance(encoding, PQLayer):
       layer = pq_layer(*encoding)
       if layer.shape != shape:
@@ -382,10 +477,13 @@ def encode_leaf(value: Any, encoding: LayerEncoding = "auto") -> EncodedLeaf:
   if encoding == "pq":
     raise ValueError("encoding 'pq' needs codebooks and codes: pass a "
                      "PQLayer (see pq_layer)")
+  if encoding == "shared":
+    raise ValueError("encoding 'shared' needs a codebook and codes: pass a "
+                     "SharedLayer (see shared_layer)")
   if encoding not in _LOSSLESS:
     raise ValueError(
         f"unknown encoding {encoding!r}; use 'auto', 'dense', 'bitmask', "
-        "'csr', 'ternary', a PQLayer or a TernaryLayer")
+        "'csr', 'ternary', a PQLayer, a TernaryLayer or a SharedLayer")
   values = x.astype(_little(x.dtype), copy=False)
   if encoding == "dense":
     return EncodedLeaf("dense", shape, dtype, {}, {"values": values.tobytes()})
@@ -415,6 +513,42 @@ def _encode_pq(layer: PQLayer, dtype: str) -> EncodedLeaf:
   attrs = {"subspaces": s, "centroids": k, "code_bits": bits,
            "masked": layer.mask is not None}
   return EncodedLeaf("pq", layer.shape, dtype, attrs, buffers)
+
+
+def _skips(mask: np.ndarray) -> np.ndarray:
+  """``r_i``: positions skipped before each kept weight, in C order."""
+  positions = np.flatnonzero(mask).astype(np.int64)
+  return np.diff(positions, prepend=-1) - 1
+
+
+def _gap_entries(skips: np.ndarray, g: int) -> np.ndarray:
+  """The gap stream of ``g``-bit entries (see the module docstring)."""
+  escape = 2**g - 1
+  counts = skips // escape + 1
+  entries = np.full(int(counts.sum()), escape, np.int64)
+  entries[np.cumsum(counts) - 1] = skips % escape
+  return entries
+
+
+def _gap_bits(skips: np.ndarray) -> int:
+  """The ``g`` in 1..16 with the fewest gap bytes (smallest on a tie)."""
+  def nbytes(g):
+    return math.ceil(g * (skips.size + int(np.sum(skips // (2**g - 1)))) / 8)
+  return min(range(1, 17), key=nbytes)
+
+
+def _encode_shared(layer: SharedLayer, dtype: str) -> EncodedLeaf:
+  k = layer.codebook.size
+  bits = (k - 1).bit_length()
+  skips = _skips(layer.mask)
+  g = _gap_bits(skips)
+  entries = _gap_entries(skips, g)
+  attrs = {"nnz": int(skips.size), "centroids": k, "code_bits": bits,
+           "gap_bits": g, "gap_entries": int(entries.size)}
+  return EncodedLeaf("shared", layer.shape, dtype, attrs, {
+      "codebook": layer.codebook.astype("<f4").tobytes(),
+      "gaps": _pack_codes(entries, g),
+      "codes": _pack_codes(layer.codes, bits)})
 
 
 def _encode_ternary(layer: TernaryLayer, shape: tuple[int, ...],
@@ -476,6 +610,8 @@ def decode_leaf(leaf: EncodedLeaf) -> np.ndarray:
     return np.frombuffer(buf, _little(dtype)).astype(dtype).reshape(shape)
   if leaf.encoding == "pq":
     return _decode_pq(leaf, shape, size).astype(dtype)
+  if leaf.encoding == "shared":
+    return _decode_shared(leaf, shape, size).astype(dtype)
   if leaf.encoding not in ("bitmask", "csr", "ternary"):
     raise ValueError(f"unknown encoding {leaf.encoding!r}; this reader knows "
                      f"{ENCODINGS}")
@@ -543,6 +679,37 @@ def _decode_pq(leaf: EncodedLeaf, shape: tuple[int, ...],
     raise ValueError(f"attribute masked={masked!r} must be a bool")
   mask = _mask(leaf, "mask", size).reshape(shape) if masked else None
   return PQLayer(codebooks, codes, shape, mask).decode()
+
+
+def _decode_shared(leaf: EncodedLeaf, shape: tuple[int, ...],
+                   size: int) -> np.ndarray:
+  nnz = _count(leaf.attrs, "nnz", 0, size)
+  k = _count(leaf.attrs, "centroids", 1, 2**16)
+  bits = _count(leaf.attrs, "code_bits", 0, 16)
+  g = _count(leaf.attrs, "gap_bits", 1, 16)
+  e = _count(leaf.attrs, "gap_entries", nnz, size)
+  if bits != (k - 1).bit_length():
+    raise ValueError(f"shared attributes k={k}, code_bits={bits} disagree: "
+                     f"k centroids take {(k - 1).bit_length()} bits")
+  codebook = np.frombuffer(_buffer(leaf, "codebook", 4 * k),
+                           "<f4").astype(np.float32)
+  entries = _unpack_codes(_buffer(leaf, "gaps", math.ceil(g * e / 8)), e, g)
+  codes = _unpack_codes(_buffer(leaf, "codes", math.ceil(bits * nnz / 8)),
+                        nnz, bits)
+  escape = 2**g - 1
+  weight = entries != escape
+  if np.count_nonzero(weight) != nnz or (e and not weight[-1]):
+    raise ValueError(f"shared gaps hold {np.count_nonzero(weight)} weights, "
+                     f"nnz says {nnz}, or end in an escape")
+  positions = (np.cumsum(np.where(weight, entries + 1, escape)) - 1)[weight]
+  if nnz and positions[-1] >= size:
+    raise ValueError(f"shared gaps reach position {positions[-1]}, past the "
+                     f"{size} entries of shape {shape}")
+  if codes.size and codes.max() >= k:
+    raise ValueError(f"shared code {codes.max()} is not below k = {k}")
+  mask = np.zeros(size, bool)
+  mask[positions] = True
+  return SharedLayer(codebook, codes, mask.reshape(shape), shape).decode()
 
 
 def _flatten(params: Any) -> list[tuple[tuple[str, ...], Any]]:
@@ -750,7 +917,7 @@ def load(
 
   Returns:
     ``(params, metadata)``: nested dicts of numpy arrays (of the saved shapes
-    and dtypes; PQ and ternary leaves decoded) and the metadata dict.
+    and dtypes; PQ, ternary and shared leaves decoded) and the metadata dict.
 
   Raises:
     CompressedFileError: if the file is truncated, corrupted (checksum), not

@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.compression.refresh_every = 100  # kcentre: k-means of the centres
 
   # After training (`sparsify.pipeline`): comma-separated stages out of
-  # slim, search, finetune, pq, lct; each has its own fields below.
+  # slim, search, finetune, pq, share, lct; each has its own fields below.
   c.post = ml_collections.ConfigDict()
   c.post.stages = ""
   c.post.validation_examples = 5000  # last training examples, for selection
@@ -91,12 +91,14 @@ def default_config() -> ml_collections.ConfigDict:
       {"threshold": 0.0, "fraction": 0.0})
   c.post.search = ml_collections.ConfigDict(
       {"tolerance": 0.005, "norm": "l1", "order": "forward",
-       "relative": False})
+       "relative": False, "finetune_steps": 0})
   c.post.finetune = ml_collections.ConfigDict(
       {"epochs": 1.0, "learning_rate": 0.01})
   c.post.pq = ml_collections.ConfigDict(
       {"dim": 4, "centroids": 16,
        "where": ml_collections.config_dict.placeholder(str)})
+  c.post.share = ml_collections.ConfigDict(
+      {"bits": 5, "where": ml_collections.config_dict.placeholder(str)})
   c.post.lct = ml_collections.ConfigDict(
       {"sparsity": 0.9, "by": "sparsity", "sigma": "mean", "steps": 300,
        "prune_steps": 500, "learning_rate": 0.01, "budget": 0.01})
@@ -131,6 +133,10 @@ METHOD_PRESETS = {
     "dat_pq": dict(method="dat", sparsity=0.9, begin=0.1, end=0.7,
                    update_every=100, c=3.0, target_mode="global"),
     "lct": dict(method="none"),
+    # Deep Compression's recipe with DAT: prune while training, then share
+    # the surviving weights' values (5 bits) with relative sparse indices.
+    "deep_compression": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
+                             update_every=100, c=3.0, target_mode="global"),
 }
 
 # What else a preset sets: the stages after training (`sparsify.pipeline`).
@@ -142,6 +148,7 @@ PRESET_STAGES = {
     "pq": "pq",
     "dat_pq": "pq",
     "lct": "lct",
+    "deep_compression": "share",
 }
 _GATE_SWITCHES = ("gates", "channel_gates")
 
@@ -253,11 +260,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of("post.search.norm", post.search.norm, ("l1", "l2"))
   _one_of("post.search.order", post.search.order,
           ("backward", "forward", "size"))
+  _in_range("post.search.finetune_steps", post.search.finetune_steps, 0,
+            integer=True)
   _in_range("post.finetune.epochs", post.finetune.epochs, 0)
   _in_range("post.finetune.learning_rate", post.finetune.learning_rate, 0,
             low_open=True)
   _in_range("post.pq.dim", post.pq.dim, 1, integer=True)
   _in_range("post.pq.centroids", post.pq.centroids, 1, integer=True)
+  _in_range("post.share.bits", post.share.bits, 1, 16, high_open=False,
+            integer=True)
   _in_range("post.lct.sparsity", post.lct.sparsity, 0, 1)
   _one_of("post.lct.by", post.lct.by, ("size", "sparsity"))
   _one_of("post.lct.sigma", post.lct.sigma, ("learned", "mean"))

@@ -167,6 +167,11 @@ def apply_neuron_masks(params: base.Params, spec: Sequence[surgery.Unit],
   def zero(path, x):
     for axis, k, name in slices.get(path, ()):
       k = jnp.asarray(k, bool)
+      if k.ndim == 1 and k.size and x.shape[axis] != k.size and (
+          x.shape[axis] % k.size == 0):
+        # Flattened (positions, units) inputs, units innermost, as after
+        # flattening NHWC maps into a Dense layer (see `surgery.Unit`).
+        k = jnp.tile(k, x.shape[axis] // k.size)
       if k.shape != (x.shape[axis],):
         raise ValueError(f"keep[{name!r}]: shape {k.shape}, but {path} has "
                          f"{x.shape[axis]} units along axis {axis}")

@@ -3,7 +3,8 @@
 ``config.post.stages`` names the stages run, in order, after
 `sparsify.train.train_and_evaluate` has trained and evaluated a model, e.g.
 ``'slim,finetune'`` for SSS, ``'search,finetune'`` for binary-search neuron
-pruning, ``'pq'`` for product quantization into a compressed file, ``'lct'``
+pruning, ``'pq'`` for product quantization into a compressed file, ``'share'``
+for weight sharing of pruned layers (Deep Compression), ``'lct'``
 for layer-wise ternarization. Every stage takes and returns a `Model` (the
 module, its constructor arguments, its variables and its keep-masks) and
 records what it measured; the run ends with a table of accuracy, parameters,
@@ -65,6 +66,11 @@ class Model:
   def module(self):
     return models.get_model(self.name, **self.kwargs)
 
+  @functools.cached_property
+  def eval_step(self):
+    """``(variables, batch) -> (correct, count)``, jitted once per model."""
+    return jax.jit(functools.partial(_eval_step, self.module.apply))
+
 
 class Context:
   """The data, config and compiled evaluation shared by the stages."""
@@ -85,7 +91,7 @@ class Context:
     """Accuracy of ``model`` (or of ``variables`` in it) on a split."""
     variables = model.variables if variables is None else variables
     split = self.dataset.eval if split is None else split
-    step = jax.jit(functools.partial(_eval_step, model.module.apply))
+    step = model.eval_step
     correct = count = 0.0
     for batch in data_lib.eval_batches(
         split, batch_size=self.config.data.eval_batch_size,
@@ -181,7 +187,9 @@ def _slimmed(model: Model, spec, keep) -> Model:
   kwargs = surgery.slim_kwargs(model.name, model.kwargs, keep)
   if model.name == "resnet":
     kwargs.pop("block_gates", None)
-  return Model(model.name, kwargs, variables)
+  # A slimmed LeNet-300-100 is an MLP with other widths (same parameters).
+  name = "mlp" if model.name == "lenet_300_100" else model.name
+  return Model(name, kwargs, variables)
 
 
 # ----------------------------------------------------------------- stages
@@ -240,10 +248,21 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   def evaluate(params):
     return ctx.accuracy(model, {"params": params, **rest}, ctx.validation)
 
+  finetune = None
+  if cfg.finetune_steps:
+    def finetune(params, keep):
+      del keep  # the search zeroes the removed neurons again afterwards
+      tuned = ctx.finetune(
+          Model(model.name, model.kwargs, {"params": params, **rest}),
+          cfg.finetune_steps, ctx.config.post.finetune.learning_rate)
+      rest.update({k: v for k, v in tuned.items() if k != "params"})
+      return tuned["params"]
+
   t = time.perf_counter()
   result = neuron_search.binary_search_prune(
       model.variables["params"], evaluate, cfg.tolerance, spec=spec,
-      norm=cfg.norm, order=cfg.order, relative=cfg.relative)
+      norm=cfg.norm, order=cfg.order, relative=cfg.relative,
+      finetune=finetune)
   seconds = time.perf_counter() - t
   slimmed = _slimmed(Model(model.name, model.kwargs,
                            {"params": result.params, **rest}), spec,
@@ -316,6 +335,31 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
                            for p, (d, k) in sorted(layers.items())}}
 
 
+def share_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
+  """Weight sharing of the kept weights of the Dense kernels (Deep Compression).
+
+  Each selected kernel's kept weights are clustered by 1-D k-means into
+  ``2 ** cfg.bits`` shared values (`sparsify.quantization.share_weights`)
+  and stored with relative sparse indices (the file's ``shared`` encoding).
+  """
+  params = model.variables["params"]
+  masks = _kernel_masks(model.masks)
+  if masks is not None:
+    masks = jax.tree.map(lambda m, p: m if m is not None else
+                         np.ones(np.shape(p), bool), masks, params,
+                         is_leaf=lambda x: x is None)
+  shared, codes = quantization.share_params(
+      params, bits=cfg.bits, masks=masks,
+      where=cfg.where or quantization.dense_kernel)
+  encodings = dict(model.encodings)
+  for path, code in codes.items():
+    encodings[f"params/{path}"] = compressed.shared_layer(*code)
+  variables = {**model.variables, "params": jax.tree.map(np.asarray, shared)}
+  return dataclasses.replace(model, variables=variables,
+                             encodings=encodings), {
+      "shared_layers": sorted(codes)}
+
+
 def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   """LCT: global magnitude pruning, then layers ternarized in order.
 
@@ -365,6 +409,7 @@ STAGES = {
     "lct": lct_stage,
     "pq": pq_stage,
     "search": search_stage,
+    "share": share_stage,
     "slim": slim_stage,
 }
 
@@ -395,6 +440,7 @@ def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     record; the compressed file's bytes on disk and the accuracy of the
     model decoded from it.
   """
+  os.makedirs(workdir, exist_ok=True)
   ctx = Context(config, dataset, workdir)
   model = Model(config.model.name, config.model.kwargs.to_dict(),
                 jax.tree.map(np.asarray, variables), masks)

@@ -15,6 +15,7 @@ import pytest
 from sparsify import base
 from sparsify import compressed
 from sparsify import models
+from sparsify import quantization
 
 SIGMA = np.float32(0.375)
 PREAMBLE = 28  # magic 8 + version 4 + header length 8 + data length 8.
@@ -569,3 +570,242 @@ def test_lenet5_params_round_trip(tmp_path):
   assert conv2.shape == (5, 5, 20, 50) and conv2.encoding == "bitmask"
   nnz = int(np.count_nonzero(params["conv2"]["kernel"]))
   assert conv2.nbytes == 25000 // 8 + 4 * nnz
+
+
+# --- shared: weight sharing with relative indices ---------------------------
+
+
+def _bitstream(buf):
+  return "".join(format(byte, "08b") for byte in buf)
+
+
+def _np_gap_entries(mask, g):
+  """The documented gap stream, written out entry by entry."""
+  escape, entries, previous = 2**g - 1, [], -1
+  for position in np.flatnonzero(mask):
+    skip = position - previous - 1
+    while skip >= escape:
+      entries.append(escape)
+      skip -= escape
+    entries.append(skip)
+    previous = position
+  return entries
+
+
+def _np_best_gap_bits(mask):
+  """(g, gap bytes) of the smallest gap buffer, brute force over g."""
+  sizes = [-(-g * len(_np_gap_entries(mask, g)) // 8) for g in range(1, 17)]
+  best = min(sizes)
+  return sizes.index(best) + 1, best
+
+
+def _np_shared_decode_leaf(leaf):
+  """Decodes a shared leaf's buffers bit by bit, as the docstring says."""
+  shape, attrs = leaf.shape, leaf.attrs
+  g, e, nnz = attrs["gap_bits"], attrs["gap_entries"], attrs["nnz"]
+  k, c = attrs["centroids"], attrs["code_bits"]
+  codebook = struct.unpack(f"<{k}f", leaf.buffers["codebook"])
+  gap_bits = _bitstream(leaf.buffers["gaps"])
+  code_bits = _bitstream(leaf.buffers["codes"])
+  out = np.zeros(math.prod(shape), np.float32)
+  position, weights = 0, 0
+  for i in range(e):
+    entry = int(gap_bits[i * g:(i + 1) * g], 2)
+    if entry == 2**g - 1:
+      position += entry
+      continue
+    position += entry
+    code = int(code_bits[weights * c:(weights + 1) * c] or "0", 2)
+    out[position] = codebook[code]
+    position += 1
+    weights += 1
+  assert weights == nnz
+  return out.reshape(shape)
+
+
+def _np_shared_reference(codebook, codes, mask):
+  out = np.zeros(mask.shape, np.float32)
+  out[mask] = np.asarray(codebook, np.float32)[np.asarray(codes)]
+  return out
+
+
+def _random_shared(rng, shape, density, k):
+  mask = rng.random(shape) < density
+  codebook = rng.normal(size=k).astype(np.float32)
+  codes = rng.integers(0, k, size=int(mask.sum()))
+  return compressed.shared_layer(codebook, codes, mask, shape)
+
+
+@pytest.mark.parametrize("shape,density,k", [
+    ((40, 30), 0.05, 32),  # sparse: long gaps.
+    ((3, 3, 4, 6), 0.4, 5),  # conv kernel, 3-bit codes for k = 5.
+    ((7, 11), 1.0, 2),  # nothing pruned: every gap 0.
+    ((6, 9), 0.0, 4),  # everything pruned.
+    ((2, 500), 0.003, 1),  # k = 1: 0-bit codes, gaps of hundreds.
+    ((5,), 0.6, 65536),  # 16-bit codes.
+])
+def test_shared_round_trip_is_exact_with_the_documented_sizes(
+    tmp_path, shape, density, k):
+  rng = np.random.default_rng(30)
+  layer = _random_shared(rng, shape, density, k)
+  want = _np_shared_reference(layer.codebook, layer.codes, layer.mask)
+  path = tmp_path / "s.spz"
+  compressed.save(path, {"fc": {"kernel": np.zeros(shape, np.float32)}},
+                  {"fc/kernel": layer})
+  got = compressed.load(path)[0]["fc"]["kernel"]
+  assert _same_bits(got, want)
+  leaf = compressed.encode_leaf(np.zeros(shape, np.float32), layer)
+  assert _same_bits(_np_shared_decode_leaf(leaf), want)
+  nnz = int(layer.mask.sum())
+  g, gap_bytes = _np_best_gap_bits(layer.mask)
+  c = math.ceil(math.log2(k)) if k > 1 else 0
+  assert leaf.attrs == {"nnz": nnz, "centroids": k, "code_bits": c,
+                        "gap_bits": g,
+                        "gap_entries": len(_np_gap_entries(layer.mask, g))}
+  (row,) = compressed.file_report(path).leaves
+  assert row.encoding == "shared"
+  assert row.buffers == {"codebook": 4 * k, "gaps": gap_bytes,
+                         "codes": -(-c * nnz // 8)}
+  assert row.nbytes == 4 * k + gap_bytes + -(-c * nnz // 8)
+
+
+def test_shared_buffers_of_a_hand_worked_kernel():
+  # Kept positions 0, 10, 12, 13, 18, 34 of 35: skips 0, 9, 1, 0, 4, 15.
+  mask = np.zeros(35, bool)
+  mask[[0, 10, 12, 13, 18, 34]] = True
+  mask = mask.reshape(5, 7)
+  codebook = np.array([0.5, -1.25, 2.0], np.float32)
+  layer = compressed.shared_layer(codebook, [2, 0, 1, 1, 0, 2], mask, (5, 7))
+  # Gap entries (e) and bytes ceil(g e / 8) per g, escape E = 2**g - 1:
+  # g=1, E=1:  e = 6 + 29 = 35 -> 5 bytes;
+  # g=2, E=3:  e = 6 + 3 + 1 + 5 = 15 -> 30 bits, 4 bytes;
+  # g=3, E=7:  e = 6 + 1 + 2 = 9 -> 27 bits, 4 bytes;
+  # g=4, E=15: e = 6 + 1 = 7 -> 28 bits, 4 bytes;
+  # g=5: e = 6 -> 30 bits, 4 bytes; g=6..16: 5 bytes or more.
+  # The tie at 4 bytes goes to g = 2.
+  leaf = compressed.encode_leaf(np.zeros((5, 7), np.float32), layer)
+  assert leaf.attrs == {"nnz": 6, "centroids": 3, "code_bits": 2,
+                        "gap_bits": 2, "gap_entries": 15}
+  # Entries 0 | 3 3 3 0 | 1 | 0 | 3 1 | 3 3 3 3 3 0, two bits each:
+  # 00111111 00010011 01111111 1111 + 0000 padding.
+  assert leaf.buffers["gaps"] == bytes([0x3F, 0x13, 0x7F, 0xF0])
+  # Codes 2 0 1 1 0 2: 10000101 0010 + 0000 padding.
+  assert leaf.buffers["codes"] == bytes([0b10000101, 0b00100000])
+  assert leaf.buffers["codebook"] == struct.pack("<3f", 0.5, -1.25, 2.0)
+  assert leaf.nbytes == 12 + 4 + 2
+  want = np.zeros(35, np.float32)
+  want[[0, 10, 12, 13, 18, 34]] = [2.0, 0.5, -1.25, -1.25, 0.5, 2.0]
+  np.testing.assert_array_equal(compressed.decode_leaf(leaf),
+                                want.reshape(5, 7))
+
+
+def test_shared_one_long_gap_picks_the_narrowest_entry_that_holds_it():
+  mask = np.zeros(1000, bool)
+  mask[999] = True
+  layer = compressed.shared_layer([1.5], [0], mask, (1000,))
+  leaf = compressed.encode_leaf(np.zeros(1000, np.float32), layer)
+  # Skip 999: g = 9 needs 999 // 511 = 1 escape, 2 entries, 18 bits -> 3
+  # bytes; g = 10 holds 999 < 1023 in one entry, 10 bits -> 2 bytes, and no
+  # g gives fewer than 2 bytes.
+  assert leaf.attrs["gap_bits"] == 10 and leaf.attrs["gap_entries"] == 1
+  assert leaf.buffers["gaps"] == bytes([0b11111001, 0b11000000])  # 999
+  assert leaf.buffers["codes"] == b""
+  assert leaf.nbytes == 4 + 2
+  assert compressed.decode_leaf(leaf)[999] == 1.5
+  assert np.count_nonzero(compressed.decode_leaf(leaf)) == 1
+
+
+@pytest.mark.parametrize("density", [0.002, 0.02, 0.1, 0.3, 0.7, 0.97])
+def test_shared_gap_bits_minimise_the_gap_buffer(density):
+  rng = np.random.default_rng(31)
+  layer = _random_shared(rng, (60, 50), density, 4)
+  leaf = compressed.encode_leaf(np.zeros((60, 50), np.float32), layer)
+  sizes = {g: -(-g * len(_np_gap_entries(layer.mask, g)) // 8)
+           for g in range(1, 17)}
+  assert len(leaf.buffers["gaps"]) == min(sizes.values())
+  assert leaf.attrs["gap_bits"] == min(g for g in sizes
+                                       if sizes[g] == min(sizes.values()))
+
+
+def test_shared_95_percent_sparse_lenet_layer_size_on_disk(tmp_path):
+  rng = np.random.default_rng(32)
+  shape = (784, 300)
+  kernel = _sparse(rng, shape, 0.05)
+  code = quantization.share_weights(kernel, bits=5)
+  layer = compressed.shared_layer(*code)
+  path = tmp_path / "fc1.spz"
+  compressed.save(path, {"fc1": {"kernel": kernel}}, {"fc1/kernel": layer})
+  loaded = compressed.load(path)[0]["fc1"]["kernel"]
+  assert _same_bits(loaded, np.asarray(quantization.shared_decode(code)))
+  mask = kernel != 0
+  nnz = int(mask.sum())
+  g, gap_bytes = _np_best_gap_bits(mask)
+  want = 4 * 32 + gap_bytes + -(-5 * nnz // 8)
+  (row,) = compressed.file_report(path).leaves
+  assert row.nbytes == want
+  # The mask alone as a bitmask (what pq with a mask pays) takes 29400 bytes;
+  # the gap stream costs less than 6.5 bits per kept weight.
+  assert gap_bytes < 6.5 * nnz / 8
+  assert want < math.ceil(784 * 300 / 8)
+  assert 4 * 784 * 300 / want > 55
+
+
+@pytest.mark.parametrize("args,match", [
+    ((np.zeros(65537), [], np.zeros((2, 2), bool), (2, 2)), "65536"),
+    ((np.zeros((2, 2)), [], np.zeros((2, 2), bool), (2, 2)), "codebook"),
+    ((np.zeros(0), [], np.zeros((2, 2), bool), (2, 2)), "codebook"),
+    ((np.zeros(4), [0], np.ones((2, 3), bool), (2, 2)),
+     r"mask must be booleans of the kernel's shape \(2, 2\)"),
+    ((np.zeros(4), [0], np.ones((2, 2)), (2, 2)), "booleans"),
+    ((np.zeros(4), [0, 1], np.eye(2, dtype=bool) | True, (2, 2)),
+     r"shape \(4,\)"),
+    ((np.zeros(4), [0.0], np.eye(1, dtype=bool), (1, 1)), "integers"),
+    ((np.zeros(4), [4], np.eye(1, dtype=bool), (1, 1)), r"\[0, 4\)"),
+    ((np.zeros(4), [0], np.eye(1, dtype=bool), "ab"), "ints"),
+])
+def test_shared_layer_rejects_bad_input(args, match):
+  with pytest.raises(ValueError, match=match):
+    compressed.shared_layer(*args)
+
+
+def test_shared_record_must_fit_the_leaf(tmp_path):
+  layer = compressed.shared_layer(np.zeros(2), [0], np.eye(1, 6, dtype=bool),
+                                  (1, 6))
+  with pytest.raises(ValueError, match=r"'fc/kernel'.*SharedLayer of shape"):
+    compressed.save(tmp_path / "x.spz", {"fc": {"kernel": np.zeros((6, 1))}},
+                    {"fc/kernel": layer})
+  with pytest.raises(ValueError, match="float"):
+    compressed.encode_leaf(np.zeros((1, 6), np.int32), layer)
+  with pytest.raises(ValueError, match="SharedLayer"):
+    compressed.encode_leaf(np.zeros((1, 6), np.float32), "shared")
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda e, d: e["attrs"].update(nnz=e["attrs"]["nnz"] - 1),
+     "weights"),
+    (lambda e, d: e["attrs"].update(code_bits=3), "code_bits"),
+    (lambda e, d: e["attrs"].update(gap_bits=17), "gap_bits"),
+    (lambda e, d: e["attrs"].update(gap_entries=e["attrs"]["gap_entries"] - 1),
+     "buffer 'gaps'|weights"),
+    # The last gap entry (bits 4-5 of byte 3) 0 -> 1: position 35 of 35.
+    (lambda e, d: d.__setitem__(e["buffers"]["gaps"][0] + 3,
+                                d[e["buffers"]["gaps"][0] + 3] | 0x04),
+     "past"),
+])
+def test_inconsistent_shared_leaf_is_refused(tmp_path, edit, match):
+  mask = np.zeros(35, bool)
+  mask[[0, 10, 12, 13, 18, 34]] = True
+  layer = compressed.shared_layer([0.5, -1.25, 2.0], [2, 0, 1, 1, 0, 2],
+                                  mask.reshape(5, 7), (5, 7))
+  path = tmp_path / "s.spz"
+  compressed.save(path, {"fc": {"kernel": np.zeros((5, 7), np.float32)}},
+                  {"fc/kernel": layer})
+
+  def edit_data(header, data):
+    edit(header["leaves"][0], data)
+
+  _rewrite(path, edit_data=edit_data)
+  with pytest.raises(compressed.CompressedFileError,
+                     match=f"'fc/kernel'.*({match})"):
+    compressed.load(path)

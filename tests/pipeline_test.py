@@ -136,3 +136,39 @@ def test_unknown_stage_is_named(tmp_path):
   with pytest.raises(config_lib.ConfigError,
                      match="post.stages: got 'prune'; allowed: .*finetune"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_deep_compression_shares_values_of_the_surviving_weights(tmp_path):
+  config = _config("deep_compression", **{"compression.sparsity": 0.9,
+                                          "post.share.bits": 3})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  _file_matches_record(results, str(tmp_path))
+  params, _ = compressed.load(os.path.join(str(tmp_path), "model.spz"))
+  report = compressed.file_report(os.path.join(str(tmp_path), "model.spz"))
+  encodings = {leaf.path: leaf.encoding for leaf in report.leaves}
+  kept = 0
+  for name in ("fc1", "fc2", "head"):
+    w = params["params"][name]["kernel"]
+    assert encodings[f"params/{name}/kernel"] == "shared"
+    assert len(np.unique(w[w != 0])) <= 2**3  # 3-bit shared values
+    kept += np.count_nonzero(w)
+  assert kept <= round(0.1 * (784 * 32 + 32 * 16 + 16 * 10)) + 3
+
+
+def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
+  config = _config("search", **{"post.search.tolerance": 0.05,
+                                "post.search.finetune_steps": 5,
+                                "post.stages": "search",
+                                "post.validation_examples": 400,
+                                "train.epochs": 0.25})
+  config.model.name, config.model.kwargs = "lenet5", {}
+  results = train.train_and_evaluate(config, str(tmp_path))
+  trained, search = results["post"]["stages"]
+  c1, c2, h = (search["units_after"][n] for n in ("conv1", "conv2", "fc1"))
+  # LeNet-5 with c1, c2 filters and h hidden units, counted by hand.
+  expected = (25 * c1 + c1) + (25 * c1 * c2 + c2) + (16 * c2 * h + h) + (
+      h * 10 + 10)
+  assert search["params"] == expected < trained["params"] == 431080
+  bound = sum(math.ceil(math.log2(n)) + 1 for n in (20, 50, 500))
+  assert search["evaluations"] <= bound + 1
+  _file_matches_record(results, str(tmp_path))

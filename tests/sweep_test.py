@@ -1,0 +1,201 @@
+"""Tests of experiments/sweep.py on a tiny MLP and the embedded digits."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sparsify import config as config_lib
+from sparsify import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `experiments` is a folder of the repository
+  sys.path.insert(0, ROOT)
+from experiments import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_config():
+  config = config_lib.default_config()
+  config.model.name = "mlp"
+  config.model.kwargs.hidden = (16,)
+  config.data.batch_size = 32
+  config.train.epochs = 0.1  # 25 steps of the 8,000 training digits
+  config.train.log_every = 5
+  config.compression.method = "gmp"
+  config.compression.end = 0.8  # masks at steps 0, 5, ..., 20
+  config.compression.update_every = 5
+  return config
+
+
+GRID = {"compression.sparsity": ["0.5", "0.8"],
+        "compression.allocation": ["layerwise"]}
+NAMES = ["compression.sparsity=0.5,compression.allocation=layerwise",
+         "compression.sparsity=0.8,compression.allocation=layerwise"]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+  """Counts calls of train_and_evaluate (which still trains)."""
+  real = train.train_and_evaluate
+  seen = []
+
+  def counting(config, workdir):
+    seen.append(workdir)
+    return real(config, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", counting)
+  return seen
+
+
+def test_sweep_runs_collects_and_resumes(tmp_path, calls):
+  workdir = str(tmp_path)
+  rows = sweep.run_sweep(tiny_config(), workdir, GRID)
+  assert calls == [os.path.join(workdir, n) for n in NAMES]
+  assert [r["run"] for r in rows] == NAMES
+  assert [r["compression.sparsity"] for r in rows] == [0.5, 0.8]
+
+  with open(tmp_path / "results.csv") as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 2
+  # 784*16 + 16*10 kernel weights, 16 + 10 biases.
+  kernels, biases = 784 * 16 + 16 * 10, 16 + 10
+  for name, sparsity, line, row in zip(NAMES, (0.5, 0.8), table, rows):
+    with open(tmp_path / name / "results.json") as f:
+      results = json.load(f)
+    total = results["report"]["total"]
+    assert float(line["eval_accuracy"]) == results["eval_accuracy"]
+    assert int(line["nonzeros"]) == total["nonzeros"]
+    assert int(line["params"]) == total["params"] == kernels + biases
+    assert float(line["compression_ratio"]) == total["compression_ratio"]
+    assert float(line["compression.sparsity"]) == sparsity
+    assert line["compression.allocation"] == "layerwise"
+    assert line["bytes_on_disk"] == "" and row["bytes_on_disk"] is None
+    # Layer-wise GMP: every kernel at the target; biases stay nonzero.
+    expected = (round((1 - sparsity) * 784 * 16) +
+                round((1 - sparsity) * 16 * 10) + biases)
+    assert total["nonzeros"] == expected
+    assert row["nonzeros"] == expected
+    assert 0.1 < results["eval_accuracy"] <= 1.0
+    with open(tmp_path / name / "config.json") as f:
+      assert json.load(f)["compression"]["sparsity"] == sparsity
+
+  md = (tmp_path / "results.md").read_text().splitlines()
+  assert len(md) == 4 and md[0].startswith("| compression.sparsity |")
+  with open(tmp_path / "pareto.png", "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE
+
+  again = sweep.run_sweep(tiny_config(), workdir, GRID)
+  assert len(calls) == 2  # both skipped
+  assert again == rows
+
+  # A run directory of another config is refused before training.
+  other = tiny_config()
+  other.seed = 1
+  with pytest.raises(config_lib.ConfigError, match="seed"):
+    sweep.run_sweep(other, workdir, GRID)
+  assert len(calls) == 2
+
+
+@pytest.mark.parametrize("grid,match", [
+    ({"compression.sparsty": [0.5]},
+     r"compression.sparsty: no such config field; close matches: "
+     r"compression.sparsity"),
+    ({"train.epoch": [1]}, r"close matches: train.epochs"),
+    ({"nothing.like.this": [1]}, r"no such config field; allowed"),
+    ({"compression": [1]}, r"a group of fields.*compression.sparsity"),
+    ({"compression.sparsity": ["abc"]},
+     r"compression.sparsity: got 'abc'; allowed: a finite number"),
+    ({"compression.update_every": ["2.5"]},
+     r"compression.update_every: got '2.5'; allowed: an integer"),
+    ({"compression.recovery": ["maybe"]}, r"allowed: true or false"),
+    ({"compression.sparsity": ["1.5"]},
+     r"compression.sparsity: got 1.5; allowed: a number >= 0 and < 1"),
+    ({"compression.method": ["gmp", "nope"]},
+     r"compression.method: got 'nope'; allowed: .*gmp"),
+    ({"compression.sparsity": ["0.5", "0.50"]}, r"distinct values"),
+    ({"compression.sparsity": []}, r"got no values"),
+    ({"model.kwargs.hiden": ["(8,)"]},
+     r"model.kwargs: unknown argument\(s\) 'hiden' for model 'mlp'"),
+    ({}, r"got no field"),
+])
+def test_bad_grids_fail_before_training(grid, match, tmp_path, calls):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    sweep.run_sweep(tiny_config(), str(tmp_path), grid)
+  assert not calls
+  assert not os.listdir(tmp_path)
+
+
+def test_field_and_override_in_both(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="both in the grid"):
+    sweep.run_sweep(tiny_config(), str(tmp_path),
+                    {"seed": [0, 1]}, overrides={"seed": "2"})
+
+
+def test_row_reads_the_report_and_the_compressed_file():
+  results = {"eval_accuracy": 0.91,
+             "report": {"total": {"nonzeros": 120, "params": 1000,
+                                  "compression_ratio": 4.5}},
+             "post": {"stages": [], "file": {"bytes_on_disk": 777,
+                                             "decoded_accuracy": 0.9}}}
+  row = sweep._row("c=1.0", {"compression.c": 1.0}, results)  # pylint: disable=protected-access
+  assert row == {"run": "c=1.0", "compression.c": 1.0, "eval_accuracy": 0.91,
+                 "nonzeros": 120, "params": 1000, "compression_ratio": 4.5,
+                 "bytes_on_disk": 777, "file_accuracy": 0.9}
+  del results["post"]
+  row = sweep._row("c=1.0", {"compression.c": 1.0}, results)  # pylint: disable=protected-access
+  assert row["bytes_on_disk"] is None and row["file_accuracy"] is None
+  md = sweep.markdown([row]).splitlines()
+  assert md[2] == "| 1.0 | 0.9100 | 120 | 1,000 | 4.50 | n/a | n/a |"
+
+
+def test_values_take_the_type_of_the_field():
+  config = tiny_config()
+  assert sweep.parse_value(config, "compression.c", "3") == 3.0
+  assert isinstance(sweep.parse_value(config, "compression.c", "3"), float)
+  assert sweep.parse_value(config, "train.log_every", " 7 ") == 7
+  assert sweep.parse_value(config, "compression.recovery", "True") is True
+  assert sweep.parse_value(config, "compression.recovery", "0") is False
+  assert sweep.parse_value(config, "data.name", "fashion_mnist") == (
+      "fashion_mnist")
+  assert sweep.parse_value(config, "compression.where", "none") is None
+  assert sweep.parse_value(config, "compression.where", "fc1") == "fc1"
+  assert sweep.parse_value(config, "model.kwargs.hidden", "(32, 8)") == (
+      32, 8)
+  # A model's keyword arguments are open: a new one is read as a literal.
+  assert sweep.parse_value(config, "model.kwargs.gates", "True") is True
+  with pytest.raises(config_lib.ConfigError, match="allowed: an integer"):
+    sweep.parse_value(config, "seed", True)
+  with pytest.raises(config_lib.ConfigError, match="allowed: a string"):
+    sweep.parse_value(config, "data.name", 3)
+
+
+def test_split_values_and_run_names():
+  assert sweep.split_values("0.8, 0.9,0.95") == ["0.8", "0.9", "0.95"]
+  assert sweep.split_values("(64,),(32, 16)") == ["(64,)", "(32, 16)"]
+  assert sweep.split_values("'a,b',c") == ["'a,b'", "c"]
+  assert sweep.run_name({"compression.c": 1.0, "seed": 2}) == (
+      "compression.c=1.0,seed=2")
+  a = sweep.run_name({"model.kwargs.hidden": (64,)})
+  b = sweep.run_name({"model.kwargs.hidden": (64, 32)})
+  assert a != b
+  for name in (a, b):
+    assert name.startswith("model.kwargs.hidden=_64")
+    assert all(ch.isalnum() or ch in "._=,+-" for ch in name)
+  assert len(sweep.run_name({"x": "y" * 500})) <= 220
+
+
+def test_command_line_reports_a_bad_field_in_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.sweep", "--config",
+       "configs/lenet_300_100.py:dat", "--workdir", str(tmp_path),
+       "--grid", "compression.sparsity=0.8,0.9",
+       "--grid", "compression.cc=1,3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "error: compression.cc: no such config field; close matches: "
+      "compression.c"]
