@@ -248,21 +248,19 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   def evaluate(params):
     return ctx.accuracy(model, {"params": params, **rest}, ctx.validation)
 
-  finetune = None
-  if cfg.finetune_steps:
-    def finetune(params, keep):
-      del keep  # the search zeroes the removed neurons again afterwards
-      tuned = ctx.finetune(
-          Model(model.name, model.kwargs, {"params": params, **rest}),
-          cfg.finetune_steps, ctx.config.post.finetune.learning_rate)
-      rest.update({k: v for k, v in tuned.items() if k != "params"})
-      return tuned["params"]
+  def finetune(params, keep):
+    del keep  # the search zeroes the removed neurons again afterwards
+    tuned = ctx.finetune(
+        Model(model.name, model.kwargs, {"params": params, **rest}),
+        cfg.finetune_steps, ctx.config.post.finetune.learning_rate)
+    rest.update({k: v for k, v in tuned.items() if k != "params"})
+    return tuned["params"]
 
   t = time.perf_counter()
   result = neuron_search.binary_search_prune(
       model.variables["params"], evaluate, cfg.tolerance, spec=spec,
       norm=cfg.norm, order=cfg.order, relative=cfg.relative,
-      finetune=finetune)
+      finetune=finetune if cfg.finetune_steps else None)
   seconds = time.perf_counter() - t
   slimmed = _slimmed(Model(model.name, model.kwargs,
                            {"params": result.params, **rest}), spec,
