@@ -46,6 +46,10 @@ from sparsify.proximal import APGState
 from sparsify.proximal import group_lasso_prox
 from sparsify.proximal import proximal_sgd
 from sparsify.proximal import soft_threshold
+from sparsify.plots import pareto
+from sparsify.plots import pareto_front
+from sparsify.plots import plot_run
+from sparsify.plots import save_weights
 from sparsify.pruning import erk_densities
 from sparsify.pruning import gradual_magnitude_pruning
 from sparsify.pruning import magnitude_pruning
@@ -129,7 +133,10 @@ __all__ = (
     "network_slimming",
     "neuron_masks",
     "neuron_scores",
+    "pareto",
+    "pareto_front",
     "path_name",
+    "plot_run",
     "pq_compression_rate",
     "pq_decode",
     "pq_encode",
@@ -140,6 +147,7 @@ __all__ = (
     "proximal_sgd",
     "random_sparsity",
     "save_compressed",
+    "save_weights",
     "select",
     "select_by_score",
     "share_params",

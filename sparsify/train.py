@@ -11,6 +11,7 @@ computes the global-batch gradient (XLA inserts the all-reduce).
 """
 
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ from sparsify import masking
 from sparsify import metrics as metrics_lib
 from sparsify import models
 from sparsify import optim
+from sparsify import plots
 from sparsify import report as report_lib
+from sparsify import sss
 
 log = logging.getLogger("sparsify")
 
@@ -79,6 +82,13 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]):
   mask = batch["mask"]
   return {"loss": (loss * mask).sum(), "correct": (correct * mask).sum(),
           "count": mask.sum()}
+
+
+def scales_per_layer(params: base.Params) -> dict[str, float]:
+  """Mean magnitude of each gate and BatchNorm scale vector, by path."""
+  chosen = base.path_predicate(sss.SSS_SCALES)
+  return {f"scale/{name}": float(np.mean(np.abs(np.asarray(leaf))))
+          for name, leaf in base.named_leaves(params) if chosen(name, leaf)}
 
 
 def sparsity_per_layer(params: base.Params, where=None) -> dict[str, float]:
@@ -215,7 +225,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start = int(restored["data_step"])
   if start:
     log.info("resumed from step %d in %s", start, workdir)
-  writer = metrics_lib.MetricWriter(workdir, quiet_prefixes=("sparsity/",))
+  else:  # for the weight histograms of `sparsify.plots`
+    plots.save_weights(workdir, jax.device_get(state.params), "before")
+  writer = metrics_lib.MetricWriter(workdir,
+                                    quiet_prefixes=("sparsity/", "scale/"))
   batches = data_lib.prefetch(data_lib.batches(
       trainer.dataset.train, batch_size=config.data.batch_size,
       seed=config.seed, start_step=start, mean=trainer.dataset.mean,
@@ -246,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       scalars["time/step_ms"] = 1e3 * elapsed / n
       scalars["time/input_ms"] = 1e3 * input_time / n
       scalars.update(sparsity_per_layer(state.params))
+      scalars.update(scales_per_layer(state.params))
       writer.write(done, scalars)
       train_metrics, input_time, paused = [], 0.0, 0.0
       last_log, last_step = time.perf_counter(), done
@@ -293,4 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=str)
   mngr.close()
+  plots.save_weights(workdir, jax.device_get(state.params), "after")
+  if importlib.util.find_spec("matplotlib"):  # an optional dependency
+    plots.plot_run(workdir)
   return results

@@ -1,0 +1,230 @@
+r"""Product quantization into one compressed file: accuracy and bytes on disk.
+
+Each method trains its model once (``configs/<model>.py:<preset>``, the same
+optimizer and epochs); the trained variables are then product-quantized for
+every (d, k) of the grid with `sparsify.pipeline.pq_stage`, written with
+`sparsify.compressed.save` and read back with `sparsify.pipeline.
+evaluate_file`, which rebuilds the model from the file alone and evaluates it
+on the test split.
+
+* dense: no compression; the file stores float32 leaves.
+* pq: PQ of the trained dense model (preset ``pq``).
+* binary / kcentre + pq: trained with an attractor penalty
+  (``compression.regularizer``, strength ``compression.strength``) that
+  pulls each fully-connected kernel toward plus or minus its mean magnitude
+  (binary) or toward ``compression.centres`` values (kcentre), then PQ.
+* dat + pq: DAT pruning to ``compression.sparsity`` during training (preset
+  ``dat_pq``), then PQ fitted on the surviving weights; the file keeps the
+  mask (1 bit per weight) and decodes pruned weights to zero.
+
+PQ splits each output neuron's weight row (``kernel.T``) into sub-vectors of
+d consecutive inputs, with k centroids per sub-space (``post.pq.dim``,
+``post.pq.centroids``); every 2-D Dense kernel is quantized. A layer whose
+input count d does not divide gets the largest divisor below d (LeNet-300-
+100: d = 8 gives fc2 6 and head 5, d = 16 gives 15 and 10); the head has 10
+outputs, so at most 10 centroids. Biases are stored losslessly. A row
+without d and k is the trained model stored losslessly (the smallest of
+dense, bitmask and CSR per leaf).
+
+  python -m experiments.benchmarks.quantization --epochs 10
+  python -m experiments.benchmarks.quantization --dataset embedded_mnist \
+      --epochs 30
+"""
+
+import argparse
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments.benchmarks import common
+from sparsify import base
+from sparsify import compressed
+from sparsify import data as data_lib
+from sparsify import masking
+from sparsify import pipeline
+from sparsify import quantization
+from sparsify import train
+
+
+def train_model(config):
+  """Trains like `train.train_and_evaluate`; returns variables and masks."""
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = train.Trainer(config, workdir)
+  ds = trainer.dataset
+  state = trainer.init_state()
+  it = data_lib.batches(ds.train, batch_size=config.data.batch_size,
+                        seed=config.seed, mean=ds.mean, std=ds.std)
+  t = time.perf_counter()
+  for _ in range(trainer.total_steps):
+    state, _ = trainer.train_step(state, jax.device_put(next(it),
+                                                        trainer.sharded))
+  jax.block_until_ready(state)
+  seconds = time.perf_counter() - t
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return {"dataset": ds, "variables": jax.device_get(variables),
+          "masks": jax.device_get(masking.find_masks(state.opt_state)),
+          "accuracy": trainer.evaluate(state)["eval/accuracy"],
+          "train_seconds": seconds}
+
+
+def layer_dims(params, d):
+  """Per Dense kernel, the largest divisor of its input count that is <= d."""
+  dims = {}
+  for path, leaf in base.named_leaves(params):
+    if quantization.dense_kernel(path, leaf):
+      n = math.prod(np.shape(leaf)[:-1])
+      dims[path] = max(x for x in range(1, d + 1) if n % x == 0)
+  return dims
+
+
+def save_and_check(ctx, model, accuracy, workdir, stages):
+  """Writes the compressed file as `pipeline.run` does; reads it back."""
+  path = os.path.join(workdir, "model.spz")
+  variables = jax.tree.map(np.asarray, model.variables)
+  if model.masks is not None:
+    variables["params"] = masking.apply_masks(variables["params"],
+                                              model.masks)
+  compressed.save(path, variables, model.encodings, metadata={
+      "model": {"name": model.name, "kwargs": model.kwargs},
+      "dataset": ctx.config.data.name, "test_accuracy": accuracy,
+      "stages": stages})
+  info = pipeline.evaluate_file(path, ctx.dataset,
+                                ctx.config.data.eval_batch_size)
+  report = compressed.file_report(path)
+  info["encodings"] = {leaf.path: leaf.encoding for leaf in report.leaves}
+  info["header_bytes"] = report.header_bytes
+  return info
+
+
+def method_rows(names, config, grid, workdir):
+  """Trains one method once, then one row per (d, k) of ``grid``.
+
+  ``names``: the method names of the trained model's own row and of its PQ
+  rows.
+  """
+  trained = train_model(config)
+  ctx = pipeline.Context(config, trained["dataset"], workdir)
+  model = pipeline.Model(config.model.name, config.model.kwargs.to_dict(),
+                         jax.tree.map(np.asarray, trained["variables"]),
+                         trained["masks"])
+  base_row = {"model": config.model.name, "dataset": config.data.name,
+              "epochs": config.train.epochs,
+              "regularizer": config.compression.regularizer,
+              "strength": config.compression.strength,
+              "centres": config.compression.centres,
+              "sparsity_target": config.compression.sparsity,
+              "trained_accuracy": trained["accuracy"],
+              "train_seconds": trained["train_seconds"]}
+  rows = []
+
+  def add(d, k, qmodel, accuracy, dims, stages):
+    info = save_and_check(ctx, qmodel, accuracy, workdir, stages)
+    rows.append({**base_row, "method": names[d is not None], "d": d, "k": k,
+                 "layer_dims": dims,
+                 "test_accuracy": accuracy,
+                 "bytes_on_disk": info["bytes_on_disk"],
+                 "float32_bytes": info["float32_bytes"],
+                 "ratio": info["float32_bytes"] / info["bytes_on_disk"],
+                 "recorded_accuracy": info["recorded_accuracy"],
+                 "decoded_accuracy": info["decoded_accuracy"],
+                 "decoded_ok": info["decoded_accuracy"] ==
+                               info["recorded_accuracy"],
+                 "header_bytes": info["header_bytes"],
+                 "encodings": info["encodings"]})
+    print({k: v for k, v in rows[-1].items() if k != "encodings"},
+          flush=True)
+
+  add(None, None, model, ctx.accuracy(model), None, ["trained"])
+  for d, k in grid:
+    dims = layer_dims(model.variables["params"], d)
+    qmodel = model
+    t = time.perf_counter()
+    for path, dim in dims.items():
+      cfg = ml_collections.ConfigDict({"dim": dim, "centroids": k,
+                                       "where": f"^{re.escape(path)}$"})
+      qmodel, _ = pipeline.pq_stage(ctx, qmodel, cfg)
+    accuracy = ctx.accuracy(qmodel)
+    add(d, k, qmodel, accuracy, dims, ["trained", "pq"])
+    rows[-1]["pq_seconds"] = time.perf_counter() - t
+  return rows
+
+
+def method_configs(args):
+  """``[(row name, config)]`` of the methods to train."""
+  out = []
+
+  def make(preset, **compression):
+    config = common.load_config(args.model, preset)
+    config.data.name = args.dataset
+    config.train.epochs = args.epochs
+    config.compression.update(compression)
+    return config
+
+  # PQ after training quantizes the dense model: one training for both.
+  out.append((("dense", "pq"), make("pq")))
+  for spec in args.regularizers:
+    # NAME:STRENGTH[:CENTRES], e.g. kcentre:0.01:4 or binary:10
+    parts = spec.split(":")
+    extra = {"regularizer": parts[0], "strength": float(parts[1])}
+    label = f"{parts[0]} {parts[1]}"
+    if len(parts) > 2:
+      extra["centres"] = int(parts[2])
+      label += f" (c={parts[2]})"
+    out.append(((label, f"{label} + pq"), make("pq", **extra)))
+  for sparsity in args.sparsities:
+    out.append(((f"dat {sparsity:g}", f"dat {sparsity:g} + pq"),
+                make("dat_pq", sparsity=sparsity)))
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default="fashion_mnist")
+  parser.add_argument("--model", default="lenet_300_100")
+  parser.add_argument("--epochs", type=float, default=10)
+  parser.add_argument("--dims", type=int, nargs="+", default=[4, 8, 16])
+  parser.add_argument("--centroids", type=int, nargs="+", default=[4, 16, 64])
+  parser.add_argument("--regularizers", nargs="*",
+                      default=["binary:10", "binary:30", "kcentre:0.001:4"],
+                      help="NAME:STRENGTH[:CENTRES] for each regularized run")
+  parser.add_argument("--sparsities", type=float, nargs="*", default=[0.9])
+  parser.add_argument("--methods", nargs="*", default=None,
+                      help="train only these (dense, 'kcentre 0.01 (c=4)',"
+                      " 'dat 0.9', ...; default: all)")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  logging.basicConfig(level=logging.WARNING)
+  out = args.out or os.path.join(common.RESULTS, f"pq_{args.dataset}")
+  grid = [(d, k) for d in args.dims for k in args.centroids]
+  rows = []
+  with tempfile.TemporaryDirectory() as workdir:
+    for names, config in method_configs(args):
+      if args.methods and names[0] not in args.methods:
+        continue
+      rows += method_rows(names, config, grid, workdir)
+  dense = next((r["test_accuracy"] for r in rows if r["method"] == "dense"),
+               None)
+  for r in rows:
+    r["drop_vs_dense"] = None if dense is None else (
+        100 * (dense - r["test_accuracy"]))
+  common.write_results(out, rows, [
+      ("method", "method", "s"), ("d", "d", "d"), ("k", "k", "d"),
+      ("test_accuracy", "test accuracy", ".4f"),
+      ("drop_vs_dense", "points lost vs dense", "+.2f"),
+      ("bytes_on_disk", "bytes on disk", ","),
+      ("ratio", "float32 / disk", ".1f"),
+      ("decoded_ok", "decoded == recorded", "")],
+      model=args.model, epochs=args.epochs, grid=grid)
+
+
+if __name__ == "__main__":
+  main()
