@@ -172,3 +172,17 @@ def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
   bound = sum(math.ceil(math.log2(n)) + 1 for n in (20, 50, 500))
   assert search["evaluations"] <= bound + 1
   _file_matches_record(results, str(tmp_path))
+
+
+def test_stages_run_later_on_a_finished_run(tmp_path):
+  config = _config("dat", **{"compression.sparsity": 0.8})
+  first = train.train_and_evaluate(config, str(tmp_path))
+  assert "post" not in first
+  config.post.stages = "share"  # the same run, compressed afterwards
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["steps"] == first["steps"]  # nothing left to train
+  trained = again["post"]["stages"][0]
+  assert trained["test_accuracy"] == pytest.approx(first["eval_accuracy"],
+                                                  abs=1e-6)
+  assert trained["nonzeros"] == first["report"]["total"]["nonzeros"]
+  _file_matches_record(again, str(tmp_path))
