@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.post.stages = ""
   c.post.validation_examples = 5000  # last training examples, for selection
   c.post.slim = ml_collections.ConfigDict(
-      {"threshold": 0.0, "fraction": 0.0})
+      {"threshold": 0.0, "fraction": 0.0, "multiple": 1})
   c.post.search = ml_collections.ConfigDict(
       {"tolerance": 0.005, "norm": "l1", "order": "forward",
        "relative": False, "finetune_steps": 0})
@@ -172,6 +172,9 @@ def with_method(config: ml_collections.ConfigDict,
   config.compression.update(METHOD_PRESETS[preset])
   config.post.stages = PRESET_STAGES.get(preset, "")
   if preset == "sss":
+    # With a decaying learning rate, gates still on their way to zero stop
+    # at tiny values: below 1e-4 they count as zero.
+    config.post.slim.threshold = 1e-4
     for switch in _GATE_SWITCHES:
       if switch in config.model.kwargs:
         config.model.kwargs[switch] = True
@@ -256,6 +259,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             integer=True)
   _in_range("post.slim.threshold", post.slim.threshold, 0)
   _in_range("post.slim.fraction", post.slim.fraction, 0, 1)
+  _in_range("post.slim.multiple", post.slim.multiple, 1, integer=True)
   _in_range("post.search.tolerance", post.search.tolerance, 0)
   _one_of("post.search.norm", post.search.norm, ("l1", "l2"))
   _one_of("post.search.order", post.search.order,

@@ -200,9 +200,11 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
   Gates (SSS) select units when the model has them; otherwise BatchNorm
   scales (Network Slimming) do, with the threshold of
-  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0. ResNet
-  residual branches whose block gate is zero are removed first
-  (`surgery.remove_blocks`).
+  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0. Kept
+  widths are rounded up to a multiple of ``cfg.multiple`` (CPU and
+  accelerator kernels are faster on multiples of 8), keeping the next
+  largest scales. ResNet residual branches whose block gate is at most the
+  threshold are removed first (`surgery.remove_blocks`).
   """
   record = {}
   if model.name == "resnet" and model.kwargs.get("block_gates"):
@@ -220,23 +222,27 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   if not spec:
     return model, record
   threshold = cfg.threshold
-  if not any(u.gate in flat for u in spec):  # Network Slimming: BN scales
-    scale_of = {u.name: next(p for p, _ in u.producers
-                             if p.endswith("/scale")) for u in spec}
-    if cfg.fraction > 0:
-      from sparsify import sss  # pylint: disable=g-import-not-at-top
-      threshold = sss.slimming_threshold(params, cfg.fraction)
-    keep = {}
-    for u in spec:
-      g = np.abs(np.asarray(flat[scale_of[u.name]]))
-      k = g >= threshold if cfg.fraction > 0 else g > threshold
-      k[np.argmax(g)] = True
-      keep[u.name] = k
-  else:
-    keep = surgery.keep_nonzero(params, spec, threshold)
+  gated = any(u.gate in flat for u in spec)
+  if not gated and cfg.fraction > 0:  # Network Slimming: BN scales
+    from sparsify import sss  # pylint: disable=g-import-not-at-top
+    threshold = sss.slimming_threshold(params, cfg.fraction)
+  keep = {}
+  for u in spec:
+    score_path = u.gate if gated else next(
+        p for p, _ in u.producers if p.endswith("/scale"))
+    if score_path not in flat:
+      continue
+    g = np.abs(np.asarray(flat[score_path])).ravel()
+    k = g >= threshold if (not gated and cfg.fraction > 0) else g > threshold
+    k[np.argmax(g)] = True  # no layer vanishes
+    # Round widths up to a multiple (fast kernels), adding back the next
+    # largest scales: their contribution is what the gated model computes.
+    want = min(g.size, -(-int(k.sum()) // cfg.multiple) * cfg.multiple)
+    k[np.argsort(-g, kind="stable")[:want]] = True
+    keep[u.name] = k
   out = _slimmed(model, spec, keep)
   kept = surgery.count_kept(keep)
-  full = {u.name: int(np.size(k)) for u, k in zip(spec, keep.values())}
+  full = {name: int(np.size(k)) for name, k in keep.items()}
   return out, {**record, "units_before": full, "units_after": kept}
 
 

@@ -21,12 +21,21 @@ from sparsify import proximal
 # Scaling factors of SSS: leaves (or modules) named ``gate`` and BatchNorm
 # scales, which play the role of per-channel factors when no gate is added.
 SSS_SCALES = r"(^|/)gate(/|$)|(^|/)scale$"
+GATES = r"(^|/)gate(/|$)"
 # BatchNorm (and LayerNorm) scales, the parameters Network Slimming penalises.
 BN_SCALES = r"(^|/)scale$"
 
 
-def sss_labels(params: base.Params, scale_pattern: str = SSS_SCALES) -> Any:
-  """Labels ``'scales'`` (path matches ``scale_pattern``) or ``'weights'``."""
+def sss_labels(params: base.Params, scale_pattern: str | None = None) -> Any:
+  """Labels ``'scales'`` (path matches ``scale_pattern``) or ``'weights'``.
+
+  ``None`` picks the scaling factors from the parameters: the gates when the
+  model has any (its BatchNorm scales are then ordinary weights), else the
+  BatchNorm scales.
+  """
+  if scale_pattern is None:
+    gated = any(re.search(GATES, n) for n, _ in base.named_leaves(params))
+    scale_pattern = GATES if gated else BN_SCALES
   pattern = re.compile(scale_pattern)
   return base.map_with_name(
       lambda name, _: "scales" if pattern.search(name) else "weights", params)
@@ -36,7 +45,7 @@ def sss_optimizer(
     weights_tx: optax.GradientTransformation,
     scales_tx: optax.GradientTransformation,
     *,
-    scale_pattern: str = SSS_SCALES,
+    scale_pattern: str | None = None,
 ) -> optax.GradientTransformation:
   r"""Trains the scaling factors and the other parameters with two optimizers.
 
@@ -48,7 +57,8 @@ def sss_optimizer(
     weights_tx: the optimizer of every parameter that is not a scale.
     scales_tx: the optimizer of the scales, given their ``params``.
     scale_pattern: regex searched in a parameter's path that marks a scale;
-      by default leaves or modules named ``gate`` and BatchNorm ``scale``.
+      by default (``None``) the gates if the model has any, else the
+      BatchNorm scales.
 
   Returns:
     An `optax.multi_transform` over the labels of `sss_labels`.
@@ -69,7 +79,7 @@ def sparse_structure_selection(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     nonnegative: bool = True,
-    scale_pattern: str = SSS_SCALES,
+    scale_pattern: str | None = None,
 ) -> optax.GradientTransformation:
   r"""Sparse Structure Selection: Nesterov SGD on W, APG on the scales.
 

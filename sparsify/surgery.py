@@ -12,7 +12,11 @@ Removing unit ``j`` drops slice ``j`` of every producer (the layer that
 computes it: kernel columns, bias, BatchNorm scale, shift and running
 statistics) and of every consumer (the next layer's input rows or input
 channels). A surviving gate value :math:`\\lambda_j` is folded into the
-consumers, :math:`W'_{j\\cdot} = \\lambda_j W_{j\\cdot}`, and the gate is
+units' own producers when it follows a relu and is non-negative (kernel and
+bias, or BatchNorm scale and shift, times :math:`\\lambda_j`: the next layer
+keeps the scale it was trained at, which matters for fine-tuning),
+otherwise into the consumers, :math:`W'_{j\\cdot} = \\lambda_j
+W_{j\\cdot}`; the gate is
 removed, so the slim network computes the same function as the gated one.
 
 Folding into the next layer is exact when everything between the gate and
@@ -43,6 +47,13 @@ class Unit:
     name: a label for reports.
     gate: path of the 1-D gate over the units, or None (ungated).
     producers: ``(path, axis)`` pairs sliced along the units.
+    fold: producer paths that absorb a non-negative gate instead of the
+      consumers, when the gate follows a relu: :math:`\lambda\,
+      \mathrm{relu}(z) = \mathrm{relu}(\lambda z)` for :math:`\lambda \ge
+      0`, so scaling the kernel and bias (or the BatchNorm scale and shift)
+      that produce :math:`z` is exact, and the next layer keeps the scale
+      it was trained with. Empty, or a negative gate: the consumers absorb
+      it.
     consumers: ``(path, axis)`` pairs sliced and scaled by the gate. When
       the consumer's axis is a multiple of the number of units, it is read
       as a flattened ``(positions, units)`` axis with units innermost, as
@@ -52,6 +63,7 @@ class Unit:
   gate: str | None
   producers: tuple[tuple[str, int], ...]
   consumers: tuple[tuple[str, int], ...]
+  fold: tuple[str, ...] = ()
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
@@ -101,10 +113,18 @@ def slim(variables: dict[str, Any], spec: list[Unit],
     # A model built without gates has none to fold.
     gate = (params.pop(unit.gate) if unit.gate in params else
             np.ones(mask.shape))
+    into_producers = bool(unit.fold) and bool(np.all(gate[mask] >= 0))
     for path, axis in unit.producers:
       for coll in flat.values():  # BatchNorm statistics are in batch_stats
         if path in coll:
-          coll[path] = _take(coll[path], mask, axis)
+          x = coll[path]
+          if into_producers and path in unit.fold:
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            x = x * gate.reshape(shape).astype(x.dtype)
+          coll[path] = _take(x, mask, axis)
+    if into_producers:
+      gate = np.ones(mask.shape)
     for path, axis in unit.consumers:
       w = params[path]
       n = mask.size
@@ -166,7 +186,8 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
     names = [f"fc{i + 1}" for i in range(len(hidden))] + ["head"]
     return [Unit(name=names[i], gate=f"{names[i]}_gate/gate",
                  producers=((f"{names[i]}/kernel", 1), (f"{names[i]}/bias", 0)),
-                 consumers=((f"{names[i + 1]}/kernel", 0),))
+                 consumers=((f"{names[i + 1]}/kernel", 0),),
+                 fold=(f"{names[i]}/kernel", f"{names[i]}/bias"))
             for i in range(len(hidden))]
   if model == "vgg":
     stages = kwargs["stages"]
@@ -181,7 +202,7 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
           producers=((f"{b}/conv/kernel", 3), (f"{b}/bn/scale", 0),
                      (f"{b}/bn/bias", 0), (f"{b}/bn/mean", 0),
                      (f"{b}/bn/var", 0)),
-          consumers=(consumer,)))
+          consumers=(consumer,), fold=(f"{b}/bn/scale", f"{b}/bn/bias")))
     return spec
   if model == "resnet":
     per_block = {"basic": 2, "bottleneck": 3}[kwargs.get("block", "basic")]
@@ -194,7 +215,8 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
             producers=((f"{b}/conv{k}/kernel", 3),) + tuple(
                 (f"{b}/bn{k}/{v}", 0) for v in ("scale", "bias", "mean",
                                                  "var")),
-            consumers=((f"{b}/conv{k + 1}/kernel", 2),)))
+            consumers=((f"{b}/conv{k + 1}/kernel", 2),),
+            fold=(f"{b}/bn{k}/scale", f"{b}/bn{k}/bias")))
     return spec
   raise ValueError(f"model: got {model!r}; allowed: lenet5, lenet_300_100, "
                    "mlp, resnet, vgg (write a spec of `Unit`s for other models)")

@@ -43,9 +43,11 @@ def _file_matches_record(results, workdir):
       "test_accuracy"]
 
 
-def test_sss_slim_keeps_the_function_and_removes_units(tmp_path):
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_sss_slim_keeps_the_function_and_removes_units(multiple, tmp_path):
   config = _config("sss", **{"compression.gamma": 0.3,
-                             "post.stages": "slim"})
+                             "post.stages": "slim",
+                             "post.slim.multiple": multiple})
   assert config.model.kwargs.gates  # the preset switches gates on
   results = train.train_and_evaluate(config, str(tmp_path))
   trained, slim = results["post"]["stages"]
@@ -56,6 +58,7 @@ def test_sss_slim_keeps_the_function_and_removes_units(tmp_path):
   assert slim["test_accuracy"] == pytest.approx(trained["test_accuracy"],
                                                 abs=1e-9)
   hidden = tuple(slim["units_after"][f"fc{i}"] for i in (1, 2))
+  assert all(h % multiple == 0 for h in hidden)  # 32 and 16 wide at most
   # Parameters of the slim MLP, counted by hand: 784 -> h1 -> h2 -> 10.
   expected = 784 * hidden[0] + hidden[0] + hidden[0] * hidden[1] + (
       hidden[1] + hidden[1] * 10 + 10)

@@ -227,14 +227,15 @@ def _sss_params():
 
 def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
   params = _sss_params()
-  assert sss.sss_labels(params) == {
+  assert sss.sss_labels(params, sss.SSS_SCALES) == {
       "Conv_0": {"kernel": "weights"},
       "BatchNorm_0": {"scale": "scales", "bias": "weights"},
       "block": {"gate": "scales"}}
   lr, wd, mu = 0.1, 1e-4, 0.9
   zero = jax.tree.map(jnp.zeros_like, params)
-  new = _run(sss.sparse_structure_selection(lr, gamma=0.5, momentum=mu, weight_decay=wd),
-             params, [zero])[0][0]
+  new = _run(sss.sparse_structure_selection(
+      lr, gamma=0.5, momentum=mu, weight_decay=wd,
+      scale_pattern=sss.SSS_SCALES), params, [zero])[0][0]
   # Scales: |0.01| < lr * gamma, so the proximal step lands on exactly zero.
   assert np.all(np.asarray(new["BatchNorm_0"]["scale"]) == 0.0)
   assert np.all(np.asarray(new["block"]["gate"]) == 0.0)
@@ -250,6 +251,17 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
   np.testing.assert_allclose(a["block"]["gate"], 0.01 + lr * 0.3 * (1 + mu),
                              rtol=1e-6)  # first APG step: lr * g * (1 + mu)
   assert np.all(np.asarray(b["block"]["gate"]) == 0.0)
+
+
+def test_sss_scales_are_the_gates_when_there_are_gates():
+  params = _sss_params()
+  assert sss.sss_labels(params) == {  # BatchNorm scales are weights here
+      "Conv_0": {"kernel": "weights"},
+      "BatchNorm_0": {"scale": "weights", "bias": "weights"},
+      "block": {"gate": "scales"}}
+  del params["block"]  # no gates: BatchNorm scales are the factors
+  assert sss.sss_labels(params)["BatchNorm_0"] == {"scale": "scales",
+                                                   "bias": "weights"}
 
 
 def test_sss_optimizer_takes_a_custom_pattern():

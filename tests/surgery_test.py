@@ -54,21 +54,31 @@ def test_slim_model_equals_gated_model_on_real_digits(name, kwargs):
   assert n_slim < models.count_params(variables["params"])
 
 
-def test_mlp_slicing_by_hand():
-  # fc1: 3 -> 4 units, gate (2, 0, 1, 0): keep units 0 and 2.
+@pytest.mark.parametrize("first_gate", [2.0, -2.0])
+def test_mlp_slicing_by_hand(first_gate):
+  # fc1: 3 -> 4 units, gate (+-2, 0, 1, 0): keep units 0 and 2.
   params = {
       "fc1": {"kernel": np.arange(12.0).reshape(3, 4), "bias": np.arange(4.0)},
-      "fc1_gate": {"gate": np.array([2.0, 0.0, 1.0, 0.0])},
+      "fc1_gate": {"gate": np.array([first_gate, 0.0, 1.0, 0.0])},
       "head": {"kernel": np.arange(8.0).reshape(4, 2), "bias": np.zeros(2)},
   }
   spec = surgery.spec_for("mlp", hidden=(4,))
   keep = surgery.keep_nonzero(params, spec)
   out = surgery.slim({"params": params}, spec, keep)["params"]
-  np.testing.assert_array_equal(out["fc1"]["kernel"],
-                                [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]])
-  np.testing.assert_array_equal(out["fc1"]["bias"], [0.0, 2.0])
-  np.testing.assert_array_equal(out["head"]["kernel"],
-                                [[2 * 0.0, 2 * 1.0], [1 * 4.0, 1 * 5.0]])
+  if first_gate > 0:
+    # Non-negative gates after a relu go into fc1's columns and bias.
+    np.testing.assert_array_equal(out["fc1"]["kernel"],
+                                  [[2 * 0.0, 2.0], [2 * 4.0, 6.0],
+                                   [2 * 8.0, 10.0]])
+    np.testing.assert_array_equal(out["fc1"]["bias"], [2 * 0.0, 2.0])
+    np.testing.assert_array_equal(out["head"]["kernel"],
+                                  [[0.0, 1.0], [4.0, 5.0]])
+  else:  # a negative gate does not commute with the relu: into the head
+    np.testing.assert_array_equal(out["fc1"]["kernel"],
+                                  [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]])
+    np.testing.assert_array_equal(out["fc1"]["bias"], [0.0, 2.0])
+    np.testing.assert_array_equal(out["head"]["kernel"],
+                                  [[-2 * 0.0, -2 * 1.0], [1 * 4.0, 1 * 5.0]])
   assert "fc1_gate" not in out
 
 
