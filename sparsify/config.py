@@ -86,7 +86,9 @@ def default_config() -> ml_collections.ConfigDict:
   # slim, search, finetune, pq, share, lct; each has its own fields below.
   c.post = ml_collections.ConfigDict()
   c.post.stages = ""
-  c.post.validation_examples = 5000  # last training examples, for selection
+  # Selection stages (search, lct) evaluate on the last training examples,
+  # which the run then holds out of training.
+  c.post.validation_examples = 5000
   c.post.slim = ml_collections.ConfigDict(
       {"threshold": 0.0, "fraction": 0.0, "multiple": 1})
   c.post.search = ml_collections.ConfigDict(
@@ -100,7 +102,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.post.share = ml_collections.ConfigDict(
       {"bits": 5, "where": ml_collections.config_dict.placeholder(str)})
   c.post.lct = ml_collections.ConfigDict(
-      {"sparsity": 0.9, "by": "sparsity", "sigma": "mean", "steps": 300,
+      {"sparsity": 0.9, "by": "sparsity", "sigma": "mean",
+       "sigma_learning_rate": 1e-4, "steps": 300,
        "prune_steps": 500, "learning_rate": 0.01, "budget": 0.01})
 
   c.train = ml_collections.ConfigDict()
@@ -281,6 +284,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _in_range("post.lct.learning_rate", post.lct.learning_rate, 0,
             low_open=True)
   _in_range("post.lct.budget", post.lct.budget, 0, 1, high_open=False)
+  _in_range("post.lct.sigma_learning_rate", post.lct.sigma_learning_rate, 0)
 
   tr = config.train
   _in_range("train.epochs", tr.epochs, 0, low_open=True)

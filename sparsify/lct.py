@@ -356,9 +356,10 @@ def ternary_constrained(
   * ``'mean'``: :math:`\sigma = \mu`, the mean magnitude of the surviving
     latent weights, recomputed every step.
   * ``'learned'``: σ starts at :math:`\sigma(p, M)` and follows its own
-    gradient. The weights are :math:`W = \sigma s` with
-    :math:`s = \mathrm{sign}(p) \odot M` the ternary pattern at which the
-    gradient was taken, so :math:`\partial\mathcal{L}/\partial\sigma =
+    gradient. The weights are :math:`W = \sigma s` with :math:`s` the
+    ternary pattern at which the gradient was taken (:math:`\mathrm{sign}
+    (p) \odot M`, read from the latent weights so that it is defined even
+    when :math:`\sigma = 0` and σ can grow back), so :math:`\partial\mathcal{L}/\partial\sigma =
     \sum_i s_i\,\partial\mathcal{L}/\partial W_i`, a sum over the non-zero
     ternary entries. Written with the incoming update,
 
@@ -453,7 +454,9 @@ def ternary_constrained(
 
   def constrain(u, p, latent, m, s, theta, lr_sigma):
     if sigma == "learned":
-      pattern = jnp.where(m, jnp.sign(p), 0)
+      # sign(p), read from the latent weights so that it survives sigma = 0.
+      live = jnp.abs(latent) > theta * sigma_of(latent, m)
+      pattern = jnp.where(m & live, jnp.sign(latent), 0)
       s = jnp.maximum(s + lr_sigma * jnp.sum(u * pattern, dtype=jnp.float32),
                       0.0)
     latent = jnp.where(m, latent + u, 0).astype(latent.dtype)

@@ -72,20 +72,44 @@ class Model:
     return jax.jit(functools.partial(_eval_step, self.module.apply))
 
 
+# Stages that select with a validation accuracy: with one of them in
+# `post.stages`, the trainer holds the validation examples out of training.
+SELECTING = ("lct", "search")
+
+
+def holds_out(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run holds validation examples out of its training split."""
+  return any(s in SELECTING for s in stage_names(config))
+
+
+def split_validation(dataset: data_lib.Dataset, n: int) -> tuple[
+    data_lib.Dataset, data_lib.Split]:
+  """The dataset without its last ``n`` training examples, and those."""
+  n = min(n, len(dataset.train.labels) - 1)
+  train = data_lib.Split(dataset.train.images[:-n], dataset.train.labels[:-n])
+  held = data_lib.Split(dataset.train.images[-n:], dataset.train.labels[-n:])
+  return dataclasses.replace(dataset, train=train), held
+
+
 class Context:
   """The data, config and compiled evaluation shared by the stages."""
 
   def __init__(self, config: ml_collections.ConfigDict,
-               dataset: data_lib.Dataset, workdir: str):
+               dataset: data_lib.Dataset, workdir: str,
+               validation: data_lib.Split | None = None):
     self.config = config
     self.dataset = dataset
     self.workdir = workdir
     self.num_classes = dataset.num_classes
-    n = min(config.post.validation_examples, len(dataset.train.labels))
-    # Model selection (search, LCT decisions) looks at the last training
-    # examples, never at the test split that the final accuracy reports.
-    self.validation = data_lib.Split(dataset.train.images[-n:],
-                                     dataset.train.labels[-n:])
+    # Model selection (search, LCT decisions) never looks at the test split
+    # that the final accuracy reports: it uses the examples the trainer held
+    # out, or, for a run trained without holding any out, its last training
+    # examples.
+    if validation is None:
+      n = min(config.post.validation_examples, len(dataset.train.labels))
+      validation = data_lib.Split(dataset.train.images[-n:],
+                                  dataset.train.labels[-n:])
+    self.validation = validation
 
   def accuracy(self, model: Model, variables=None, split=None) -> float:
     """Accuracy of ``model`` (or of ``variables`` in it) on a split."""
@@ -381,10 +405,12 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   pruned = dataclasses.replace(pruned, variables=ctx.finetune(
       pruned, cfg.prune_steps, cfg.learning_rate, masks=masks))
   reference = ctx.accuracy(pruned, split=ctx.validation)
+  pruned_test = ctx.accuracy(pruned)
   current, chosen, decisions = pruned, [], []
   for layer in sig.order:
     trial = chosen + [layer]
     tx = lct.ternary_constrained(trial, sigma=cfg.sigma,
+                                 sigma_learning_rate=cfg.sigma_learning_rate,
                                  masks={p: m for p, m in base.named_leaves(
                                      masks) if p in trial})
     variables = ctx.finetune(current, cfg.steps, cfg.learning_rate,
@@ -404,7 +430,8 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     encodings[f"params/{layer}"] = "ternary"
   return dataclasses.replace(current, encodings=encodings), {
       "order": list(sig.order), "significance": sig.scores,
-      "validation_reference": reference, "ternary_layers": chosen,
+      "validation_reference": reference, "pruned_test_accuracy": pruned_test,
+      "ternary_layers": chosen,
       "decisions": decisions}
 
 
@@ -429,7 +456,8 @@ def stage_names(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
-        workdir: str, variables: dict[str, Any], masks: Any) -> dict[str, Any]:
+        workdir: str, variables: dict[str, Any], masks: Any,
+        validation: data_lib.Split | None = None) -> dict[str, Any]:
   """Runs ``config.post.stages`` on a trained model; writes the results.
 
   Args:
@@ -438,6 +466,8 @@ def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     workdir: where ``post.json`` and ``model.spz`` (the compressed file) go.
     variables: the trained variables.
     masks: the trained keep-masks (from the optimizer state), or None.
+    validation: the examples that selection stages evaluate on (None: the
+      last ``post.validation_examples`` of ``dataset.train``).
 
   Returns:
     ``{'stages': [...], 'file': {...}}``: per stage its measurements and
@@ -445,7 +475,7 @@ def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     model decoded from it.
   """
   os.makedirs(workdir, exist_ok=True)
-  ctx = Context(config, dataset, workdir)
+  ctx = Context(config, dataset, workdir, validation)
   model = Model(config.model.name, config.model.kwargs.to_dict(),
                 jax.tree.map(np.asarray, variables), masks)
   rows = [{"stage": "trained", **ctx.measure(model)}]

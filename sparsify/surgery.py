@@ -41,7 +41,7 @@ from sparsify import base
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """A group of parameter slices that form one layer's neurons or channels.
+  r"""A group of parameter slices that form one layer's neurons or channels.
 
   Attributes:
     name: a label for reports.

@@ -35,6 +35,7 @@ from sparsify import masking
 from sparsify import metrics as metrics_lib
 from sparsify import models
 from sparsify import optim
+from sparsify import pipeline
 from sparsify import plots
 from sparsify import report as report_lib
 from sparsify import sss
@@ -117,6 +118,10 @@ class Trainer:
       raise
     except ValueError as e:  # e.g. a source that does not hold the dataset
       raise config_lib.ConfigError(str(e)) from e
+    self.validation = None
+    if pipeline.holds_out(config):  # selection must not see its own data
+      self.dataset, self.validation = pipeline.split_validation(
+          self.dataset, config.post.validation_examples)
     self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
@@ -297,11 +302,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              "method": config.compression.method,
              "report": report.to_dict()}
   if config.post.stages:
-    from sparsify import pipeline  # pylint: disable=g-import-not-at-top
     post = pipeline.run(
         config, trainer.dataset, workdir,
         jax.device_get(_variables(state.params, state.batch_stats)),
-        jax.device_get(masking.find_masks(state.opt_state)))
+        jax.device_get(masking.find_masks(state.opt_state)),
+        trainer.validation)
     print("\n" + pipeline.table(post))
     results["post"] = post
   with open(os.path.join(workdir, "results.json"), "w") as f:

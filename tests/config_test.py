@@ -18,7 +18,11 @@ from train_test import tiny_config
     ("data.name", "imagenet", "cifar10, embedded_mnist, fashion_mnist, mnist"),
     ("data.source", "ftp", "auto, embedded, idx, tfds"),
     ("compression.method", "prune_it_all",
-     "dat, gmp, magnitude, none, random"),
+     "dat, gmp, magnitude, none, random, sss"),
+    ("compression.regularizer", "l3",
+     "binary, group_lasso, kcentre, l1, none, slimming"),
+    ("post.search.order", "random", "backward, forward, size"),
+    ("post.share.bits", 17, "an integer >= 1 and <= 16"),
     ("optimizer.name", "rmsprop", "adam, adamw, momentum, nesterov, sgd"),
     ("optimizer.schedule", "linear", "constant, cosine, step"),
     ("optimizer.learning_rate", -0.1, "a number > 0"),
@@ -133,7 +137,8 @@ def test_cli_unknown_override_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("config_arg,expected", [
     ("configs/lenet5.py:pruneit", "error: config preset (after ':' in "
-     "--config): got 'pruneit'; allowed: dat, dense, gmp, magnitude, random"),
+     "--config): got 'pruneit'; allowed: dat, dat_pq, deep_compression, "
+     "dense, gmp, lct, magnitude, pq, random, search, slimming, sss"),
     ("configs/missing.py", "error: --config: got 'configs/missing.py', no such"
      " file; allowed: configs/lenet5.py"),
 ])
@@ -151,5 +156,6 @@ def test_cli_bad_config_argument_is_one_line(config_arg, expected, tmp_path):
 def test_presets_validate(preset):
   config = config_lib.with_method(config_lib.default_config(), preset)
   config_lib.validate(config)
-  assert config.compression.method == (
-      "none" if preset == "dense" else preset)
+  assert config.compression.method == config_lib.METHOD_PRESETS[preset][
+      "method"]
+  assert config.post.stages == config_lib.PRESET_STAGES.get(preset, "")

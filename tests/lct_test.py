@@ -262,6 +262,24 @@ def test_learned_sigma_is_clamped_at_zero():
   new, state = next(_run(tx, params, [grads]))
   assert float(_ternary_state(state).sigma["fc1"]["kernel"]) == 0.0
   assert np.all(np.asarray(new["fc1"]["kernel"]) == 0)
+  # The pattern still comes from the latent weights: sigma grows back.
+  k = np.asarray(kernel, np.float64)
+  latent = np.where(k != 0, k - 0.1 * np.sign(k), 0)  # after the first step
+  pattern = np.sign(latent)
+  tx_state = state
+  update = jax.jit(tx.update)
+  back = jax.tree.map(jnp.zeros_like, params)
+  back["fc1"]["kernel"] = -jnp.sign(kernel)  # the latent keeps its signs
+  updates, tx_state = update(back, tx_state, new)
+  again = optax.apply_updates(new, updates)
+  sigma = float(_ternary_state(tx_state).sigma["fc1"]["kernel"])
+  # sigma = 0 + 10 * sum(u * pattern), u = +0.1 sign(w) from sgd(0.1).
+  expected = 10.0 * np.sum(0.1 * np.sign(k) * pattern)
+  assert expected > 0
+  np.testing.assert_allclose(sigma, expected, rtol=1e-5)
+  latent = np.where(k != 0, latent + 0.1 * np.sign(k), 0)
+  np.testing.assert_allclose(np.asarray(again["fc1"]["kernel"]),
+                             np.sign(latent) * sigma, rtol=2.0**-15)
 
 
 def test_first_step_lands_on_zero_where_float32_cannot_reach_the_target():
