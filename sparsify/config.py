@@ -90,7 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
   # which the run then holds out of training.
   c.post.validation_examples = 5000
   c.post.slim = ml_collections.ConfigDict(
-      {"threshold": 0.0, "fraction": 0.0, "multiple": 1})
+      {"threshold": 0.0, "fraction": 0.0, "multiple": 1, "relative": False})
   c.post.search = ml_collections.ConfigDict(
       {"tolerance": 0.005, "norm": "l1", "order": "forward",
        "relative": False, "finetune_steps": 0})

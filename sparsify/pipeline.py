@@ -224,7 +224,11 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
   Gates (SSS) select units when the model has them; otherwise BatchNorm
   scales (Network Slimming) do, with the threshold of
-  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0. Kept
+  `sparsify.slimming_threshold` at ``cfg.fraction`` when it is > 0. With
+  ``cfg.relative``, a gate is dropped below ``threshold`` times the largest
+  gate of its layer: a gate whose layer feeds a BatchNorm only matters
+  relative to its neighbours (the BatchNorm cancels a common scale), so L1
+  shrinks such a layer's gates together instead of zeroing some. Kept
   widths are rounded up to a multiple of ``cfg.multiple`` (CPU and
   accelerator kernels are faster on multiples of 8), keeping the next
   largest scales. ResNet residual branches whose block gate is at most the
@@ -257,7 +261,11 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     if score_path not in flat:
       continue
     g = np.abs(np.asarray(flat[score_path])).ravel()
-    k = g >= threshold if (not gated and cfg.fraction > 0) else g > threshold
+    if gated and cfg.relative:  # scale-free gates: relative to the largest
+      k = g > threshold * g.max()
+    else:
+      k = g >= threshold if (not gated and cfg.fraction > 0) else (
+          g > threshold)
     k[np.argmax(g)] = True  # no layer vanishes
     # Round widths up to a multiple (fast kernels), adding back the next
     # largest scales: their contribution is what the gated model computes.

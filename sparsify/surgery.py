@@ -12,9 +12,10 @@ Removing unit ``j`` drops slice ``j`` of every producer (the layer that
 computes it: kernel columns, bias, BatchNorm scale, shift and running
 statistics) and of every consumer (the next layer's input rows or input
 channels). A surviving gate value :math:`\\lambda_j` is folded into the
-units' own producers when it follows a relu and is non-negative (kernel and
-bias, or BatchNorm scale and shift, times :math:`\\lambda_j`: the next layer
-keeps the scale it was trained at, which matters for fine-tuning),
+units' own producers where the unit declares it (``fold``; the BatchNorm
+scale and shift of VGG and ResNet channels, times :math:`\\lambda_j`, valid
+for a non-negative gate after a relu: the next conv keeps the input scale
+its BatchNorm statistics were measured at, which matters for fine-tuning),
 otherwise into the consumers, :math:`W'_{j\\cdot} = \\lambda_j
 W_{j\\cdot}`; the gate is
 removed, so the slim network computes the same function as the gated one.
@@ -186,8 +187,7 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
     names = [f"fc{i + 1}" for i in range(len(hidden))] + ["head"]
     return [Unit(name=names[i], gate=f"{names[i]}_gate/gate",
                  producers=((f"{names[i]}/kernel", 1), (f"{names[i]}/bias", 0)),
-                 consumers=((f"{names[i + 1]}/kernel", 0),),
-                 fold=(f"{names[i]}/kernel", f"{names[i]}/bias"))
+                 consumers=((f"{names[i + 1]}/kernel", 0),))
             for i in range(len(hidden))]
   if model == "vgg":
     stages = kwargs["stages"]

@@ -8,6 +8,7 @@ import pytest
 
 from sparsify import compressed
 from sparsify import config as config_lib
+from sparsify import pipeline
 from sparsify import train
 
 
@@ -191,3 +192,22 @@ def test_stages_run_later_on_a_finished_run(tmp_path):
                                                   abs=1e-6)
   assert trained["nonzeros"] == first["report"]["total"]["nonzeros"]
   _file_matches_record(again, str(tmp_path))
+
+
+@pytest.mark.parametrize("relative,kept", [(False, 4), (True, 3)])
+def test_slim_threshold_absolute_or_relative_to_the_largest_gate(relative,
+                                                                 kept):
+  rng = np.random.default_rng(0)
+  params = {"fc1": {"kernel": rng.normal(size=(6, 4)).astype(np.float32),
+                    "bias": np.zeros(4, np.float32)},
+            "fc1_gate": {"gate": np.array([10.0, 0.5, 5.0, 0.05], np.float32)},
+            "head": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
+                     "bias": np.zeros(3, np.float32)}}
+  model = pipeline.Model("mlp", {"hidden": (4,), "gates": True},
+                         {"params": params})
+  cfg = config_lib.default_config().post.slim
+  cfg.threshold, cfg.relative = 0.01, relative
+  slim, record = pipeline.slim_stage(None, model, cfg)
+  # Relative: kept above 0.01 * 10 = 0.1, so the 0.05 gate goes.
+  assert record["units_after"] == {"fc1": kept}
+  assert slim.kwargs["hidden"] == (kept,)

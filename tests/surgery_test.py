@@ -1,5 +1,7 @@
 """Surgery: the slim model computes what the gated model computes."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +64,9 @@ def test_mlp_slicing_by_hand(first_gate):
       "fc1_gate": {"gate": np.array([first_gate, 0.0, 1.0, 0.0])},
       "head": {"kernel": np.arange(8.0).reshape(4, 2), "bias": np.zeros(2)},
   }
-  spec = surgery.spec_for("mlp", hidden=(4,))
+  # Declared to fold into fc1 (a relu sits between fc1 and its gate).
+  spec = [dataclasses.replace(u, fold=("fc1/kernel", "fc1/bias"))
+          for u in surgery.spec_for("mlp", hidden=(4,))]
   keep = surgery.keep_nonzero(params, spec)
   out = surgery.slim({"params": params}, spec, keep)["params"]
   if first_gate > 0:
