@@ -211,3 +211,20 @@ def test_slim_threshold_absolute_or_relative_to_the_largest_gate(relative,
   # Relative: kept above 0.01 * 10 = 0.1, so the 0.05 gate goes.
   assert record["units_after"] == {"fc1": kept}
   assert slim.kwargs["hidden"] == (kept,)
+
+
+def test_vgg_search_cuts_channels_with_their_batchnorm(tmp_path):
+  config = _config("search", **{"post.search.tolerance": 0.05,
+                                "post.stages": "search",
+                                "post.validation_examples": 400,
+                                "train.epochs": 0.1})
+  config.model.name = "vgg"
+  config.model.kwargs = {"stages": ((8,), (16,)), "width": 1.0}
+  results = train.train_and_evaluate(config, str(tmp_path))
+  trained, search = results["post"]["stages"]
+  c1, c2 = (search["units_after"][n] for n in ("block1_0", "block2_0"))
+  # 3x3 convs with BatchNorm (scale, bias), then the head on pooled c2.
+  expected = (9 * 1 * c1 + 2 * c1) + (9 * c1 * c2 + 2 * c2) + (c2 * 10 + 10)
+  assert search["params"] == expected
+  assert (c1, c2) != (8, 16) or search["params"] == trained["params"]
+  _file_matches_record(results, str(tmp_path))
