@@ -71,14 +71,20 @@ METHODS: dict[str, Builder] = {
 }
 
 
+def _build(registry: dict[str, Builder], field: str,
+           config: ml_collections.ConfigDict, total_steps: int):
+  name = config[field]
+  if name not in registry:
+    raise ValueError(f"compression.{field}: got {name!r}; allowed: "
+                     f"{', '.join(sorted(registry))}")
+  return registry[name](config, total_steps)
+
+
 def make_compression(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation | None:
   """The compression transform named by ``config.method`` (None for none)."""
-  if config.method not in METHODS:
-    raise ValueError(f"compression.method: got {config.method!r}; allowed: "
-                     f"{', '.join(sorted(METHODS))}")
-  return METHODS[config.method](config, total_steps)
+  return _build(METHODS, "method", config, total_steps)
 
 
 # Penalties whose gradient is added before the optimizer.
@@ -100,7 +106,4 @@ def make_regularizer(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation | None:
   """The penalty named by ``config.regularizer`` (None for none)."""
-  if config.regularizer not in REGULARIZERS:
-    raise ValueError(f"compression.regularizer: got {config.regularizer!r}; "
-                     f"allowed: {', '.join(sorted(REGULARIZERS))}")
-  return REGULARIZERS[config.regularizer](config, total_steps)
+  return _build(REGULARIZERS, "regularizer", config, total_steps)

@@ -25,12 +25,7 @@ def _config(preset, **overrides):
   config.train.checkpoint_every = 1000
   config.post.validation_examples = 800
   config.post.finetune.epochs = 0.25
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

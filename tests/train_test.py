@@ -26,12 +26,7 @@ def tiny_config(**overrides):
   config.train.epochs = 0.25
   config.train.log_every = 20
   config.train.checkpoint_every = 20
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
