@@ -38,6 +38,15 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises `ConfigError` if ``workdir`` holds a run of another model.
 
   Writes ``run.json`` on first use of a workdir.
+
+  Args:
+    config: the run's configuration; its model, dataset, optimizer and
+      compression method are compared with those recorded in ``run.json``.
+    workdir: the run's directory; created if missing.
+
+  Raises:
+    ConfigError: ``run.json`` records a different model, model arguments,
+      dataset, optimizer or compression method.
   """
   path = os.path.join(workdir, "run.json")
   mine = _identity(config)
@@ -57,14 +66,29 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def manager(workdir: str, *, keep: int,
             create: bool = True) -> ocp.CheckpointManager:
-  """A `CheckpointManager` over ``workdir/checkpoints``."""
+  """Returns a `CheckpointManager` over ``workdir/checkpoints``.
+
+  Args:
+    workdir: the run's directory.
+    keep: how many of the most recent checkpoints to keep.
+    create: whether to create the ``checkpoints`` directory if it is missing.
+
+  Returns:
+    An `orbax.checkpoint.CheckpointManager`.
+  """
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
-  """Saves ``state`` (a pytree) at ``step``, asynchronously."""
+  """Saves ``state`` (a pytree) at ``step``, asynchronously.
+
+  Args:
+    mngr: the manager, from `manager`.
+    step: the training step the checkpoint is labelled with.
+    state: the pytree of arrays to save.
+  """
   mngr.save(step, args=ocp.args.StandardSave(state))
 
 
@@ -73,6 +97,18 @@ def restore_or_init(mngr: ocp.CheckpointManager, state: Any) -> Any:
 
   Returns ``state`` unchanged when there is no checkpoint. A checkpoint that
   cannot be read raises `ConfigError` naming it; nothing is deleted.
+
+  Args:
+    mngr: the manager, from `manager`.
+    state: the freshly initialized state; gives the structure, shapes and
+      dtypes to restore into.
+
+  Returns:
+    The state of the latest checkpoint, or ``state`` if there is none.
+
+  Raises:
+    ConfigError: the latest checkpoint does not fit ``state`` or cannot be
+      read.
   """
   step = mngr.latest_step()
   if step is None:
@@ -99,6 +135,9 @@ def load(workdir: str, step: int | None = None) -> dict[str, Any]:
   Returns:
     ``{'params', 'opt_state', 'batch_stats', 'step', 'rng', 'data_step'}`` as
     saved (NamedTuples of the optimizer state come back as plain containers).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
   """
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):  # reading creates nothing

@@ -146,7 +146,11 @@ class PQLayer(NamedTuple):
   mask: np.ndarray | None = None
 
   def decode(self) -> np.ndarray:
-    """Returns the float32 kernel."""
+    """Returns the float32 kernel.
+
+    Returns:
+      A float32 array of ``shape``, zero where ``mask`` is False.
+    """
     s, _, d = self.codebooks.shape
     w = self.codebooks[np.arange(s), self.codes]  # (m, s, d)
     kernel = w.reshape(len(self.codes), s * d).T.reshape(self.shape)
@@ -169,7 +173,11 @@ class TernaryLayer(NamedTuple):
   negative: np.ndarray
 
   def decode(self) -> np.ndarray:
-    """Returns the float32 kernel ``where(mask, ±sigma, 0)``."""
+    """Returns the float32 kernel ``where(mask, ±sigma, 0)``.
+
+    Returns:
+      A float32 array of the shape of ``mask``.
+    """
     sigma = np.float32(self.sigma)
     return np.where(self.mask, np.where(self.negative, -sigma, sigma),
                     np.float32(0)).astype(np.float32)
@@ -190,7 +198,11 @@ class SharedLayer(NamedTuple):
   shape: tuple[int, ...]
 
   def decode(self) -> np.ndarray:
-    """Returns the float32 kernel: ``codebook[codes]`` where kept, else 0."""
+    """Returns the float32 kernel: ``codebook[codes]`` where kept, else 0.
+
+    Returns:
+      A float32 array of ``shape``.
+    """
     kernel = np.zeros(self.shape, np.float32)
     kernel[self.mask] = self.codebook[self.codes]
     return kernel
@@ -239,9 +251,16 @@ def pq_layer(codebooks: Any, codes: Any, shape: Any,
     ValueError: on a shape, dtype or code that breaks the convention.
 
   Example:
-    >>> layer = pq_layer(np.zeros((2, 4, 3)), np.zeros((5, 2), int), (6, 5))
-    >>> layer.decode().shape
+    >>> import numpy as np
+    >>> import sparsify
+    >>> codebooks = np.arange(24.).reshape(2, 4, 3)  # s=2, k=4, d=3
+    >>> codes = np.array([[0, 1], [3, 3], [2, 0], [1, 2], [0, 0]])  # m=5
+    >>> layer = sparsify.pq_layer(codebooks, codes, (6, 5))
+    >>> kernel = layer.decode()
+    >>> kernel.shape
     (6, 5)
+    >>> kernel[:, 1]  # output 1: block 0 is codebooks[0, 3], 1 codebooks[1, 3]
+    array([ 9., 10., 11., 21., 22., 23.], dtype=float32)
   """
   cb, cd = np.asarray(codebooks), np.asarray(codes)
   if cb.ndim != 3 or cb.dtype.kind not in "iuf" or 0 in cb.shape:
@@ -294,8 +313,9 @@ def shared_layer(codebook: Any, codes: Any, mask: Any,
     ValueError: on a shape, dtype or code that breaks the convention.
 
   Example:
-    >>> layer = shared_layer([-0.5, 0.5], [1, 0], [[True, False, True]],
-    ...                      (1, 3))
+    >>> import sparsify
+    >>> layer = sparsify.shared_layer([-0.5, 0.5], [1, 0],
+    ...                               [[True, False, True]], (1, 3))
     >>> layer.decode()
     array([[ 0.5,  0. , -0.5]], dtype=float32)
   """
@@ -341,8 +361,11 @@ def ternary_layer(kernel: Any) -> TernaryLayer:
     ValueError: if the kernel is not float or not ternary.
 
   Example:
-    >>> ternary_layer(np.array([0.5, 0., -0.5])).sigma
-    0.5
+    >>> import numpy as np
+    >>> import sparsify
+    >>> layer = sparsify.ternary_layer(np.array([0.5, 0., -0.5]))
+    >>> layer.sigma, layer.negative
+    (0.5, array([False, False,  True]))
   """
   x = np.asarray(kernel)
   if _dtype_name(x.dtype) not in ("float16", "float32", "float64",
@@ -359,6 +382,42 @@ def ternary_layer(kernel: Any) -> TernaryLayer:
   if not np.isfinite(sigma) or float(np.float32(sigma)) != sigma:
     raise ValueError(f"sigma = {sigma!r} must be finite and exact in float32")
   return TernaryLayer(float(sigma), mask, mask & (x < 0))
+
+
+def smallest_ternary(kernel: Any) -> TernaryLayer | SharedLayer:
+  """The smaller of the two lossless layouts of a ternary kernel.
+
+  A `TernaryLayer` stores one bit per weight plus a sign bit per nonzero,
+  ``size + nnz`` bits; a `SharedLayer` with the codebook ``(+sigma,
+  -sigma)`` stores the nonzeros' positions as relative indices and the same
+  sign bit, ``g * e + nnz`` bits (``e >= nnz`` gap entries of ``g`` bits,
+  see the module docstring). Relative indices win once fewer than about one
+  weight in ``g`` is nonzero, which is the case for the heavily pruned
+  layers that LCT ternarizes.
+
+  Args:
+    kernel: a float array whose nonzero entries all have the same magnitude.
+
+  Returns:
+    The `TernaryLayer` or `SharedLayer` of ``kernel`` whose encoding takes
+    fewer bytes (the `TernaryLayer` on a tie); both decode to ``kernel``.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify import compressed
+    >>> kernel = np.zeros((100, 10), np.float32)
+    >>> kernel[::50, 0], kernel[25, 3] = 0.5, -0.5
+    >>> layer = compressed.smallest_ternary(kernel)
+    >>> type(layer).__name__, np.array_equal(layer.decode(), kernel)
+    ('SharedLayer', True)
+  """
+  ternary = ternary_layer(kernel)
+  sigma = np.float32(ternary.sigma)
+  shared = SharedLayer(np.array([sigma, -sigma], np.float32),
+                       ternary.negative[ternary.mask].astype(np.int64),
+                       ternary.mask, tuple(np.shape(kernel)))
+  sizes = [encode_leaf(kernel, layer).nbytes for layer in (ternary, shared)]
+  return ternary if sizes[0] <= sizes[1] else shared
 
 
 def _dtype_name(dtype: np.dtype) -> str | None:
@@ -425,8 +484,21 @@ def choose_encoding(value: Any) -> str:
 
   Sizes as in the module docstring; ties go to dense, then bitmask.
 
+  Args:
+    value: the leaf, an array of a supported dtype.
+
+  Returns:
+    ``'dense'``, ``'bitmask'`` or ``'csr'``.
+
+  Raises:
+    ValueError: on a leaf of an unsupported dtype.
+
   Example:
-    >>> choose_encoding(np.zeros((2, 300)))
+    >>> import numpy as np
+    >>> from sparsify import compressed
+    >>> compressed.choose_encoding(np.ones((2, 300)))
+    'dense'
+    >>> compressed.choose_encoding(np.zeros((2, 300)))
     'csr'
   """
   sizes = _sizes(_leaf_array(value))
@@ -598,6 +670,12 @@ def _mask(leaf: EncodedLeaf, name: str, size: int) -> np.ndarray:
 def decode_leaf(leaf: EncodedLeaf) -> np.ndarray:
   """Returns the array an `EncodedLeaf` stores, in the leaf's dtype.
 
+  Args:
+    leaf: an `EncodedLeaf`, from `encode_leaf` or read from a file.
+
+  Returns:
+    A numpy array of ``leaf.shape`` and ``leaf.dtype``.
+
   Raises:
     ValueError: if the buffers or attributes do not fit the encoding.
   """
@@ -765,9 +843,18 @@ def save(
       Nothing is written then, and an existing file at ``path`` is kept.
 
   Example:
-    >>> save('model.spz', params, {'fc1/kernel': pq_layer(cb, codes, shape)},
-    ...      metadata={'model': 'mlp', 'accuracy': 0.981})
-    >>> params, metadata = load('model.spz')
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import sparsify
+    >>> kernel = np.where(np.eye(4, 3) > 0, 0.5, 0.).astype(np.float32)
+    >>> params = {'fc1': {'kernel': kernel, 'bias': np.zeros(3, np.float32)}}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   path = os.path.join(tmp, 'model.spz')
+    ...   sparsify.save_compressed(path, params, {'fc1/kernel': 'ternary'},
+    ...                            metadata={'model': 'mlp', 'accuracy': 0.98})
+    ...   loaded, metadata = sparsify.load_compressed(path)
+    >>> np.array_equal(loaded['fc1']['kernel'], kernel), metadata['accuracy']
+    (True, 0.98)
   """
   path = os.fspath(path)
   if os.path.isdir(path):
@@ -924,8 +1011,16 @@ def load(
       such a file (magic), of another format version, or inconsistent.
 
   Example:
-    >>> params, metadata = load('model.spz')
-    >>> logits = model.apply({'params': params}, images)
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': np.eye(3, dtype=np.float32)}}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   path = os.path.join(tmp, 'model.spz')
+    ...   sparsify.save_compressed(path, params, metadata={'model': 'mlp'})
+    ...   loaded, metadata = sparsify.load_compressed(path)
+    >>> loaded['fc']['kernel'].dtype, metadata
+    (dtype('float32'), {'model': 'mlp'})
   """
   header, data, _ = _read(path)
   params = {}
@@ -995,7 +1090,12 @@ class FileReport:
     return self.float32_bytes / self.file_bytes
 
   def to_dict(self) -> dict[str, Any]:
-    """The fields and both properties as JSON types."""
+    """Returns the fields and both properties as JSON types.
+
+    Returns:
+      A dict with the dataclass fields (``leaves`` as a list of dicts) plus
+      ``float32_bytes`` and ``compression_ratio``.
+    """
     out = dataclasses.asdict(self)
     out["leaves"] = [{**row, "shape": list(row["shape"])}
                      for row in out["leaves"]]
@@ -1010,12 +1110,29 @@ def file_report(path: str | os.PathLike[str]) -> FileReport:
   Reads and checks the file (magic, version, size, checksum) without
   decoding the leaves.
 
+  Args:
+    path: a file written by `save`.
+
+  Returns:
+    A `FileReport`: one `LeafBytes` per leaf, and the file's total size.
+
   Raises:
     CompressedFileError: as `load`.
 
   Example:
-    >>> report = file_report('model.spz')
-    >>> report.file_bytes, report.compression_ratio
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import sparsify
+    >>> kernel = np.zeros((100, 100), np.float32)
+    >>> kernel[::10, ::10] = 1.0  # 100 nonzeros of 10,000
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   path = os.path.join(tmp, 'model.spz')
+    ...   sparsify.save_compressed(path, {'fc': {'kernel': kernel}})
+    ...   report = sparsify.file_report(path)
+    >>> [(leaf.path, leaf.encoding, leaf.nbytes) for leaf in report.leaves]
+    [('fc/kernel', 'csr', 601)]
+    >>> report.float32_bytes, report.file_bytes < report.float32_bytes / 40
+    (40000, True)
   """
   header, data, size = _read(path)
   rows = []
@@ -1033,8 +1150,17 @@ def file_report(path: str | os.PathLike[str]) -> FileReport:
 def float32_bytes(params: Any) -> int:
   """Returns ``4 * (number of entries)`` of a params pytree: its float32 size.
 
+  Args:
+    params: nested dicts (any `Mapping`) with string keys and array leaves.
+
+  Returns:
+    The number of bytes the leaves take stored densely as float32.
+
   Example:
-    >>> float32_bytes({'fc': {'kernel': np.zeros((3, 2)), 'b': np.zeros(2)}})
+    >>> import numpy as np
+    >>> from sparsify import compressed
+    >>> params = {'fc': {'kernel': np.zeros((3, 2)), 'b': np.zeros(2)}}
+    >>> compressed.float32_bytes(params)
     32
   """
   return 4 * sum(math.prod(np.shape(leaf)) for _, leaf in _flatten(params))

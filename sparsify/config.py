@@ -35,7 +35,25 @@ class ConfigError(ValueError):
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Returns the full configuration with its defaults (dense LeNet-300-100)."""
+  """Returns the full configuration with its defaults (dense LeNet-300-100).
+
+  The defaults train LeNet-300-100 on the bundled MNIST subset for 10 epochs
+  with SGD with momentum and a cosine schedule, without compression. Config
+  files and command-line flags override single fields.
+
+  Returns:
+    A new `ml_collections.ConfigDict` with the sections ``model``, ``data``,
+    ``optimizer``, ``compression``, ``post`` and ``train`` (see the module
+    docstring), and ``seed``.
+
+  Example:
+    >>> import sparsify
+    >>> config = sparsify.default_config()
+    >>> config.model.name, config.data.name, config.compression.method
+    ('lenet_300_100', 'embedded_mnist', 'none')
+    >>> config.compression.method = 'gmp'
+    >>> config.compression.sparsity = 0.9
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -167,6 +185,9 @@ def with_method(config: ml_collections.ConfigDict,
 
   Returns:
     ``config``.
+
+  Raises:
+    ConfigError: ``preset`` is not one of `METHOD_PRESETS`.
   """
   preset = preset or "dense"
   if preset not in METHOD_PRESETS:
@@ -211,7 +232,26 @@ def _in_range(field: str, value: Any, low: float, high: float | None = None,
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks names and numeric ranges of ``config``; raises `ConfigError`."""
+  """Checks names and numeric ranges of ``config``; raises `ConfigError`.
+
+  Args:
+    config: a config built from `default_config`.
+
+  Raises:
+    ConfigError: the first field whose value is unknown or out of range; the
+      message names the field, the value and what is allowed.
+
+  Example:
+    >>> import sparsify
+    >>> from sparsify import config as config_lib
+    >>> config = sparsify.default_config()
+    >>> config.data.batch_size = 0
+    >>> try:
+    ...   config_lib.validate(config)
+    ... except sparsify.ConfigError as e:
+    ...   print(e)
+    data.batch_size: got 0; allowed: an integer >= 1
+  """
   # Imported here: the registries import this module's ConfigError.
   from sparsify import data  # pylint: disable=g-import-not-at-top
   from sparsify import methods  # pylint: disable=g-import-not-at-top

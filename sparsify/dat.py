@@ -20,6 +20,20 @@ def threshold_ramp(begin_step: int, end_step: int,
   :math:`f(t) = 1 - \left(1 - \mathrm{clip}\left(\frac{t - t_0}{t_1 - t_0},
   0, 1\right)\right)^p`, fast at first and flat at the end, like the cubic
   sparsity schedule of gradual pruning.
+
+  Args:
+    begin_step: :math:`t_0`, the step at which the factor leaves 0.
+    end_step: :math:`t_1`, the step from which the factor stays at 1.
+    power: the exponent :math:`p`.
+
+  Returns:
+    A schedule ``step -> f(step)`` (float32 in [0, 1]).
+
+  Example:
+    >>> from sparsify import dat
+    >>> f = dat.threshold_ramp(0, 10, power=2.0)
+    >>> [round(float(f(t)), 2) for t in (0, 5, 10, 20)]
+    [0.0, 0.75, 1.0, 1.0]
   """
   span = max(end_step - begin_step, 1)
 
@@ -32,7 +46,27 @@ def threshold_ramp(begin_step: int, end_step: int,
 
 def layer_threshold(weights: jax.Array, mask: jax.Array,
                     c: jax.typing.ArrayLike) -> jax.Array:
-  r""":math:`\mu + c\,\sigma` of the magnitudes of the surviving weights."""
+  r""":math:`\mu + c\,\sigma` of the magnitudes of the surviving weights.
+
+  :math:`\mu = \sum_i M_i |w_i| / n` and :math:`\sigma^2 = \sum_i M_i
+  (|w_i| - \mu)^2 / n`, with :math:`n = \max(\sum_i M_i, 1)`.
+
+  Args:
+    weights: the layer's weights.
+    mask: booleans shaped like ``weights``; `True` marks the weights the
+      statistics are measured on.
+    c: the multiplier of the standard deviation.
+
+  Returns:
+    The threshold, a float32 scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify import dat
+    >>> w = jnp.array([-1.0, 3.0, 0.5, -5.0])
+    >>> float(dat.layer_threshold(w, jnp.array([True, True, False, True]), 0.0))
+    3.0
+  """
   magnitude = jnp.abs(weights)
   n = jnp.maximum(mask.sum(), 1)
   mean = jnp.where(mask, magnitude, 0).sum() / n
@@ -127,14 +161,28 @@ def dynamic_adaptive_threshold(
     An `optax.GradientTransformation`; place it last in the chain.
 
   Example:
-    >>> tx = optax.chain(optax.sgd(0.05, momentum=0.9),
-    ...                  dynamic_adaptive_threshold(
-    ...                      1.0, begin_step=0, end_step=5000,
-    ...                      target_sparsity=0.95))
+    A threshold that reaches its full value at step 1, with half of the
+    layer as the target; the six smallest of twelve weights are pruned:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.arange(1.0, 13.0).reshape(3, 4)}}
+    >>> grads = {'fc': {'kernel': jnp.zeros((3, 4))}}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsify.dynamic_adaptive_threshold(
+    ...     1.0, begin_step=0, end_step=1, update_every=1,
+    ...     target_sparsity=0.5))
+    >>> state, update = tx.init(params), jax.jit(tx.update)
+    >>> for _ in range(2):
+    ...   updates, state = update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> int((params['fc']['kernel'] == 0).sum())
+    6
 
   References:
-    Jiang, Li & Qian, dynamic and adaptive threshold (DAT) pruning from
-    scratch, SEAL 2017.
+    Jiang, Li & Qian, "Dynamic and adaptive threshold for DNN compression
+    from scratch", SEAL 2017.
     Guo, Yao & Chen, "Dynamic network surgery for efficient DNNs", NeurIPS
     2016 (the hysteresis).
   """

@@ -33,11 +33,35 @@ class Gate(nn.Module):
     init_value: initial scale (1.0 leaves the network unchanged at start).
 
   Example:
+    A gate on the four hidden neurons of a small MLP (parameter shapes):
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
     >>> class Net(nn.Module):
     ...   @nn.compact
     ...   def __call__(self, x):
-    ...     x = Gate(name="fc1_gate")(nn.relu(nn.Dense(300, name="fc1")(x)))
-    ...     return nn.Dense(10, name="head")(x)
+    ...     x = sparsify.Gate(name="fc1_gate")(
+    ...         nn.relu(nn.Dense(4, name="fc1")(x)))
+    ...     return nn.Dense(2, name="head")(x)
+    >>> variables = jax.eval_shape(Net().init, jax.random.key(0),
+    ...                            jnp.ones((1, 3)))
+    >>> jax.tree.map(jnp.shape, variables['params'])
+    {'fc1': {'bias': (4,), 'kernel': (3, 4)}, 'fc1_gate': {'gate': (4,)},
+     'head': {'bias': (2,), 'kernel': (4, 2)}}
+
+    Gates start at ``init_value``:
+
+    >>> sparsify.Gate().init(jax.random.key(0), jnp.ones((1, 3)))
+    {'params': {'gate': Array([1., 1., 1.], dtype=float32)}}
+
+    Two groups of two channels, the first gate at zero:
+
+    >>> gate = sparsify.Gate(kind='group', groups=2)
+    >>> gate.apply({'params': {'gate': jnp.array([0.0, 2.0])}},
+    ...            jnp.ones((1, 4)))
+    Array([[0., 0., 2., 2.]], dtype=float32)
 
   References:
     Huang & Wang, "Data-driven sparse structure selection for deep neural

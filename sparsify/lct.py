@@ -84,8 +84,15 @@ def sigma_of(w: jax.typing.ArrayLike, mask: jax.typing.ArrayLike) -> jax.Array:
     A float32 scalar.
 
   Example:
-    >>> sigma_of(jnp.array([-2.0, 0.5, 3.0]), jnp.array([True, False, True]))
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> sparsify.sigma_of(jnp.array([-2.0, 0.5, 3.0]),
+    ...                   jnp.array([True, False, True]))
     Array(2.5, dtype=float32)
+
+  References:
+    Grimaldi, Tenace & Calimera, "Layer-wise compressive training for
+    convolutional neural networks", Future Internet 11(1):7, 2019.
   """
   w, mask = jnp.asarray(w), jnp.asarray(mask, jnp.bool_)
   _check_shape(w, mask)
@@ -137,8 +144,10 @@ def ternarize(
     The ternary array, shaped and typed like ``w``.
 
   Example:
-    >>> ternarize(jnp.array([-2.0, 0.5, 3.0]), jnp.array([True, True, False]),
-    ...           1.5)
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> sparsify.ternarize(jnp.array([-2.0, 0.5, 3.0]),
+    ...                    jnp.array([True, True, False]), 1.5)
     Array([-1.5,  1.5,  0. ], dtype=float32)
 
   References:
@@ -180,8 +189,13 @@ def ternary_bits(mask: Any, *, encoding: str = "bitmask") -> int:
     The number of bits, a Python int.
 
   Example:
-    >>> ternary_bits(np.array([True, False, True, True]))  # 4 + 3 + 32
+    >>> import numpy as np
+    >>> import sparsify
+    >>> sparsify.ternary_bits(np.array([True, False, True, True]))  # 4 + 3 + 32
     39
+    >>> sparsify.ternary_bits(np.array([True, False, True, True]),
+    ...                       encoding='two_bit')  # 2 * 4 + 32
+    40
   """
   if encoding not in ENCODINGS:
     raise ValueError(f"encoding: got {encoding!r}; allowed: "
@@ -211,9 +225,13 @@ def layer_significance(
   r"""Global magnitude pruning, then the layers sorted by significance.
 
   The selected kernels are pruned together: the fraction ``sparsity`` of
-  smallest magnitudes over all of them is removed (one threshold), so each
-  layer :math:`l` ends with its own sparsity :math:`s_l`. Layers are then
-  ordered from the least to the most significant:
+  smallest magnitudes over all of them is removed (one threshold
+  :math:`\tau`), so each layer :math:`l` ends with its own sparsity
+
+  .. math::
+    s_l = 1 - \frac{|\{i : |W_{l,i}| \ge \tau\}|}{|W_l|}.
+
+  Layers are then ordered from the least to the most significant:
 
   * ``'sparsity'`` (LCT): by :math:`s_l`, highest first; a layer the global
     threshold emptied most carries the least information.
@@ -242,8 +260,21 @@ def layer_significance(
     ``apply_masks(params, masks)``.
 
   Example:
-    >>> sig = layer_significance(params, sparsity=0.9)
-    >>> sig.order  # e.g. ('fc1/kernel', 'fc2/kernel', 'head/kernel')
+    Pruning a quarter of 16 weights removes 2 of ``fc1``'s 12 and 2 of
+    ``fc2``'s 4, so ``fc2`` (sparsity 0.5) is the least significant:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.arange(10.0, 130.0, 10.0)
+    ...                             .reshape(3, 4)},
+    ...           'fc2': {'kernel': jnp.array([[1.0], [2.0], [50.0], [60.0]])}}
+    >>> sig = sparsify.layer_significance(params, sparsity=0.25)
+    >>> sig.order
+    ('fc2/kernel', 'fc1/kernel')
+    >>> {n: round(s, 3) for n, s in sig.scores.items()}
+    {'fc1/kernel': 0.167, 'fc2/kernel': 0.5}
+    >>> sig.masks['fc2']['kernel'].ravel()
+    Array([False, False,  True,  True], dtype=bool)
 
   References:
     Grimaldi, Tenace & Calimera, "Layer-wise compressive training for
@@ -346,7 +377,8 @@ def ternary_constrained(
 
   (`ternarize`) and returns :math:`t - p`, so ``optax.apply_updates`` yields
   exactly :math:`t` (on the first step, an entry float32 cannot move onto
-  its target lands on 0 instead; see the module docstring). The default :math:`\theta = 0` keeps every surviving
+  its target lands on 0 instead; see the module docstring). The default
+  :math:`\theta = 0` keeps every surviving
   weight at :math:`\pm\sigma`: zeros are exactly the pruned entries, as the
   bitmask-plus-sign storage of `ternary_bits` assumes. :math:`\theta > 0`
   adds a dead zone inside the mask (0.7 in Ternary Weight Networks).
@@ -359,7 +391,8 @@ def ternary_constrained(
     gradient. The weights are :math:`W = \sigma s` with :math:`s` the
     ternary pattern at which the gradient was taken (:math:`\mathrm{sign}
     (p) \odot M`, read from the latent weights so that it is defined even
-    when :math:`\sigma = 0` and σ can grow back), so :math:`\partial\mathcal{L}/\partial\sigma =
+    when :math:`\sigma = 0` and σ can grow back), so
+    :math:`\partial\mathcal{L}/\partial\sigma =
     \sum_i s_i\,\partial\mathcal{L}/\partial W_i`, a sum over the non-zero
     ternary entries. Written with the incoming update,
 
@@ -396,10 +429,30 @@ def ternary_constrained(
     is an `optax.MaskedState` holding a `TernaryState`.
 
   Example:
-    >>> sig = layer_significance(params, sparsity=0.9)
-    >>> params = apply_masks(params, sig.masks)
-    >>> tx = optax.chain(optax.sgd(0.01, momentum=0.9),
-    ...                  ternary_constrained(sig.order[:1]))
+    Prune, then constrain the least significant layer; after one step its
+    surviving weights are :math:`\pm\sigma` with :math:`\sigma` their mean
+    magnitude:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.array([[0.5, -1.5], [0.25, 2.5]])},
+    ...           'fc2': {'kernel': jnp.array([[3.0], [-4.0]])}}
+    >>> sig = sparsify.layer_significance(params, sparsity=0.2)
+    >>> params = sparsify.apply_masks(params, sig.masks)
+    >>> tx = optax.chain(optax.sgd(0.01),
+    ...                  sparsify.ternary_constrained(sig.order[:1]))
+    >>> state = tx.init(params)
+    >>> grads = {'fc1': {'kernel': jnp.zeros((2, 2))},
+    ...          'fc2': {'kernel': jnp.zeros((2, 1))}}
+    >>> updates, state = jax.jit(tx.update)(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> sig.order[0], params['fc1']['kernel']
+    ('fc1/kernel', Array([[ 1.5, -1.5],
+                          [ 0. ,  1.5]], dtype=float32))
+    >>> params['fc2']['kernel'].ravel()  # not constrained
+    Array([ 3., -4.], dtype=float32)
 
   References:
     Grimaldi, Tenace & Calimera, "Layer-wise compressive training for

@@ -46,7 +46,21 @@ class MaskState(NamedTuple):
 
 
 def all_true(params: base.Params) -> base.Masks:
-  """Masks that keep every weight."""
+  """Masks that keep every weight.
+
+  Args:
+    params: a pytree of arrays.
+
+  Returns:
+    A pytree shaped like ``params`` of all-`True` boolean arrays.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify import masking
+    >>> masking.all_true({'fc': {'kernel': jnp.zeros((2, 3))}})['fc']['kernel']
+    Array([[ True,  True,  True],
+           [ True,  True,  True]], dtype=bool)
+  """
   return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.bool_), params)
 
 
@@ -56,7 +70,22 @@ def enforce(
   """Rewrites ``updates`` so that ``params + updates`` is zero where masked.
 
   Kept entries pass through bit for bit; masked ones become ``-params``, so
-  the sum is exactly ``0.0``.
+  the sum is exactly ``0.0``: ``u' = where(m, u, -w)``.
+
+  Args:
+    updates: the updates of the optimizer chain.
+    params: the current parameters, shaped like ``updates``.
+    masks: booleans shaped like ``updates``; `False` marks a pruned weight.
+
+  Returns:
+    The rewritten updates, shaped and typed like ``updates``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify import masking
+    >>> masking.enforce(jnp.array([0.5, 0.5]), jnp.array([1.0, 2.0]),
+    ...                 jnp.array([True, False]))
+    Array([ 0.5, -2. ], dtype=float32)
   """
   return jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), updates, params,
                       masks)
@@ -89,7 +118,10 @@ def mask_updates(
   its trained value. This keeps one extra copy of the selected weights.
 
   Args:
-    init_masks: ``params -> masks`` for the selected parameters.
+    init_masks: ``params -> masks`` for the selected parameters. The masks
+      may also cover more leaves (e.g. the masks of a whole model, or a
+      ``{path: mask}`` dict): each selected parameter takes the mask of its
+      path, and one without a mask keeps every weight.
     update_masks: ``(step, weights, masks) -> masks``, jit-compatible; ``None``
       keeps the initial masks for the whole run (static sparsity).
     update_every: recompute the masks every this many steps (``k``).
@@ -105,10 +137,26 @@ def mask_updates(
     An `optax.GradientTransformation`; place it last in the chain.
 
   Example:
-    >>> tx = optax.chain(optax.adam(1e-3), mask_updates(my_init))
+    Static masks that drop the negative weights of every kernel; biases are
+    not selected and train as usual:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[1.0, -2.0], [-3.0, 4.0]]),
+    ...                  'bias': jnp.array([-1.0, 1.0])}}
+    >>> tx = optax.chain(optax.sgd(0.5), sparsify.mask_updates(
+    ...     lambda p: jax.tree.map(lambda w: w >= 0, p)))
     >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = tx.update(grads, state, params)
     >>> params = optax.apply_updates(params, updates)  # already masked
+    >>> params['fc']['kernel']
+    Array([[0.5, 0. ],
+           [0. , 3.5]], dtype=float32)
+    >>> params['fc']['bias']
+    Array([-1.5,  0.5], dtype=float32)
   """
   if update_every < 1:
     raise ValueError(f"update_every: got {update_every}; allowed: an integer"
@@ -116,8 +164,11 @@ def mask_updates(
 
   def init_fn(params):
     dense = jax.tree.map(jnp.copy, params) if keep_pruned else ()  # own buffers
-    return MaskState(count=jnp.zeros([], jnp.int32), masks=init_masks(params),
-                     dense=dense)
+    given = dict(base.named_leaves(init_masks(params)))
+    masks = base.map_with_name(
+        lambda name, p: given[name] if name in given else jnp.ones(
+            jnp.shape(p), bool), params)
+    return MaskState(count=jnp.zeros([], jnp.int32), masks=masks, dense=dense)
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -160,6 +211,29 @@ def find_masks(opt_state: optax.OptState) -> base.Masks | None:
 
   Leaves that are not masked are `optax.MaskedNode()`; the report and
   `apply_masks` treat them as "keep everything".
+
+  Args:
+    opt_state: the state of an optimizer chain holding at most one masking
+      transform (a `MaskState`).
+
+  Returns:
+    The masks, a pytree shaped like the parameters, or ``None`` when the
+    state holds no `MaskState`.
+
+  Raises:
+    ValueError: if the state holds more than one `MaskState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsify.magnitude_pruning(0.5))
+    >>> masks = sparsify.find_masks(tx.init(params))
+    >>> masks['fc']['kernel'].shape, masks['fc']['bias']
+    ((2, 2), MaskedNode())
+    >>> print(sparsify.find_masks(optax.sgd(0.1).init(params)))
+    None
   """
   found = [
       s for s in jax.tree.leaves(
@@ -175,7 +249,28 @@ def find_masks(opt_state: optax.OptState) -> base.Masks | None:
 
 
 def apply_masks(params: base.Params, masks: base.Masks | None) -> base.Params:
-  """Returns ``params`` with masked entries set to zero."""
+  """Returns ``params`` with masked entries set to zero.
+
+  Args:
+    params: a pytree of arrays.
+    masks: booleans shaped like (a prefix of) ``params``, `False` where a
+      weight is pruned; `optax.MaskedNode()` leaves keep their parameter
+      whole, and ``None`` keeps everything.
+
+  Returns:
+    A pytree shaped like ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'kernel': jnp.array([1.0, -2.0, 3.0]), 'bias': jnp.ones(1)}
+    >>> masks = {'kernel': jnp.array([True, False, True]),
+    ...          'bias': optax.MaskedNode()}
+    >>> sparsify.apply_masks(params, masks)
+    {'bias': Array([1.], dtype=float32),
+     'kernel': Array([1., 0., 3.], dtype=float32)}
+  """
   if masks is None:
     return params
   return jax.tree.map(

@@ -83,7 +83,21 @@ def _build(registry: dict[str, Builder], field: str,
 def make_compression(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation | None:
-  """The compression transform named by ``config.method`` (None for none)."""
+  """The compression transform named by ``config.method`` (None for none).
+
+  Args:
+    config: the ``compression`` section of a config (`default_config`).
+    total_steps: the number of training steps; the fractions
+      ``config.begin`` and ``config.end`` are converted to steps with it.
+
+  Returns:
+    The `optax.GradientTransformation` of the method in `METHODS`, or
+    ``None`` for ``'none'`` and ``'sss'`` (SSS replaces the optimizer).
+
+  Raises:
+    ValueError: ``config.method`` is not one of `METHODS`, or its settings
+      do not fit it.
+  """
   return _build(METHODS, "method", config, total_steps)
 
 
@@ -105,5 +119,19 @@ REGULARIZERS: dict[str, Builder] = {
 def make_regularizer(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation | None:
-  """The penalty named by ``config.regularizer`` (None for none)."""
+  """The penalty named by ``config.regularizer`` (None for none).
+
+  Args:
+    config: the ``compression`` section of a config (`default_config`);
+      ``config.strength`` weighs the penalty.
+    total_steps: the number of training steps (unused by the penalties of
+      `REGULARIZERS`, which take the same arguments as `METHODS`).
+
+  Returns:
+    An `optax.GradientTransformation` that adds the penalty's gradient to
+    the updates, or ``None`` for ``'none'``.
+
+  Raises:
+    ValueError: ``config.regularizer`` is not one of `REGULARIZERS`.
+  """
   return _build(REGULARIZERS, "regularizer", config, total_steps)

@@ -37,7 +37,16 @@ class MetricWriter:
     self._quiet = quiet_prefixes
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """Writes ``scalars`` (name -> number) at ``step``."""
+    """Writes ``scalars`` (name -> number) at ``step``.
+
+    Every scalar goes to TensorBoard and to one JSON line
+    ``{"step": step, name: value, ...}``; those whose names do not start with
+    one of ``quiet_prefixes`` are also logged to stdout.
+
+    Args:
+      step: the training step the values belong to.
+      scalars: ``{name: value}``; each value is a number or a scalar array.
+    """
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     for key, value in scalars.items():
       self._tb.add_scalar(key, value, global_step=step)
@@ -48,5 +57,6 @@ class MetricWriter:
     log.info("step %d: %s", step, ", ".join(shown))
 
   def close(self) -> None:
+    """Flushes and closes the TensorBoard and ``metrics.jsonl`` files."""
     self._tb.close()
     self._jsonl.close()

@@ -66,9 +66,21 @@ def neuron_scores(params: base.Params, spec: Sequence[surgery.Unit],
     ``{unit name: float64 array of shape (N,)}``.
 
   Example:
-    >>> spec = surgery.spec_for("mlp", hidden=(300, 100))
-    >>> neuron_scores(variables["params"], spec)["fc1"].shape
-    (300,)
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
+    ...                                        [1.0, 0.0, 0.5, -1.0]]),
+    ...                   'bias': jnp.zeros(4)},
+    ...           'head': {'kernel': jnp.ones((4, 1))}}
+    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
+    >>> sparsify.neuron_scores(params, spec)
+    {'fc1': array([2. , 2. , 0.5, 4. ])}
+    >>> sparsify.neuron_scores(params, spec, norm='l2')['fc1'].round(3)
+    array([1.414, 2.   , 0.5  , 3.162])
+
+  References:
+    Zhang, Qin & Chan, "An efficient binary search based neuron pruning
+    method for ConvNet condensation", ICONIP 2017.
   """
   if norm not in NORMS:
     raise ValueError(f"norm: got {norm!r}; allowed: {', '.join(NORMS)}")
@@ -105,7 +117,9 @@ def neuron_masks(scores: Mapping[str, np.ndarray],
     ``{unit name: boolean (N,) array}``, ``True`` for the neurons kept.
 
   Example:
-    >>> neuron_masks({"fc1": np.array([3.0, 1.0, 2.0])}, {"fc1": 1})
+    >>> import numpy as np
+    >>> import sparsify
+    >>> sparsify.neuron_masks({"fc1": np.array([3.0, 1.0, 2.0])}, {"fc1": 1})
     {'fc1': array([ True, False,  True])}
   """
   unknown = sorted(set(counts) - set(scores))
@@ -149,8 +163,23 @@ def apply_neuron_masks(params: base.Params, spec: Sequence[surgery.Unit],
     Params of the same structure, shapes and dtypes.
 
   Example:
-    >>> keep = neuron_masks(neuron_scores(params, spec), {"fc1": 100})
-    >>> pruned = apply_neuron_masks(params, spec, keep)
+    Removing the two neurons of lowest L1 score (columns 0 and 2):
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
+    ...                                        [1.0, 0.0, 0.5, -1.0]]),
+    ...                   'bias': jnp.zeros(4)},
+    ...           'head': {'kernel': jnp.ones((4, 1))}}
+    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
+    >>> keep = sparsify.neuron_masks(sparsify.neuron_scores(params, spec),
+    ...                              {"fc1": 2})
+    >>> pruned = sparsify.apply_neuron_masks(params, spec, keep)
+    >>> pruned['fc1']['kernel']
+    Array([[ 0., -2.,  0.,  3.],
+           [ 0.,  0.,  0., -1.]], dtype=float32)
+    >>> pruned['head']['kernel'].ravel()  # consumers are kept by default
+    Array([1., 1., 1., 1.], dtype=float32)
   """
   units = {u.name: u for u in spec}
   unknown = sorted(set(keep) - set(units))
@@ -190,8 +219,23 @@ def ungated_spec(spec: Sequence[surgery.Unit],
   `surgery.spec_for` names the gates of gated models; for the same model
   built without gates, this is the specification `surgery.slim` needs.
 
+  Args:
+    spec: the structure specification of the gated model.
+    params: the parameters of the model actually trained.
+
+  Returns:
+    A new list of `surgery.Unit`; units whose gate path is not a leaf of
+    ``params`` get ``gate=None``.
+
   Example:
-    >>> spec = ungated_spec(surgery.spec_for("mlp", hidden=(64,)), params)
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> from sparsify import neuron_search
+    >>> params = {'fc1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
+    ...           'head': {'kernel': jnp.ones((4, 1))}}
+    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
+    >>> spec[0].gate, neuron_search.ungated_spec(spec, params)[0].gate
+    ('fc1_gate/gate', None)
   """
   names = {name for name, _ in base.named_leaves(params)}
   return [u if u.gate in names else dataclasses.replace(u, gate=None)
@@ -323,12 +367,36 @@ def binary_search_prune(
     A `SearchResult`.
 
   Example:
-    >>> spec = surgery.spec_for("mlp", hidden=(300, 100))
-    >>> result = binary_search_prune(params, accuracy, 0.01, spec=spec)
-    >>> slim = surgery.slim({"params": result.params},
-    ...                     ungated_spec(spec, params), result.keep)
+    A one-hidden-layer network scored by how little its output on ``x``
+    changes (0 is the best); with a tolerance of 0.5 only the weakest
+    neuron (column 2) can go, found in two evaluations after the baseline:
 
-  Reference: Zhang, Qin, Chan, binary-search neuron pruning, ICONIP 2017.
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> from sparsify import neuron_search
+    >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
+    ...                                        [1.0, 0.0, 0.5, -1.0]]),
+    ...                   'bias': jnp.zeros(4)},
+    ...           'head': {'kernel': jnp.ones((4, 1))}}
+    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
+    >>> def output(p, x=jnp.ones((1, 2))):
+    ...   h = jax.nn.relu(x @ p['fc1']['kernel'] + p['fc1']['bias'])
+    ...   return h @ p['head']['kernel']
+    >>> def evaluate(p):
+    ...   return -float(jnp.abs(output(p) - output(params)).sum())
+    >>> result = sparsify.binary_search_prune(params, evaluate, 0.5, spec=spec)
+    >>> result.counts, result.keep['fc1'], len(result.log)
+    ({'fc1': 1}, array([ True,  True, False,  True]), 3)
+    >>> slim = sparsify.slim({'params': result.params},
+    ...                      neuron_search.ungated_spec(spec, params),
+    ...                      result.keep)
+    >>> slim['params']['fc1']['kernel'].shape
+    (2, 3)
+
+  References:
+    Zhang, Qin & Chan, "An efficient binary search based neuron pruning
+    method for ConvNet condensation", ICONIP 2017.
   """
   try:
     tol = float(tolerance)

@@ -24,6 +24,23 @@ def make_schedule(
 
   ``constant``, ``cosine`` (decay to 0 at the last step) or ``step`` (x0.1 at
   50 % and 75 % of training), each after ``warmup_steps`` of linear warm-up.
+
+  Args:
+    config: the ``optimizer`` section of a config: ``learning_rate``,
+      ``schedule`` and ``warmup_steps``.
+    total_steps: the number of training steps, warm-up included.
+
+  Returns:
+    An `optax.Schedule`: the learning rate as a function of the step.
+
+  Example:
+    >>> import sparsify
+    >>> from sparsify import optim
+    >>> opt = sparsify.default_config().optimizer
+    >>> opt.learning_rate, opt.schedule, opt.warmup_steps = 0.1, 'step', 10
+    >>> schedule = optim.make_schedule(opt, total_steps=110)
+    >>> [round(float(schedule(step)), 4) for step in (0, 5, 10, 60, 85)]
+    [0.0, 0.05, 0.1, 0.01, 0.001]
   """
   lr = config.learning_rate
   warmup = int(config.warmup_steps)
@@ -44,7 +61,18 @@ def make_schedule(
 def base_optimizer(
     opt: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation:
-  """The optimizer of ``config.optimizer`` alone, with its schedule."""
+  """The optimizer of ``config.optimizer`` alone, with its schedule.
+
+  Args:
+    opt: the ``optimizer`` section of a config: ``name``, the schedule's
+      fields (see `make_schedule`), ``momentum`` and ``weight_decay``.
+    total_steps: the number of training steps, for the schedule.
+
+  Returns:
+    An `optax.GradientTransformation`: ``optax.adamw`` for ``'adamw'``
+    (decoupled weight decay), else the optimizer preceded by
+    ``optax.add_decayed_weights`` when ``weight_decay`` is nonzero.
+  """
   lr = make_schedule(opt, total_steps)
   if opt.name == "adamw":
     return optax.adamw(lr, weight_decay=opt.weight_decay)

@@ -64,6 +64,7 @@ class Model:
 
   @functools.cached_property
   def module(self):
+    """The Flax module, ``models.get_model(name, **kwargs)``."""
     return models.get_model(self.name, **self.kwargs)
 
   @functools.cached_property
@@ -78,13 +79,32 @@ SELECTING = ("lct", "search")
 
 
 def holds_out(config: ml_collections.ConfigDict) -> bool:
-  """Whether a run holds validation examples out of its training split."""
+  """Whether a run holds validation examples out of its training split.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    True if ``config.post.stages`` has a stage of `SELECTING`.
+
+  Raises:
+    ValueError: ``config.post.stages`` names an unknown stage.
+  """
   return any(s in SELECTING for s in stage_names(config))
 
 
 def split_validation(dataset: data_lib.Dataset, n: int) -> tuple[
     data_lib.Dataset, data_lib.Split]:
-  """The dataset without its last ``n`` training examples, and those."""
+  """The dataset without its last ``n`` training examples, and those.
+
+  Args:
+    dataset: the dataset to split.
+    n: how many training examples to hold out; at most all but one.
+
+  Returns:
+    ``(dataset, held)``: ``dataset`` with the shortened training split (its
+    mean and std unchanged), and the held-out examples as a `Split`.
+  """
   n = min(n, len(dataset.train.labels) - 1)
   train = data_lib.Split(dataset.train.images[:-n], dataset.train.labels[:-n])
   held = data_lib.Split(dataset.train.images[-n:], dataset.train.labels[-n:])
@@ -92,7 +112,15 @@ def split_validation(dataset: data_lib.Dataset, n: int) -> tuple[
 
 
 class Context:
-  """The data, config and compiled evaluation shared by the stages."""
+  """The data, config and compiled evaluation shared by the stages.
+
+  Args:
+    config: the experiment config.
+    dataset: the dataset the model was trained on.
+    workdir: the run's directory.
+    validation: the examples that selection stages evaluate on; ``None``
+      for the last ``config.post.validation_examples`` training examples.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict,
                dataset: data_lib.Dataset, workdir: str,
@@ -112,7 +140,17 @@ class Context:
     self.validation = validation
 
   def accuracy(self, model: Model, variables=None, split=None) -> float:
-    """Accuracy of ``model`` (or of ``variables`` in it) on a split."""
+    """Accuracy of ``model`` (or of ``variables`` in it) on a split.
+
+    Args:
+      model: the model whose module (and, by default, variables) to use.
+      variables: variables to evaluate in ``model``'s module instead of its
+        own; ``None`` for ``model.variables``.
+      split: the examples; ``None`` for the dataset's eval split.
+
+    Returns:
+      The fraction of examples classified correctly, in [0, 1].
+    """
     variables = model.variables if variables is None else variables
     split = self.dataset.eval if split is None else split
     step = model.eval_step
@@ -132,6 +170,18 @@ class Context:
     The optimizer is the config's, with a cosine schedule over ``steps``
     from ``learning_rate``; ``masks`` (if any) stay enforced, and ``extra``
     is appended after them (e.g. a ternary constraint).
+
+    Args:
+      model: the model to train, from its current variables.
+      steps: the number of training steps; 0 or less trains nothing.
+      learning_rate: the initial learning rate of the cosine schedule.
+      extra: a transform appended to the optimizer chain, or ``None``.
+      masks: keep-masks of the params; masked-out weights get no updates.
+
+    Returns:
+      The new variables (``params`` and, if the model has them,
+      ``batch_stats``) as numpy arrays; ``model.variables`` if ``steps`` is
+      not positive.
     """
     if steps <= 0:
       return model.variables
@@ -164,11 +214,28 @@ class Context:
     return jax.tree.map(np.asarray, out)
 
   def epochs_to_steps(self, epochs: float) -> int:
+    """Converts a number of epochs into training steps.
+
+    Args:
+      epochs: a (possibly fractional) number of passes over the train split.
+
+    Returns:
+      ``epochs`` times the steps per epoch at the config's batch size,
+      rounded to the nearest integer.
+    """
     return int(round(epochs * data_lib.steps_per_epoch(
         self.dataset.train, self.config.data.batch_size)))
 
   def measure(self, model: Model) -> dict[str, Any]:
-    """Test accuracy, parameters, FLOPs and sparse bytes of ``model``."""
+    """Test accuracy, parameters, FLOPs and sparse bytes of ``model``.
+
+    Args:
+      model: the model to measure; its masks (if any) count as zeros.
+
+    Returns:
+      ``{'test_accuracy', 'params', 'nonzeros', 'flops', 'flops_effective',
+      'bytes_sparse'}``, as in `report.compression_report`'s total.
+    """
     shapes = report_lib.layer_output_shapes(
         model.module, model.variables, (1, *self.dataset.input_shape))
     rep = report_lib.compression_report(
@@ -233,6 +300,17 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   accelerator kernels are faster on multiples of 8), keeping the next
   largest scales. ResNet residual branches whose block gate is at most the
   threshold are removed first (`surgery.remove_blocks`).
+
+  Args:
+    ctx: the run's `Context`.
+    model: the model to slim.
+    cfg: ``config.post.slim``: ``threshold``, ``fraction``,
+      ``relative`` and ``multiple``.
+
+  Returns:
+    ``(model, record)``: the slimmed model, and the units per layer
+    before and after (and the ResNet ``block_plan``, if blocks were
+    removed).
   """
   record = {}
   if model.name == "resnet" and model.kwargs.get("block_gates"):
@@ -279,7 +357,19 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
 
 def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
-  """Binary-search neuron pruning on the validation examples, then slim."""
+  """Binary-search neuron pruning on the validation examples, then slim.
+
+  Args:
+    ctx: the run's `Context`.
+    model: the model to prune.
+    cfg: ``config.post.search``: ``tolerance``, ``norm``, ``order``,
+      ``relative`` and ``finetune_steps``.
+
+  Returns:
+    ``(model, record)``: the slimmed model, and the units per layer
+    before and after, the number of evaluations, the search's duration
+    in seconds, the validation accuracy before and the search's log.
+  """
   spec = neuron_search.ungated_spec(_spec(model), model.variables["params"])
   rest = {k: v for k, v in model.variables.items() if k != "params"}
 
@@ -312,7 +402,17 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
 
 def finetune_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
-  """Trains the current model (masks kept) for ``cfg.epochs``."""
+  """Trains the current model (masks kept) for ``cfg.epochs``.
+
+  Args:
+    ctx: the run's `Context`.
+    model: the model to train.
+    cfg: ``config.post.finetune``: ``epochs`` and ``learning_rate``.
+
+  Returns:
+    ``(model, record)``: the model with its new variables, and
+    ``{'steps': ...}``.
+  """
   steps = ctx.epochs_to_steps(cfg.epochs)
   variables = ctx.finetune(model, steps, cfg.learning_rate,
                            masks=model.masks)
@@ -326,6 +426,16 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   inputs and at most ``cfg.centroids`` (and no more than its rows)
   centroids; a layer whose PQ encoding would not be smaller than its
   lossless one is left as it is.
+
+  Args:
+    ctx: the run's `Context`.
+    model: the model whose kernels to quantize.
+    cfg: ``config.post.pq``: ``dim``, ``centroids`` and ``where``.
+
+  Returns:
+    ``(model, record)``: the model with quantized kernels and their
+    `PQLayer` encodings, and ``{'quantized_layers': {path: {'dim',
+    'centroids'}}}``.
   """
   params = model.variables["params"]
   masks = _kernel_masks(model.masks)
@@ -377,6 +487,15 @@ def share_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   Each selected kernel's kept weights are clustered by 1-D k-means into
   ``2 ** cfg.bits`` shared values (`sparsify.quantization.share_weights`)
   and stored with relative sparse indices (the file's ``shared`` encoding).
+
+  Args:
+    ctx: the run's `Context`.
+    model: the model whose kernels to share.
+    cfg: ``config.post.share``: ``bits`` and ``where``.
+
+  Returns:
+    ``(model, record)``: the model with shared kernels and their
+    `SharedLayer` encodings, and ``{'shared_layers': [path, ...]}``.
   """
   params = model.variables["params"]
   masks = _kernel_masks(model.masks)
@@ -403,6 +522,18 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   :math:`\\{-\\sigma, 0, \\sigma\\}` on its mask, train ``cfg.steps`` steps,
   keep it if validation accuracy stays within ``cfg.budget`` of the pruned
   model's, else revert it and stop.
+
+  Args:
+    ctx: the run's `Context`.
+    model: the model to prune and ternarize.
+    cfg: ``config.post.lct``: ``sparsity``, ``by``, ``sigma``,
+      ``sigma_learning_rate``, ``steps``, ``prune_steps``,
+      ``learning_rate`` and ``budget``.
+
+  Returns:
+    ``(model, record)``: the pruned model with its accepted layers
+    ternary (and their encodings), and the layer order, significances,
+    accuracies and per-layer decisions.
   """
   params = model.variables["params"]
   sig = lct.layer_significance(params, sparsity=cfg.sparsity, by=cfg.by)
@@ -433,9 +564,12 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     if not accepted:
       break
     current, chosen = candidate, trial
+  # Each ternary layer in the smaller of its two lossless layouts: a bitmask
+  # or relative indices, plus a sign bit per nonzero and sigma.
   encodings = dict(current.encodings)
+  flat = dict(base.named_leaves(current.variables["params"]))
   for layer in chosen:
-    encodings[f"params/{layer}"] = "ternary"
+    encodings[f"params/{layer}"] = compressed.smallest_ternary(flat[layer])
   return dataclasses.replace(current, encodings=encodings), {
       "order": list(sig.order), "significance": sig.scores,
       "validation_reference": reference, "pruned_test_accuracy": pruned_test,
@@ -454,7 +588,25 @@ STAGES = {
 
 
 def stage_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The stages of ``config.post.stages`` (comma-separated), checked."""
+  """The stages of ``config.post.stages`` (comma-separated), checked.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    The stage names, in order, without blanks.
+
+  Raises:
+    ValueError: a name is not one of `STAGES`.
+
+  Example:
+    >>> import sparsify
+    >>> from sparsify import pipeline
+    >>> config = sparsify.default_config()
+    >>> config.post.stages = 'slim, finetune'
+    >>> pipeline.stage_names(config)
+    ['slim', 'finetune']
+  """
   names = [s.strip() for s in config.post.stages.split(",") if s.strip()]
   for s in names:
     if s not in STAGES:
@@ -517,6 +669,16 @@ def evaluate_file(path: str, dataset: data_lib.Dataset,
 
   Returns bytes on disk, the float32 size, the accuracy recorded at save
   time and the accuracy measured now on ``dataset``'s eval split.
+
+  Args:
+    path: a file written by `run` (its metadata names the model and its
+      arguments, and records ``test_accuracy``).
+    dataset: the dataset whose eval split to evaluate on.
+    eval_batch_size: examples per evaluation batch.
+
+  Returns:
+    ``{'path', 'bytes_on_disk', 'float32_bytes', 'recorded_accuracy',
+    'decoded_accuracy'}``.
   """
   variables, meta = compressed.load(path)
   spec = meta["model"]
@@ -547,7 +709,15 @@ def _jsonable(x):
 
 
 def table(results: dict[str, Any]) -> str:
-  """The stages as a text table, then the compressed file's line."""
+  """The stages as a text table, then the compressed file's line.
+
+  Args:
+    results: what `run` returns.
+
+  Returns:
+    One line per stage (accuracy, parameters, nonzeros, MFLOPs), then one
+    line on the compressed file, joined with newlines.
+  """
   lines = [f"{'stage':<10} {'test acc':>9} {'params':>10} {'nonzeros':>10} "
            f"{'MFLOPs':>8}"]
   for r in results["stages"]:

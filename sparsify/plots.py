@@ -49,7 +49,19 @@ def _figure(width: float, height: float):
 
 
 def weights_path(workdir: str, name: str) -> str:
-  """``<workdir>/weights_<name>.npz``, the file `save_weights` writes."""
+  """``<workdir>/weights_<name>.npz``, the file `save_weights` writes.
+
+  Args:
+    workdir: the run's directory.
+    name: the file's tag, e.g. ``'before'``: letters, digits, ``_``, ``-``
+      and ``.`` only.
+
+  Returns:
+    The path of the file.
+
+  Raises:
+    ValueError: ``name`` is empty or has another character.
+  """
   if not isinstance(name, str) or not _NAME.match(name):
     raise ValueError(f"name: got {name!r}; allowed: letters, digits, '_', "
                      "'-' and '.', e.g. 'before' or 'after'")
@@ -76,8 +88,21 @@ def save_weights(workdir: str, params: base.Params, name: str, *,
   Returns:
     The path written.
 
+  Raises:
+    ValueError: ``name`` is not a valid tag (see `weights_path`) or
+      ``where`` selects no leaf.
+
   Example:
-    >>> save_weights(workdir, state.params, 'before')
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import sparsify
+    >>> from sparsify import plots
+    >>> params = {'fc1': {'kernel': np.ones((4, 3)), 'bias': np.zeros(3)}}
+    >>> with tempfile.TemporaryDirectory() as workdir:
+    ...   path = sparsify.save_weights(workdir, params, 'before')
+    ...   saved = plots.load_weights(path)
+    >>> os.path.basename(path), {k: v.shape for k, v in saved.items()}
+    ('weights_before.npz', {'fc1/kernel': (4, 3)})
   """
   path = weights_path(workdir, name)
   chosen = base.path_predicate(where)
@@ -97,7 +122,14 @@ def save_weights(workdir: str, params: base.Params, name: str, *,
 
 
 def load_weights(path: str) -> dict[str, np.ndarray]:
-  """Reads a file of `save_weights` back as ``{path: array}``."""
+  """Reads a file of `save_weights` back as ``{path: array}``.
+
+  Args:
+    path: the ``.npz`` file.
+
+  Returns:
+    ``{leaf path: numpy array}``, e.g. ``{'fc1/kernel': ...}``.
+  """
   with np.load(path) as data:
     return {k: data[k] for k in data.files}
 
@@ -114,6 +146,10 @@ def read_metrics(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   Returns:
     For every scalar name (``'train/loss'``, ``'sparsity/fc1/kernel'``, ...)
     its steps (int) and values (float).
+
+  Raises:
+    ValueError: ``workdir`` has no ``metrics.jsonl``, or a line of it is not
+      a JSON object with a ``step``.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
@@ -260,10 +296,25 @@ def plot_run(workdir: str) -> list[str]:
   Returns:
     The paths written, in the order above.
 
+  Raises:
+    ValueError: ``workdir`` has no readable ``metrics.jsonl``.
+
   Example:
-    >>> results = sparsify.train_and_evaluate(config, workdir)
-    >>> sparsify.plot_run(workdir)
-    ['/tmp/run/sparsity.png', '/tmp/run/training.png']
+    A run's workdir holds ``metrics.jsonl``; here three rows are written by
+    hand:
+
+    >>> import json, os, tempfile
+    >>> import sparsify
+    >>> with tempfile.TemporaryDirectory() as workdir:
+    ...   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    ...     for step in (0, 100, 200):
+    ...       row = {'step': step, 'train/loss': 2.3 / (1 + step / 100),
+    ...              'sparsity/fc1/kernel': step / 400}
+    ...       print(json.dumps(row), file=f)
+    ...   written = sparsify.plot_run(workdir)
+    ...   names = [os.path.relpath(p, workdir) for p in written]
+    >>> names
+    ['sparsity.png', 'training.png']
   """
   metrics = read_metrics(workdir)
   written = [
@@ -305,8 +356,13 @@ def pareto_front(points: Any, maximize: Sequence[bool] = (True, True)
     (ties by increasing ``y``).
 
   Example:
-    >>> pareto_front([[1, 0.9], [2, 0.8], [2, 0.7], [0.5, 0.85]])
+    >>> import sparsify
+    >>> ratio_and_accuracy = [[1, 0.9], [2, 0.8], [2, 0.7], [0.5, 0.85]]
+    >>> sparsify.pareto_front(ratio_and_accuracy)
     array([0, 1])
+    >>> bytes_and_accuracy = [[400, 0.9], [300, 0.8], [500, 0.95]]
+    >>> sparsify.pareto_front(bytes_and_accuracy, maximize=(False, True))
+    array([1, 0, 2])
   """
   mx, my = _check_maximize(maximize)
   p = np.asarray(points, np.float64)
@@ -352,9 +408,24 @@ def pareto(rows: Sequence[Mapping[str, Any]], x: str, y: str, path: str, *,
   Returns:
     The rows on the front, by increasing ``x``.
 
+  Raises:
+    ValueError: ``maximize`` is not a pair of bools, or no row has numbers
+      under both ``x`` and ``y``.
+
   Example:
-    >>> front = pareto(rows, 'compression_ratio', 'eval_accuracy',
-    ...                '/tmp/sweep/pareto.png', label='sparsity')
+    >>> import os, tempfile
+    >>> import sparsify
+    >>> rows = [
+    ...     {'sparsity': 0.5, 'compression_ratio': 2.0, 'eval_accuracy': 0.98},
+    ...     {'sparsity': 0.8, 'compression_ratio': 5.0, 'eval_accuracy': 0.97},
+    ...     {'sparsity': 0.9, 'compression_ratio': 10., 'eval_accuracy': 0.975},
+    ...     {'sparsity': 0.95, 'compression_ratio': 20., 'eval_accuracy': 0.95}]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   front = sparsify.pareto(rows, 'compression_ratio', 'eval_accuracy',
+    ...                           os.path.join(tmp, 'pareto.png'),
+    ...                           label='sparsity')
+    >>> [row['sparsity'] for row in front]  # 0.8 is dominated by 0.9
+    [0.5, 0.9, 0.95]
   """
   mx, my = _check_maximize(maximize)
 

@@ -26,12 +26,51 @@ from sparsify import base
 
 
 def value_at(value: base.ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
-  """A hyper-parameter's value at ``count``: calls it if it is a schedule."""
+  """A hyper-parameter's value at ``count``: calls it if it is a schedule.
+
+  Args:
+    value: a constant or a schedule ``count -> value``.
+    count: the step count (possibly traced).
+
+  Returns:
+    ``value(count)`` for a schedule, otherwise ``value``.
+
+  Example:
+    >>> import optax
+    >>> from sparsify import proximal
+    >>> proximal.value_at(0.5, 3)
+    0.5
+    >>> float(proximal.value_at(optax.linear_schedule(0.0, 1.0, 10), 5))
+    0.5
+  """
   return value(count) if callable(value) else value
 
 
 def counting_transform(state_cls, fn) -> optax.GradientTransformation:
-  """A transform whose state is a count: ``fn(updates, params, count)``."""
+  """A transform whose state is a count: ``fn(updates, params, count)``.
+
+  Args:
+    state_cls: a NamedTuple class with a single field ``count``.
+    fn: ``(updates, params, count) -> updates``, jit-compatible; ``count``
+      is the number of updates seen before this one.
+
+  Returns:
+    An `optax.GradientTransformation` that needs ``params``.
+
+  Example:
+    >>> from typing import NamedTuple
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import proximal
+    >>> class State(NamedTuple):
+    ...   count: jax.Array
+    >>> tx = proximal.counting_transform(State, lambda u, p, c: u * (c + 1))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(jnp.ones(2), state, jnp.zeros(2))
+    >>> updates, state.count
+    (Array([2., 2.], dtype=float32), Array(2, dtype=int32))
+  """
 
   def init_fn(params):
     del params
@@ -60,8 +99,14 @@ def soft_threshold(x: Any, a: jax.typing.ArrayLike) -> Any:
     ``S_a(x)``, shaped like ``x``; entries with ``|x| <= a`` are exactly 0.
 
   Example:
-    >>> soft_threshold(jnp.array([-2.0, 0.5, 3.0]), 1.0)
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> sparsify.soft_threshold(jnp.array([-2.0, 0.5, 3.0]), 1.0)
     Array([-1.,  0.,  2.], dtype=float32)
+
+  References:
+    Donoho, "De-noising by soft-thresholding", IEEE Transactions on
+    Information Theory 41(3), 1995.
   """
   return jax.tree.map(
       lambda z: jnp.sign(z) * jnp.maximum(jnp.abs(z) - a, 0), x)
@@ -113,8 +158,20 @@ def accelerated_proximal_gradient(
     An `optax.GradientTransformation` whose state is an `APGState`.
 
   Example:
-    >>> tx = accelerated_proximal_gradient(0.1, gamma=0.01, momentum=0.9)
-    >>> updates, state = tx.update(grads, tx.init(scales), scales)
+    With a zero gradient the first step soft-thresholds by
+    :math:`\eta\gamma = 0.5` and the momentum adds :math:`\mu` times that
+    move again: 2 and 3 move by 0.95, and 0.25, which the shrinkage sets to
+    0, would overshoot to -0.225 but is clamped at 0 (``nonnegative``):
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> scales = jnp.array([0.25, 2.0, 3.0])
+    >>> tx = sparsify.accelerated_proximal_gradient(0.5, gamma=1.0,
+    ...                                             nonnegative=True)
+    >>> updates, state = tx.update(jnp.zeros(3), tx.init(scales), scales)
+    >>> optax.apply_updates(scales, updates)
+    Array([0.  , 1.05, 2.05], dtype=float32)
 
   References:
     Huang & Wang, "Data-driven sparse structure selection for deep neural
@@ -169,7 +226,15 @@ def proximal_sgd(
     it is given (use `optax.multi_transform` to restrict it).
 
   Example:
-    >>> tx = proximal_sgd(0.1, l1=1e-3)
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = jnp.array([0.25, -2.0, 3.0])
+    >>> tx = sparsify.proximal_sgd(0.5, l1=1.0)
+    >>> updates, _ = tx.update(jnp.array([0.0, 0.0, 2.0]), tx.init(params),
+    ...                        params)
+    >>> optax.apply_updates(params, updates)  # S_0.5([0.25, -2, 2])
+    Array([ 0. , -1.5,  1.5], dtype=float32)
 
   References:
     Beck & Teboulle, "A fast iterative shrinkage-thresholding algorithm for
@@ -227,8 +292,21 @@ def group_lasso_prox(
     An `optax.GradientTransformation`; place it after the optimizer.
 
   Example:
-    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9),
-    ...                  group_lasso_prox(0.1, strength=1e-4))
+    Two output units of a Dense kernel and the threshold
+    :math:`\eta\lambda = 2.5`: the first column (norm 0.5) becomes 0, the
+    second (norm 5) is scaled by :math:`1 - 2.5 / 5`:
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[0.3, 3.0], [0.4, 4.0]])}}
+    >>> tx = optax.chain(optax.sgd(0.5), sparsify.group_lasso_prox(
+    ...     0.5, strength=5.0, scale_by_group_size=False))
+    >>> grads = {'fc': {'kernel': jnp.zeros((2, 2))}}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)['fc']['kernel']
+    Array([[0. , 1.5],
+           [0. , 2. ]], dtype=float32)
 
   References:
     Yuan & Lin, "Model selection and estimation in regression with grouped

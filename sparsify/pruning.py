@@ -72,6 +72,15 @@ def top_k_mask(
 
   Returns:
     One boolean array per score array.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> top_k_mask = jax.jit(sparsify.top_k_mask)
+    >>> top_k_mask([jnp.array([3.0, 1.0, 2.0]), jnp.array([0.5, 4.0])], 2)
+    [Array([ True, False, False], dtype=bool),
+     Array([False,  True], dtype=bool)]
   """
   k = jnp.asarray(k, jnp.int32)
   threshold = _kth_largest_bits(scores, k)
@@ -83,7 +92,20 @@ def top_k_mask(
 
 
 def keep_count(size: int, sparsity: jax.typing.ArrayLike) -> jax.Array:
-  """Number of weights kept out of ``size`` at ``sparsity`` (rounded)."""
+  """Number of weights kept out of ``size`` at ``sparsity`` (rounded).
+
+  Args:
+    size: the number of weights.
+    sparsity: the fraction removed, a scalar (possibly traced).
+
+  Returns:
+    ``size - round(sparsity * size)``, an int32 scalar.
+
+  Example:
+    >>> from sparsify import pruning
+    >>> int(pruning.keep_count(10, 0.75))
+    2
+  """
   return jnp.int32(size) - jnp.round(
       jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
 
@@ -104,6 +126,22 @@ def select_by_score(
 
   Returns:
     A pytree of boolean masks shaped like ``scores``.
+
+  Example:
+    Keeping half of six scores: two per layer, or the three largest of all:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> scores = {'a': jnp.array([3.0, 1.0, 2.0, 5.0]),
+    ...           'b': jnp.array([0.5, 0.25])}
+    >>> select = jax.jit(sparsify.select_by_score, static_argnames='allocation')
+    >>> select(scores, 0.5)
+    {'a': Array([ True, False, False,  True], dtype=bool),
+     'b': Array([ True, False], dtype=bool)}
+    >>> select(scores, 0.5, allocation='global')
+    {'a': Array([ True, False,  True,  True], dtype=bool),
+     'b': Array([False, False], dtype=bool)}
   """
   leaves, treedef = jax.tree.flatten(scores)
   if allocation == "global":
@@ -117,7 +155,23 @@ def select_by_score(
 
 
 def check_fraction(name: str, value: Any) -> None:
-  """Checks a Python number; arrays (e.g. injected hyper-parameters) pass."""
+  """Checks a Python number; arrays (e.g. injected hyper-parameters) pass.
+
+  Args:
+    name: the argument's name, for the error message.
+    value: the value to check.
+
+  Raises:
+    ValueError: if ``value`` is a Python number outside [0, 1).
+
+  Example:
+    >>> from sparsify import pruning
+    >>> pruning.check_fraction("sparsity", 0.9)
+    >>> pruning.check_fraction("sparsity", 1.0)
+    Traceback (most recent call last):
+      ...
+    ValueError: sparsity: got 1.0; allowed: a fraction in [0, 1)
+  """
   if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
     raise ValueError(f"{name}: got {value}; allowed: a fraction in [0, 1)")
 
@@ -160,9 +214,25 @@ def gradual_magnitude_pruning(
     An `optax.GradientTransformation`; place it last in the chain.
 
   Example:
-    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9),
-    ...                  gradual_magnitude_pruning(0.9, begin_step=0,
-    ...                                            end_step=1000))
+    With ``power=1`` the sparsity ramps linearly to 0.75 over steps 0 to 2;
+    the zeros of a 4x4 kernel after each step:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.arange(1.0, 17.0).reshape(4, 4)}}
+    >>> grads = {'fc': {'kernel': jnp.zeros((4, 4))}}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsify.gradual_magnitude_pruning(
+    ...     0.75, begin_step=0, end_step=2, update_every=1, power=1.0))
+    >>> state, update = tx.init(params), jax.jit(tx.update)
+    >>> for _ in range(3):
+    ...   updates, state = update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(int((params['fc']['kernel'] == 0).sum()))
+    0
+    6
+    12
 
   References:
     Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
@@ -199,8 +269,14 @@ def magnitude_pruning(
 ) -> optax.GradientTransformation:
   """One-shot magnitude pruning: at ``step``, drop the smallest weights.
 
-  The masks are then kept fixed for the rest of training (the pruned weights
-  stay exactly zero, the others keep training).
+  At ``step`` each selected layer (or, with ``'global'``, all of them
+  pooled) keeps the weights whose magnitude is at least ``q``, that of its
+  ``k``-th largest weight::
+
+    mask = |W| >= q,    k = size - round(sparsity * size)
+
+  The masks are then kept fixed for the rest of training (the pruned
+  weights stay exactly zero, the others keep training).
 
   Args:
     sparsity: fraction of weights to remove, in [0, 1).
@@ -210,6 +286,19 @@ def magnitude_pruning(
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[0.1, -2.0], [3.0, -0.4]])}}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsify.magnitude_pruning(0.5))
+    >>> grads = {'fc': {'kernel': jnp.zeros((2, 2))}}
+    >>> updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)['fc']['kernel']
+    Array([[ 0., -2.],
+           [ 3.,  0.]], dtype=float32)
 
   References:
     Han, Pool, Tran & Dally, "Learning both weights and connections for
@@ -230,6 +319,24 @@ def erk_densities(
   number of kept weights is :math:`(1 - s) \sum_l |W_l|`. Layers whose density
   would exceed 1 are kept dense and :math:`\epsilon` is solved again for the
   rest.
+
+  Args:
+    shapes: the shape of each layer.
+    sparsity: the overall fraction :math:`s` of weights removed, in [0, 1).
+    scale: a factor on every raw density :math:`\sum_i n_i / \prod_i n_i`
+      (it cancels unless some layer is kept dense).
+
+  Returns:
+    One density (fraction of weights kept) per layer, Python floats.
+
+  Example:
+    The small last layer stays dense; the large first one is the sparsest:
+
+    >>> import sparsify
+    >>> densities = sparsify.erk_densities([(784, 300), (300, 100), (100, 10)],
+    ...                                    0.9)
+    >>> [round(d, 3) for d in densities]
+    [0.08, 0.23, 1.0]
 
   References:
     Evci et al., "Rigging the lottery: making all tickets winners", ICML 2020.
@@ -255,10 +362,14 @@ def random_sparsity(
 ) -> optax.GradientTransformation:
   """Static random sparsity: a fixed random mask from step 0.
 
-  Each selected layer keeps a uniformly random subset of its weights, of
-  exactly ``round((1 - s_l) * size)`` entries, where :math:`s_l` is
-  ``sparsity`` for every layer (``'uniform'``) or the ERK allocation with the
-  same total (``'erk'``, see `erk_densities`). The masks never change.
+  Each selected layer :math:`l` keeps a uniformly random subset of its
+  weights, of exactly ``kept_l`` entries::
+
+    kept_l = size_l - round(s_l * size_l)
+
+  where :math:`s_l` is ``sparsity`` for every layer
+  (``'uniform'``) or the ERK allocation with the same total (``'erk'``, see
+  `erk_densities`). The masks never change.
 
   Args:
     sparsity: overall fraction of weights removed, in [0, 1).
@@ -269,6 +380,18 @@ def random_sparsity(
   Returns:
     An `optax.GradientTransformation`; place it last in the chain. The first
     update zeroes the masked initial weights.
+
+  Example:
+    A 4x5 kernel at sparsity 0.75 keeps 5 random weights:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.ones((4, 5))}}
+    >>> tx = sparsify.random_sparsity(0.75, seed=0)
+    >>> masks = sparsify.find_masks(jax.jit(tx.init)(params))
+    >>> int(masks['fc']['kernel'].sum())
+    5
 
   References:
     Liu et al., "The unreasonable effectiveness of random pruning", ICLR 2022.

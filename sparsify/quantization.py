@@ -39,12 +39,40 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def dense_kernel(name: str, leaf: Any) -> bool:
-  """True for fully-connected kernels: 2-D leaves named ``kernel``."""
+  """True for fully-connected kernels: 2-D leaves named ``kernel``.
+
+  Args:
+    name: the leaf's path, ``'/'``-separated.
+    leaf: the leaf (an array).
+
+  Returns:
+    Whether the leaf is a Dense kernel, a Python bool.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify import quantization
+    >>> quantization.dense_kernel('fc1/kernel', jnp.zeros((3, 4)))
+    True
+    >>> quantization.dense_kernel('conv/kernel', jnp.zeros((3, 3, 1, 4)))
+    False
+  """
   return name.rsplit("/", 1)[-1] == "kernel" and jnp.ndim(leaf) == 2
 
 
 def code_bits(k: int) -> int:
-  """Bits per code for ``k`` centroids: ``ceil(log2 k)`` (0 for ``k = 1``)."""
+  """Bits per code for ``k`` centroids: ``ceil(log2 k)`` (0 for ``k = 1``).
+
+  Args:
+    k: the number of centroids, ``>= 1``.
+
+  Returns:
+    The number of bits, a Python int.
+
+  Example:
+    >>> from sparsify import quantization
+    >>> [quantization.code_bits(k) for k in (1, 2, 16, 17)]
+    [0, 1, 4, 5]
+  """
   return (int(k) - 1).bit_length()
 
 
@@ -259,7 +287,18 @@ def kmeans(
     row assigned to its nearest centroid.
 
   Example:
-    >>> centroids, assignment = kmeans(x, 16, key=jax.random.key(0))
+    Two clusters of 1-D points:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import sparsify
+    >>> x = jnp.array([[0.0], [0.1], [0.2], [5.0], [5.2]])
+    >>> centroids, assignment = sparsify.kmeans(x, 2, key=jax.random.key(0))
+    >>> sorted(round(float(c), 2) for c in centroids[:, 0])
+    [0.1, 5.1]
+    >>> sorted(np.bincount(assignment).tolist())
+    [2, 3]
 
   References:
     Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory 1982.
@@ -359,9 +398,20 @@ def pq_encode(
     A `PQCode`.
 
   Example:
-    >>> code = pq_encode(params['fc1']['kernel'], subspaces=4, centroids=16,
-    ...                  key=jax.random.key(0))
-    >>> approx = pq_decode(code)
+    A ``(4, 4)`` kernel (``n = 4`` inputs, ``m = 4`` units) in two
+    sub-spaces of 2 inputs, two centroids each; units 0 and 1 share a
+    centroid, as do units 2 and 3:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> kernel = jnp.tile(jnp.array([0.0, 0.5, 8.0, 8.5]), (4, 1))
+    >>> code = sparsify.pq_encode(kernel, subspaces=2, centroids=2,
+    ...                           key=jax.random.key(0))
+    >>> code.codebooks.shape, code.codes.shape
+    ((2, 2, 2), (4, 2))
+    >>> sparsify.pq_decode(code)[0]
+    Array([0.25, 0.25, 8.25, 8.25], dtype=float32)
 
   References:
     Jegou, Douze & Schmid, "Product quantization for nearest neighbor
@@ -395,6 +445,22 @@ def pq_decode(code: PQCode,
 
   Returns:
     The float32 kernel of shape ``code.shape``.
+
+  Example:
+    A hand-made code of a ``(2, 2)`` kernel: one sub-space, two centroids;
+    unit 0 takes centroid 1, unit 1 centroid 0:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> code = sparsify.PQCode(codebooks=jnp.array([[[1.0, 2.0], [3.0, 4.0]]]),
+    ...                        codes=jnp.array([[1], [0]]), shape=(2, 2))
+    >>> sparsify.pq_decode(code)
+    Array([[3., 1.],
+           [4., 2.]], dtype=float32)
+    >>> sparsify.pq_decode(code, mask=jnp.array([[True, False],
+    ...                                          [True, True]]))
+    Array([[3., 0.],
+           [4., 2.]], dtype=float32)
   """
   shape = tuple(code.shape)
   codebooks, codes = jnp.asarray(code.codebooks), jnp.asarray(code.codes)
@@ -431,6 +497,14 @@ def pq_storage_bits(m: int, n: int, subspaces: int, centroids: int) -> int:
 
   Returns:
     The number of bits, an int.
+
+  Example:
+    LeNet-300-100's first layer (300 units, 784 inputs), 4 sub-spaces of 16
+    centroids: :math:`32 \cdot 16 \cdot 784 + 4 \cdot 300 \cdot 4` bits.
+
+    >>> import sparsify
+    >>> sparsify.pq_storage_bits(300, 784, subspaces=4, centroids=16)
+    406208
   """
   if m < 1 or n < 1:
     raise ValueError(f"m, n: got {m}, {n}; allowed: positive integers")
@@ -440,7 +514,22 @@ def pq_storage_bits(m: int, n: int, subspaces: int, centroids: int) -> int:
 
 def pq_compression_rate(m: int, n: int, subspaces: int,
                         centroids: int) -> float:
-  r"""Compression rate over float32: :math:`32 m n` / `pq_storage_bits`."""
+  r"""Compression rate over float32: :math:`32 m n` / `pq_storage_bits`.
+
+  Args:
+    m: output units (rows of ``W``).
+    n: inputs (columns of ``W``).
+    subspaces: ``s``, a divisor of ``n``.
+    centroids: ``k``, in ``[1, m]``.
+
+  Returns:
+    The rate, a Python float (> 1 when PQ saves storage).
+
+  Example:
+    >>> import sparsify
+    >>> round(sparsify.pq_compression_rate(300, 784, 4, 16), 2)
+    18.53
+  """
   return 32 * m * n / pq_storage_bits(m, n, subspaces, centroids)
 
 
@@ -454,6 +543,14 @@ def pack_codes(codes: jax.typing.ArrayLike, bits: int) -> np.ndarray:
   Returns:
     A uint8 array of ``ceil(codes.size * bits / 8)`` bytes; the last byte is
     padded with zero bits.
+
+  Raises:
+    ValueError: if a code does not fit in ``bits`` bits.
+
+  Example:
+    >>> from sparsify import quantization
+    >>> quantization.pack_codes([1, 2, 3], 2)  # 01 10 11 00
+    array([108], dtype=uint8)
   """
   flat = np.asarray(codes).ravel()
   if flat.size and (flat.min() < 0 or flat.max() >= 2 ** bits):
@@ -465,7 +562,22 @@ def pack_codes(codes: jax.typing.ArrayLike, bits: int) -> np.ndarray:
 
 
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-  """Inverse of `pack_codes`: the first ``count`` codes, int32 ``(count,)``."""
+  """Inverse of `pack_codes`: the first ``count`` codes, int32 ``(count,)``.
+
+  Args:
+    packed: the uint8 bytes written by `pack_codes`.
+    bits: bits per code.
+    count: how many codes to read.
+
+  Returns:
+    An int32 array of shape ``(count,)``.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify import quantization
+    >>> quantization.unpack_codes(np.array([108], np.uint8), 2, 3)
+    array([1, 2, 3], dtype=int32)
+  """
   if bits == 0:
     return np.zeros(count, np.int32)
   matrix = np.unpackbits(np.asarray(packed, np.uint8), count=count * bits)
@@ -478,6 +590,22 @@ def pq_nbytes(code: PQCode) -> int:
   """Bytes of a `PQCode` stored as float32 codebooks and bit-packed codes.
 
   Equals ``ceil(pq_storage_bits(m, n, s, k) / 8)``.
+
+  Args:
+    code: the `PQCode`.
+
+  Returns:
+    The number of bytes, a Python int.
+
+  Example:
+    Two codebooks of 2 x 4 floats (64 bytes) and 8 one-bit codes (1 byte):
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> code = sparsify.PQCode(codebooks=jnp.zeros((2, 2, 4)),
+    ...                        codes=jnp.zeros((4, 2), jnp.int32), shape=(8, 4))
+    >>> sparsify.pq_nbytes(code), sparsify.pq_storage_bits(4, 8, 2, 2) // 8
+    (65, 65)
   """
   k = jnp.shape(code.codebooks)[1]
   books = np.asarray(code.codebooks, np.float32)
@@ -507,7 +635,16 @@ def pq_quantize(
 
   Each selected leaf is replaced by ``pq_decode(pq_encode(leaf))`` (in the
   leaf's dtype), with its own key (``jax.random.split(key, L)[i]`` for the
-  ``i``-th of ``L`` selected leaves in flattening order).
+  ``i``-th of ``L`` selected leaves in flattening order). With ``W`` the
+  ``(m, n)`` view of the kernel, block ``j`` of ``d = n / s`` columns and
+  row ``r`` (see the module docstring)::
+
+    codes[r, j] = argmin_i ||W[r, j*d:(j+1)*d] - codebooks[j, i]||^2
+    W[r, j*d:(j+1)*d] <- codebooks[j, codes[r, j]]
+
+  This is the post-training step of compression on the fly (Soulie et al.):
+  train the fully-connected layers with an attractor of
+  `sparsify.regularizers`, then product-quantize them.
 
   Args:
     params: the trained parameters.
@@ -526,9 +663,26 @@ def pq_quantize(
     ``(quantized_params, codes)`` with ``codes`` a dict ``path -> PQCode``.
 
   Example:
-    >>> qparams, codes = pq_quantize(params, subspaces=4, centroids=16,
-    ...                              key=jax.random.key(0))
-    >>> nbytes = sum(pq_nbytes(c) for c in codes.values())
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.tile(jnp.array([0.0, 0.5, 8.0, 8.5]),
+    ...                                     (4, 1)),
+    ...                  'bias': jnp.ones(4)}}
+    >>> qparams, codes = sparsify.pq_quantize(
+    ...     params, subspaces=2, centroids=2, key=jax.random.key(0))
+    >>> qparams['fc']['kernel'][0]
+    Array([0.25, 0.25, 8.25, 8.25], dtype=float32)
+    >>> qparams['fc']['bias']  # not a selected kernel
+    Array([1., 1., 1., 1.], dtype=float32)
+    >>> list(codes), sparsify.pq_nbytes(codes['fc/kernel'])  # 32 + 1 bytes
+    (['fc/kernel'], 33)
+
+  References:
+    Jegou, Douze & Schmid, "Product quantization for nearest neighbor
+    search", IEEE TPAMI 2011; Gong et al., "Compressing deep convolutional
+    networks using vector quantization", 2014; Soulie, Gripon & Robert,
+    "Compression of deep neural networks on the fly", ICANN 2016.
   """
   predicate = dense_kernel if where is None else base.path_predicate(where)
   chosen = [(name, leaf) for name, leaf in base.named_leaves(params)
@@ -621,8 +775,17 @@ def share_weights(
     A `SharedCode`; `shared_decode` rebuilds the kernel.
 
   Example:
-    >>> code = share_weights(params['fc1']['kernel'], bits=5)
-    >>> approx = shared_decode(code)
+    One bit per kept weight: the four nonzero weights share two values:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> kernel = jnp.array([[0.5, -1.0, 0.0], [1.5, 0.0, -2.0]])
+    >>> code = sparsify.share_weights(kernel, bits=1)
+    >>> code.codebook, code.codes
+    (Array([-1.5,  1. ], dtype=float32), Array([1, 0, 1, 0], dtype=int32))
+    >>> sparsify.shared_decode(code)
+    Array([[ 1. , -1.5,  0. ],
+           [ 1. ,  0. , -1.5]], dtype=float32)
 
   References:
     Han, Mao & Dally, "Deep Compression: compressing deep neural networks
@@ -674,6 +837,16 @@ def shared_decode(code: SharedCode) -> jax.Array:
   Returns:
     The float32 kernel of shape ``code.shape``, zero where ``code.mask`` is
     False; its kept entries, in C order, are ``codebook[codes]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> code = sparsify.SharedCode(
+    ...     codebook=jnp.array([-1.0, 2.0]), codes=jnp.array([1, 0, 1]),
+    ...     mask=jnp.array([[True, False], [True, True]]), shape=(2, 2))
+    >>> sparsify.shared_decode(code)
+    Array([[ 2.,  0.],
+           [-1.,  2.]], dtype=float32)
   """
   shape = tuple(code.shape)
   codebook = jnp.asarray(code.codebook, jnp.float32)
@@ -707,6 +880,12 @@ def share_params(
 ) -> tuple[base.Params, dict[str, SharedCode]]:
   """Weight sharing (`share_weights`) of every selected kernel of a pytree.
 
+  The kept weights ``w_i`` of a layer are clustered by 1-D k-means into
+  ``k = 2**bits`` shared values ``c_j``, and each is replaced by its
+  centroid::
+
+    a_i = argmin_j (w_i - c_j)^2,    w_i <- c[a_i]
+
   Each selected leaf is replaced by ``shared_decode(share_weights(leaf))``
   (in the leaf's dtype); with ``init='kmeans++'`` the ``i``-th of ``L``
   selected leaves (flattening order) is seeded with
@@ -730,8 +909,19 @@ def share_params(
     ``(shared_params, codes)`` with ``codes`` a dict ``path -> SharedCode``.
 
   Example:
-    >>> sparams, codes = share_params(params, bits={'fc1/kernel': 5,
-    ...                               'fc2/kernel': 5, 'fc3/kernel': 5})
+    Two bits for ``fc1`` (four values), one for ``fc2`` (two values):
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)},
+    ...           'fc2': {'kernel': jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)}}
+    >>> sparams, codes = sparsify.share_params(
+    ...     params, bits={'fc1/kernel': 2, 'fc2/kernel': 1})
+    >>> [len(set(sparams[n]['kernel'].ravel().tolist()))
+    ...  for n in ('fc1', 'fc2')]
+    [4, 2]
+    >>> codes['fc1/kernel'].codes.shape
+    (12,)
 
   References:
     Han, Mao & Dally, "Deep Compression", ICLR 2016.

@@ -88,7 +88,25 @@ def binary_attractor(
     An `optax.GradientTransformation`; place it before the optimizer.
 
   Example:
-    >>> tx = optax.chain(binary_attractor(1e-3), optax.sgd(0.1, momentum=0.9))
+    With a zero loss gradient the update is :math:`\lambda \nabla R(w)`;
+    the bias is not selected:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[0.5, -2.0, 1.0]]),
+    ...                  'bias': jnp.array([3.0])}}
+    >>> grads = {'fc': {'kernel': jnp.zeros((1, 3)), 'bias': jnp.zeros(1)}}
+    >>> tx = sparsify.binary_attractor(0.5, alpha=1.0)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates['fc']['kernel'], updates['fc']['bias']
+    (Array([[ -0.75, -12.  ,   0.  ]], dtype=float32),
+     Array([0.], dtype=float32))
+
+    In training, place it before the optimizer:
+
+    >>> import optax
+    >>> tx = optax.chain(sparsify.binary_attractor(1e-3),
+    ...                  optax.sgd(0.1, momentum=0.9))
 
   References:
     Soulie, Gripon & Robert, "Compression of deep neural networks on the
@@ -155,8 +173,19 @@ def kcentre_attractor(
     `KCentreAttractorState`; place it before the optimizer.
 
   Example:
-    >>> tx = optax.chain(kcentre_attractor(1e-3, centres=4, refresh_every=50),
-    ...                  optax.adam(1e-3))
+    The centres of ``[0, 1, 4, 5]`` are 0.5 and 4.5, so each weight is
+    pulled by :math:`\lambda \cdot 2 (w - c) = \pm 0.5`:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[0.0, 1.0], [4.0, 5.0]])}}
+    >>> grads = {'fc': {'kernel': jnp.zeros((2, 2))}}
+    >>> tx = sparsify.kcentre_attractor(0.5, centres=2)
+    >>> updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    >>> updates['fc']['kernel']
+    Array([[-0.5,  0.5],
+           [-0.5,  0.5]], dtype=float32)
 
   References:
     Soulie, Gripon & Robert, "Compression of deep neural networks on the
@@ -240,7 +269,17 @@ def l1(strength: base.ScalarOrSchedule, *,
     An `optax.GradientTransformation`; place it before the optimizer.
 
   Example:
-    >>> tx = optax.chain(l1(1e-5), optax.sgd(0.1))
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[0.5, -2.0, 0.0]])}}
+    >>> grads = {'fc': {'kernel': jnp.array([[1.0, 1.0, 1.0]])}}
+    >>> tx = sparsify.l1(0.5)
+    >>> tx.update(grads, tx.init(params), params)[0]['fc']['kernel']
+    Array([[1.5, 0.5, 1. ]], dtype=float32)
+
+  References:
+    Tibshirani, "Regression shrinkage and selection via the lasso", J. R.
+    Stat. Soc. B 58(1), 1996.
   """
   return _penalty(L1PenaltyState, lambda w, _: jnp.sign(w), strength, where)
 
@@ -283,7 +322,17 @@ def group_lasso(
     An `optax.GradientTransformation`; place it before the optimizer.
 
   Example:
-    >>> tx = optax.chain(group_lasso(1e-4), optax.sgd(0.1, momentum=0.9))
+    The first column (norm 5) gets its unit direction, the zero column
+    nothing:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[3.0, 0.0], [4.0, 0.0]])}}
+    >>> grads = {'fc': {'kernel': jnp.zeros((2, 2))}}
+    >>> tx = sparsify.group_lasso(1.0)
+    >>> tx.update(grads, tx.init(params), params)[0]['fc']['kernel']
+    Array([[0.6, 0. ],
+           [0.8, 0. ]], dtype=float32)
 
   References:
     Yuan & Lin, "Model selection and estimation in regression with grouped

@@ -105,7 +105,12 @@ class LayerReport:
     return _ratio(self.flops_dense, self.flops_effective)
 
   def to_dict(self) -> dict[str, Any]:
-    """The fields and both ratios as JSON types (non-finite ratios: None)."""
+    """The fields and both ratios as JSON types (non-finite ratios: None).
+
+    Returns:
+      A dict of the dataclass fields (``shape`` as a list) plus
+      ``compression_ratio`` and ``flops_ratio``.
+    """
     out = dataclasses.asdict(self)
     out["shape"] = None if self.shape is None else list(self.shape)
     out["compression_ratio"] = _finite_or_none(self.compression_ratio)
@@ -115,22 +120,41 @@ class LayerReport:
 
 @dataclasses.dataclass(frozen=True)
 class CompressionReport:
-  """Per-layer rows and their total; see `compression_report`."""
+  """Per-layer rows and their total; see `compression_report`.
+
+  Attributes:
+    layers: one `LayerReport` per parameter leaf, in tree-flattening order.
+    total: the sums over ``layers``, named ``'total'``.
+  """
   layers: tuple[LayerReport, ...]
   total: LayerReport
 
   def to_dict(self) -> dict[str, Any]:
-    """Returns ``{'layers': [row, ...], 'total': row}`` of JSON types."""
+    """Returns ``{'layers': [row, ...], 'total': row}`` of JSON types.
+
+    Returns:
+      A dict whose rows are `LayerReport.to_dict` dicts.
+    """
     return {"layers": [layer.to_dict() for layer in self.layers],
             "total": self.total.to_dict()}
 
   def to_json(self, path: str | os.PathLike[str]) -> None:
-    """Writes `to_dict` as JSON to ``path``."""
+    """Writes `to_dict` as JSON to ``path``.
+
+    Args:
+      path: the file to write; replaced if it exists.
+    """
     with open(path, "w") as f:
       json.dump(self.to_dict(), f, indent=2)
 
   def table(self) -> str:
-    """Returns a fixed-width text table: one row per layer, then the total."""
+    """Returns a fixed-width text table: one row per layer, then the total.
+
+    Returns:
+      The table (shape, parameters, nonzeros, sparsity, FLOPs, bytes,
+      encoding and compression ratio per row), followed by notes on how
+      FLOPs and bytes are counted, as one string with newlines.
+    """
     header = ("layer", "shape", "params", "nonzeros", "sparsity", "FLOPs",
               "eff. FLOPs", "dense", "sparse", "index", "encoding", "ratio")
     body = [_cells(layer) for layer in self.layers]
@@ -309,10 +333,23 @@ def compression_report(
       a convolution's output shape is missing from ``output_shapes``.
 
   Example:
-    >>> shapes = layer_output_shapes(model, variables, (1, 28, 28, 1))
-    >>> report = compression_report(variables['params'], masks,
-    ...                             output_shapes=shapes)
-    >>> print(report.table())
+    >>> import numpy as np
+    >>> import sparsify
+    >>> params = {'conv': {'kernel': np.ones((3, 3, 1, 8), np.float32),
+    ...                    'bias': np.ones(8, np.float32)},
+    ...           'head': {'kernel': np.ones((128, 10), np.float32),
+    ...                    'bias': np.ones(10, np.float32)}}
+    >>> keep = np.arange(1280).reshape(128, 10) % 10 == 0  # 10 % of head
+    >>> report = sparsify.compression_report(
+    ...     params, {'head': {'kernel': keep}},
+    ...     output_shapes={'conv': (1, 28, 28, 8)})  # conv: 28x28 positions
+    >>> [(row.name, row.nonzeros, row.encoding, row.bytes_sparse)
+    ...  for row in report.layers]
+    [('conv/bias', 8, 'dense', 32), ('conv/kernel', 72, 'dense', 288),
+     ('head/bias', 10, 'dense', 40), ('head/kernel', 128, 'bitmask', 672)]
+    >>> total = report.total
+    >>> total.params, round(total.sparsity, 3), total.flops_dense
+    (1370, 0.841, 115456)
   """
   leaves = base.named_leaves(params)
   mask_of = dict(base.named_leaves(masks)) if masks is not None else {}
@@ -353,8 +390,16 @@ def layer_output_shapes(
     ``'block1/conv1'``); ``''`` is the model itself.
 
   Example:
-    >>> layer_output_shapes(model, variables, (1, 28, 28, 1))['Conv_0']
-    (1, 28, 28, 6)
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> from sparsify import models
+    >>> model = models.LeNet5()
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0),
+    ...                            jnp.ones((1, 28, 28, 1)))
+    >>> shapes = sparsify.layer_output_shapes(model, variables, (1, 28, 28, 1))
+    >>> shapes['conv1'], shapes['conv2'], shapes['head']
+    ((1, 24, 24, 20), (1, 8, 8, 50), (1, 10))
   """
   def run(variables, x):
     _, state = model.apply(variables, x, capture_intermediates=True,

@@ -32,6 +32,24 @@ def sss_labels(params: base.Params, scale_pattern: str | None = None) -> Any:
   ``None`` picks the scaling factors from the parameters: the gates when the
   model has any (its BatchNorm scales are then ordinary weights), else the
   BatchNorm scales.
+
+  Args:
+    params: the model's parameters.
+    scale_pattern: a regex searched in each parameter's path, or ``None``.
+
+  Returns:
+    A pytree shaped like ``params`` of the strings ``'scales'`` and
+    ``'weights'``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify import sss
+    >>> params = {'bn': {'scale': jnp.ones(2)}, 'gate': {'gate': jnp.ones(2)}}
+    >>> sss.sss_labels(params)
+    {'bn': {'scale': 'weights'}, 'gate': {'gate': 'scales'}}
+    >>> sss.sss_labels({'bn': {'scale': jnp.ones(2)},
+    ...                 'fc': {'kernel': jnp.ones(2)}})
+    {'bn': {'scale': 'scales'}, 'fc': {'kernel': 'weights'}}
   """
   if scale_pattern is None:
     gated = any(re.search(GATES, n) for n, _ in base.named_leaves(params))
@@ -49,9 +67,17 @@ def sss_optimizer(
 ) -> optax.GradientTransformation:
   r"""Trains the scaling factors and the other parameters with two optimizers.
 
-  SSS trains the weights :math:`W` with Nesterov SGD (momentum 0.9, weight
+  SSS solves
+
+  .. math::
+    (W^*, \lambda^*) = \arg\min_{W, \lambda}\ L(W, \lambda) + R(W)
+      + \gamma \lVert\lambda\rVert_1
+
+  by training the weights :math:`W` with Nesterov SGD (momentum 0.9, weight
   decay 1e-4) and the scaling factors :math:`\lambda` with
-  `accelerated_proximal_gradient` (no weight decay); see `sparse_structure_selection`.
+  `accelerated_proximal_gradient` (no weight decay); see
+  `sparse_structure_selection`. This builds the pair for any two
+  optimizers.
 
   Args:
     weights_tx: the optimizer of every parameter that is not a scale.
@@ -64,8 +90,27 @@ def sss_optimizer(
     An `optax.multi_transform` over the labels of `sss_labels`.
 
   Example:
-    >>> tx = sss_optimizer(optax.sgd(0.1, momentum=0.9, nesterov=True),
-    ...                    proximal.accelerated_proximal_gradient(0.1, gamma=0.01))
+    The gate takes a proximal step that zeroes its small entry; the
+    kernel a plain SGD step:
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.ones((1, 2))},
+    ...           'fc1_gate': {'gate': jnp.array([0.25, 2.0])}}
+    >>> grads = {'fc1': {'kernel': jnp.ones((1, 2))},
+    ...          'fc1_gate': {'gate': jnp.zeros(2)}}
+    >>> tx = sparsify.sss_optimizer(
+    ...     optax.sgd(0.5), sparsify.accelerated_proximal_gradient(
+    ...         0.5, gamma=1.0, nonnegative=True))
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> new = optax.apply_updates(params, updates)
+    >>> new['fc1']['kernel'], new['fc1_gate']['gate']
+    (Array([[0.5, 0.5]], dtype=float32), Array([0.  , 1.05], dtype=float32))
+
+  References:
+    Huang & Wang, "Data-driven sparse structure selection for deep neural
+    networks", ECCV 2018. https://arxiv.org/abs/1707.01213
   """
   return optax.multi_transform(
       {"weights": weights_tx, "scales": scales_tx},
@@ -83,7 +128,9 @@ def sparse_structure_selection(
 ) -> optax.GradientTransformation:
   r"""Sparse Structure Selection: Nesterov SGD on W, APG on the scales.
 
-  Minimises :math:`L(W, \lambda) + R(W) + \gamma \lVert\lambda\rVert_1`.
+  Minimises :math:`L(W, \lambda) + R(W) + \gamma \lVert\lambda\rVert_1`,
+  with :math:`R(W) = \tfrac{\beta}{2} \lVert W \rVert^2` (``weight_decay``
+  :math:`\beta`).
   The weights get ``add_decayed_weights(weight_decay)`` then Nesterov SGD;
   the scales get `accelerated_proximal_gradient` with the same learning rate
   (schedule), ``momentum`` and no weight decay, so unneeded structures reach
@@ -101,9 +148,21 @@ def sparse_structure_selection(
     An `optax.GradientTransformation`.
 
   Example:
-    >>> lr = optax.piecewise_constant_schedule(
-    ...     0.1, {30 * steps_per_epoch: 0.1, 60 * steps_per_epoch: 0.1})
-    >>> tx = sparse_structure_selection(lr, gamma=0.01)
+    One step with a zero loss gradient: the small gate reaches exactly 0
+    (the threshold is :math:`\eta_t \gamma = 0.5`), the other shrinks:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.ones((2, 2))},
+    ...           'fc1_gate': {'gate': jnp.array([0.25, 2.0])}}
+    >>> grads = jax.tree.map(jnp.zeros_like, params)
+    >>> lr = optax.piecewise_constant_schedule(0.5, {100: 0.1})  # x0.1 at 100
+    >>> tx = sparsify.sparse_structure_selection(lr, gamma=1.0)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)['fc1_gate']['gate']
+    Array([0.  , 1.05], dtype=float32)
 
   References:
     Huang & Wang, "Data-driven sparse structure selection for deep neural
@@ -133,8 +192,13 @@ def network_slimming(
     g \leftarrow g + l_1 \operatorname{sign}(\gamma)
 
   on the BatchNorm scales :math:`\gamma`, like `optax.add_decayed_weights`
-  for L2; other parameters pass unchanged. After training, channels whose
-  :math:`|\gamma|` falls below `slimming_threshold` are pruned.
+  for L2; other parameters pass unchanged. The optimizer then minimises
+
+  .. math::
+    L' = L + l_1 \sum_\gamma |\gamma|.
+
+  After training, channels whose :math:`|\gamma|` falls below
+  `slimming_threshold` are pruned.
 
   Args:
     l1: penalty strength, a float or a schedule.
@@ -145,7 +209,22 @@ def network_slimming(
     An `optax.GradientTransformation`; place it before the optimizer.
 
   Example:
-    >>> tx = optax.chain(network_slimming(1e-4), optax.sgd(0.1, momentum=0.9))
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'bn': {'scale': jnp.array([0.5, -0.2])},
+    ...           'fc': {'kernel': jnp.ones((2, 2))}}
+    >>> grads = {'bn': {'scale': jnp.zeros(2)},
+    ...          'fc': {'kernel': jnp.zeros((2, 2))}}
+    >>> tx = sparsify.network_slimming(0.1)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates['bn']['scale'], float(updates['fc']['kernel'].sum())
+    (Array([ 0.1, -0.1], dtype=float32), 0.0)
+
+    In training, place it before the optimizer:
+
+    >>> tx = optax.chain(sparsify.network_slimming(1e-4),
+    ...                  optax.sgd(0.1, momentum=0.9))
 
   References:
     Liu et al., "Learning efficient convolutional networks through network
@@ -181,6 +260,25 @@ def slimming_threshold(
 
   Returns:
     The threshold, a Python float.
+
+  Raises:
+    ValueError: if ``fraction`` is outside [0, 1) or ``where`` selects no
+      parameter.
+
+  Example:
+    Five scales over two layers; pruning 40 % of them removes the two below
+    0.25:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'bn1': {'scale': jnp.array([0.125, 0.75, 0.25])},
+    ...           'bn2': {'scale': jnp.array([-0.0625, 0.5])}}
+    >>> sparsify.slimming_threshold(params, 0.4)
+    0.25
+
+  References:
+    Liu et al., "Learning efficient convolutional networks through network
+    slimming", ICCV 2017. https://arxiv.org/abs/1708.06519
   """
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"fraction: got {fraction}; allowed: a fraction in "

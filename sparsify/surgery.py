@@ -26,7 +26,8 @@ zero padding always; max pooling only for :math:`\\lambda \\ge 0` (SSS keeps
 gates non-negative). `spec_for` builds the specification of the models in
 `sparsify.models` (MLP neurons, VGG channels, ResNet channels inside residual
 branches); a user's own model is slimmed by writing its specification.
-Whole residual blocks whose gate is zero are removed by `remove_blocks`. What it cannot handle: units whose consumers are not linear
+Whole residual blocks whose gate is zero are removed by `remove_blocks`.
+What it cannot handle: units whose consumers are not linear
 in them (a gate before a non-linearity), and coupled axes that are not
 declared (e.g. residual additions across blocks, which ResNet channel gates
 avoid by gating only inside the residual branch).
@@ -90,6 +91,18 @@ def slim(variables: dict[str, Any], spec: list[Unit],
          keep: dict[str, np.ndarray]) -> dict[str, Any]:
   """Removes units and folds surviving gates into their consumers.
 
+  For each unit group, the slices of the removed units are dropped from
+  every producer and consumer, and a surviving gate :math:`\\lambda_j` is
+  folded into the weights that read unit :math:`j` (rows of the next
+  kernel)::
+
+    W'[j, :] = lambda_j * W[j, :]
+
+  or, for units that declare ``fold`` and a non-negative gate, into their
+  own producers (BatchNorm scale and shift times :math:`\\lambda_j`). The
+  slim network computes the same function as the gated one when the gates
+  of the removed units are zero.
+
   Args:
     variables: ``{'params': ..., 'batch_stats': ...}`` of the gated model
       (collections other than ``params`` are sliced by the same paths, e.g.
@@ -101,9 +114,29 @@ def slim(variables: dict[str, Any], spec: list[Unit],
     The variables of the slim, ungated model (numpy arrays).
 
   Example:
-    >>> spec = spec_for("mlp", hidden=(300, 100))
-    >>> keep = keep_nonzero(variables["params"], spec)
-    >>> slim_vars = slim(variables, spec, keep)
+    A gated hidden layer of three neurons, one gate at zero: the slim layer
+    has two neurons and the head absorbs the surviving gates:
+
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.arange(6.0).reshape(2, 3),
+    ...                   'bias': jnp.zeros(3)},
+    ...           'fc1_gate': {'gate': jnp.array([0.0, 2.0, 0.5])},
+    ...           'head': {'kernel': jnp.ones((3, 1))}}
+    >>> spec = sparsify.spec_for('mlp', hidden=(3,))
+    >>> keep = sparsify.keep_nonzero(params, spec)
+    >>> slim = sparsify.slim({'params': params}, spec, keep)['params']
+    >>> sorted(slim), slim['fc1']['kernel'].shape
+    (['fc1', 'head'], (2, 2))
+    >>> slim['head']['kernel']
+    array([[2. ],
+           [0.5]], dtype=float32)
+
+  References:
+    Huang & Wang, "Data-driven sparse structure selection for deep neural
+    networks", ECCV 2018 (removing the structures whose scale is zero).
+    Liu et al., "Learning efficient convolutional networks through network
+    slimming", ICCV 2017.
   """
   flat = {c: _flat(t) for c, t in variables.items()}
   params = flat["params"]
@@ -150,6 +183,28 @@ def keep_nonzero(params: base.Params, spec: list[Unit],
   A layer keeps at least its largest gate, so that no layer vanishes; when
   that gate is zero its folded consumer weights are zero and the function
   is unchanged.
+
+  Args:
+    params: the gated model's parameters.
+    spec: the structure specification; units without a gate in ``params``
+      are left out.
+    threshold: gates with magnitude at or below it are removed.
+
+  Returns:
+    ``{unit name: boolean array}``, `True` for the units kept.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'fc1': {'kernel': jnp.arange(6.0).reshape(2, 3),
+    ...                   'bias': jnp.zeros(3)},
+    ...           'fc1_gate': {'gate': jnp.array([0.0, 2.0, 0.5])},
+    ...           'head': {'kernel': jnp.ones((3, 1))}}
+    >>> spec = sparsify.spec_for('mlp', hidden=(3,))
+    >>> sparsify.keep_nonzero(params, spec)
+    {'fc1': array([False,  True,  True])}
+    >>> sparsify.keep_nonzero(params, spec, threshold=1.0)
+    {'fc1': array([False,  True, False])}
   """
   flat = _flat(params)
   keep = {}
@@ -175,6 +230,17 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
 
   Returns:
     The list of `Unit`.
+
+  Raises:
+    ValueError: for a model name not listed above.
+
+  Example:
+    >>> import sparsify
+    >>> spec = sparsify.spec_for('mlp', hidden=(300, 100))
+    >>> [(u.name, u.gate) for u in spec]
+    [('fc1', 'fc1_gate/gate'), ('fc2', 'fc2_gate/gate')]
+    >>> spec[0].producers, spec[0].consumers
+    ((('fc1/kernel', 1), ('fc1/bias', 0)), (('fc2/kernel', 0),))
   """
   if model == "lenet5":  # ungated: for neuron and filter pruning
     chain = [("conv1", 3, 2), ("conv2", 3, 2), ("fc1", 1, 0), ("head", None, 0)]
@@ -223,7 +289,20 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
 
 
 def count_kept(keep: dict[str, np.ndarray]) -> dict[str, int]:
-  """Units kept per group."""
+  """Units kept per group.
+
+  Args:
+    keep: ``{unit name: boolean array}`` of the units to keep.
+
+  Returns:
+    ``{unit name: number of units kept}``, Python ints.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify import surgery
+    >>> surgery.count_kept({'fc1': np.array([True, False, True])})
+    {'fc1': 2}
+  """
   return {name: int(np.sum(k)) for name, k in keep.items()}
 
 

@@ -44,7 +44,14 @@ log = logging.getLogger("sparsify")
 
 
 class TrainState(train_state.TrainState):
-  """Flax `TrainState` plus BatchNorm statistics and an RNG key."""
+  """Flax `TrainState` plus BatchNorm statistics and an RNG key.
+
+  Attributes:
+    batch_stats: the ``batch_stats`` collection of the model (``{}`` for a
+      model without BatchNorm).
+    rng: the raw key data of a `jax.random.key`; each step folds in its step
+      number for dropout.
+  """
   batch_stats: Any
   rng: jax.Array  # raw uint32 key data, so that orbax can save it
 
@@ -55,7 +62,19 @@ def _variables(params, batch_stats):
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array]):
-  """One optimizer step on ``batch``; returns ``(state, metrics)``."""
+  """One optimizer step on ``batch``; returns ``(state, metrics)``.
+
+  The loss is the mean softmax cross-entropy of the batch; BatchNorm uses
+  the batch's statistics and updates the running ones.
+
+  Args:
+    state: the current state.
+    batch: ``{'image': (B, H, W, C), 'label': (B,)}``.
+
+  Returns:
+    ``(state, metrics)``: the state after the optimizer's update, and
+    ``{'loss', 'accuracy'}`` of the batch before it.
+  """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
@@ -74,7 +93,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]):
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]):
-  """Sums of loss and correct predictions over the real examples of a batch."""
+  """Sums of loss and correct predictions over the real examples of a batch.
+
+  Args:
+    state: the state to evaluate (BatchNorm uses its running statistics).
+    batch: ``{'image': (B, H, W, C), 'label': (B,), 'mask': (B,)}`` as
+      `data.eval_batches` gives it; ``mask`` is 0 for padding.
+
+  Returns:
+    ``{'loss', 'correct', 'count'}``: the summed cross-entropy, the number
+    of correct predictions and the number of real examples, each a scalar.
+  """
   logits = state.apply_fn(_variables(state.params, state.batch_stats),
                           batch["image"], train=False)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits,
@@ -86,14 +115,31 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]):
 
 
 def scales_per_layer(params: base.Params) -> dict[str, float]:
-  """Mean magnitude of each gate and BatchNorm scale vector, by path."""
+  """Mean magnitude of each gate and BatchNorm scale vector, by path.
+
+  Args:
+    params: the model's parameters.
+
+  Returns:
+    ``{'scale/<path>': mean(|leaf|)}`` for every leaf that `sss.SSS_SCALES`
+    selects; empty for a model without gates or BatchNorm.
+  """
   chosen = base.path_predicate(sss.SSS_SCALES)
   return {f"scale/{name}": float(np.mean(np.abs(np.asarray(leaf))))
           for name, leaf in base.named_leaves(params) if chosen(name, leaf)}
 
 
 def sparsity_per_layer(params: base.Params, where=None) -> dict[str, float]:
-  """Fraction of exact zeros of each prunable parameter, by path."""
+  """Fraction of exact zeros of each prunable parameter, by path.
+
+  Args:
+    params: the model's parameters.
+    where: which leaves, as `base.path_predicate` takes it; ``None`` for
+      Dense and Conv kernels.
+
+  Returns:
+    ``{'sparsity/<path>': fraction of zeros}``, each in [0, 1].
+  """
   chosen = base.path_predicate(where)
   return {f"sparsity/{name}": float(np.mean(np.asarray(leaf) == 0))
           for name, leaf in base.named_leaves(params) if chosen(name, leaf)}
@@ -104,6 +150,15 @@ class Trainer:
 
   Building it validates the config and loads the data, so every bad input is
   reported before any training starts.
+
+  Args:
+    config: the experiment config.
+    workdir: the run's directory (checked with `checkpoint.check_workdir`).
+
+  Raises:
+    ConfigError: a field of the config is invalid, or ``workdir`` holds a
+      run of another model.
+    MissingDataError: the dataset is not on this machine.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -160,7 +215,11 @@ class Trainer:
         out_shardings=self.replicated)
 
   def init_state(self) -> TrainState:
-    """Fresh parameters, optimizer state and RNG from ``config.seed``."""
+    """Fresh parameters, optimizer state and RNG from ``config.seed``.
+
+    Returns:
+      A `TrainState` at step 0, replicated over the mesh.
+    """
     rng = jax.random.key(self.config.seed)
     init_rng, state_rng = jax.random.split(rng)
     dummy = np.zeros((1, *self.dataset.input_shape), np.float32)
@@ -173,7 +232,15 @@ class Trainer:
     return jax.device_put(state, self.replicated)
 
   def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Loss and accuracy on the whole eval split."""
+    """Loss and accuracy on the whole eval split.
+
+    Args:
+      state: the state to evaluate.
+
+    Returns:
+      ``{'eval/loss': mean cross-entropy, 'eval/accuracy': fraction
+      correct}`` over every example of the eval split.
+    """
     sums = None
     for batch in data_lib.eval_batches(
         self.dataset.eval, batch_size=self.config.data.eval_batch_size,
@@ -185,7 +252,16 @@ class Trainer:
             "eval/accuracy": float(sums["correct"] / sums["count"])}
 
   def report(self, state: TrainState) -> report_lib.CompressionReport:
-    """The compression report of the current parameters and masks."""
+    """The compression report of the current parameters and masks.
+
+    Args:
+      state: the state whose parameters, and the masks in whose optimizer
+        state, to count.
+
+    Returns:
+      A `CompressionReport`, with convolution FLOPs from the model's output
+      shapes.
+    """
     variables = _variables(state.params, state.batch_stats)
     shapes = report_lib.layer_output_shapes(
         self.model, variables, (1, *self.dataset.input_shape))
@@ -212,6 +288,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The final results: eval accuracy and loss, steps, timings, and the
     compression report as a dict.
+
+  Raises:
+    ConfigError: a field of the config is invalid, ``workdir`` holds a run of
+      another model, or its checkpoint cannot be restored.
+    MissingDataError: the dataset is not on this machine.
+
+  Example:
+    A smoke test, one step of 128 images; the report table and a summary
+    line are printed:
+
+    >>> import tempfile
+    >>> import sparsify
+    >>> config = sparsify.default_config()
+    >>> config.model.name = 'mlp'
+    >>> config.model.kwargs.hidden = (32,)
+    >>> config.train.epochs = 0.02
+    >>> with tempfile.TemporaryDirectory() as workdir:
+    ...   results = sparsify.train_and_evaluate(config, workdir)
+    layer ...
+    mlp on embedded_mnist, none: eval accuracy ...
+    >>> results['steps'], results['report']['total']['params']
+    (1, 25450)
   """
   trainer = Trainer(config, workdir)
   cfg = config.train

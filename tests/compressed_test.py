@@ -305,6 +305,28 @@ def test_ternary_costs_two_bits_per_weight_at_worst():
   assert leaf.nbytes == 2 * 32 // 8 + 4
 
 
+@pytest.mark.parametrize("density", [0.01, 0.05, 0.3, 1.0])
+def test_smallest_ternary_takes_the_fewer_bytes_of_two_layouts(density):
+  kernel = _ternary(np.random.default_rng(4), (64, 50), density)
+  layer = compressed.smallest_ternary(kernel)
+  np.testing.assert_array_equal(layer.decode(), kernel)
+  mask = kernel.ravel() != 0
+  nnz = int(mask.sum())
+  bitmask = -(-mask.size // 8) + -(-nnz // 8) + 4
+  # Relative indices by hand: each nonzero follows r skipped positions,
+  # written as r // E escapes plus one entry, for the best g in 1..16.
+  skips = np.diff(np.concatenate([[-1], np.flatnonzero(mask)])) - 1
+  gaps = min(-(-g * int(np.sum(skips // (2**g - 1) + 1)) // 8)
+             for g in range(1, 17))
+  relative = 8 + gaps + -(-nnz // 8)
+  leaf = compressed.encode_leaf(kernel, layer)
+  assert leaf.nbytes == min(bitmask, relative)
+  want = "ternary" if bitmask <= relative else "shared"
+  assert leaf.encoding == want
+  if density <= 0.05:
+    assert want == "shared"
+
+
 def test_ternary_buffers_have_the_documented_bits():
   s = SIGMA
   kernel = np.array([[s, 0, -s], [0, -s, s]], np.float32)

@@ -8,8 +8,9 @@ masked fine-tuning, then from the least to the most significant layer the
 layer is ternarized ({-sigma, 0, +sigma} on its mask, ``steps`` steps of
 sigma-constrained SGD) and kept if validation accuracy (5,000 training
 examples the run holds out of training) stays within ``budget`` of the pruned model's, else
-reverted and the loop stops. The run writes ``model.spz`` (ternary layers as
-bitmask + sign bits + sigma, the other leaves in the smallest lossless
+reverted and the loop stops. The run writes ``model.spz`` (each ternary
+layer as a bitmask or relative indices, whichever is smaller, plus a sign
+bit per nonzero and sigma; the other leaves in the smallest lossless
 encoding) and the reported accuracy after LCT is that of the model decoded
 from the file, on the test split.
 
@@ -68,12 +69,13 @@ def base_config(model, preset, dataset, epochs, width):
   return config
 
 
-def file_breakdown(path):
+def file_breakdown(path, ternary_layers=()):
   """Bytes on disk split into ternary layers, other leaves and header."""
   report = compressed.file_report(path)
-  ternary = sum(l.nbytes for l in report.leaves if l.encoding == "ternary")
+  is_ternary = lambda leaf: leaf.path.removeprefix("params/") in ternary_layers
+  ternary = sum(l.nbytes for l in report.leaves if is_ternary(l))
   kernels = sum(l.nbytes for l in report.leaves
-                if l.encoding != "ternary" and len(l.shape) >= 2)
+                if not is_ternary(l) and len(l.shape) >= 2)
   small = sum(l.nbytes for l in report.leaves if len(l.shape) < 2)
   return {"bytes_ternary": ternary, "bytes_other_kernels": kernels,
           "bytes_biases": small, "bytes_header": report.header_bytes,
@@ -82,7 +84,7 @@ def file_breakdown(path):
                      for l in report.leaves]}
 
 
-def file_row(results):
+def file_row(results, ternary_layers=()):
   info = results["post"]["file"]
   return {"bytes_on_disk": info["bytes_on_disk"],
           "float32_bytes": info["float32_bytes"],
@@ -90,7 +92,7 @@ def file_row(results):
           "decoded_accuracy": info["decoded_accuracy"],
           "decoded_matches": abs(info["decoded_accuracy"]
                                  - info["recorded_accuracy"]) < 1e-9,
-          **file_breakdown(info["path"])}
+          **file_breakdown(info["path"], ternary_layers)}
 
 
 def lct_run(config, workdir, setting):
@@ -116,7 +118,7 @@ def lct_run(config, workdir, setting):
       "lct": dict(config.post.lct.to_dict()),
       "stage_seconds": stage["seconds"],
       "seconds": time.perf_counter() - t,
-      **file_row(results),
+      **file_row(results, stage["ternary_layers"]),
   }
 
 

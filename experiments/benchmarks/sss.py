@@ -1,20 +1,32 @@
 r"""SSS and Network Slimming on Fashion-MNIST: accuracy, FLOPs, latency, cost.
 
-Accuracy: LeNet-300-100 with per-neuron gates trained by SSS (APG with L1
-strength ``gamma`` on the gates, Nesterov SGD on the weights), then slimmed
-(neurons whose gate is below ``post.slim.threshold = 1e-4`` removed,
-surviving gates folded into the neurons' own kernel and bias) and
-fine-tuned; next to it the dense network. The VGG-style CNN
-(``configs/vgg.py`` at ``--vgg-width``) dense, with SSS channel gates (folded
-into each channel's BatchNorm scale and shift), and with Network Slimming
-(L1 on BatchNorm scales, then the channels of the lowest scales removed,
-``post.slim.fraction`` set to the fraction of gates that the SSS run of the
-same ``gamma`` drove below the threshold). Both slimmed VGGs round their kept
-widths up to a multiple of ``--vgg-multiple`` (``post.slim.multiple``).
-Every run of a model trains for the same epochs; slimmed models are
-fine-tuned for ``post.finetune.epochs`` (1 by default). Accuracy, parameters
-and FLOPs (``2 * MACs`` per example) are the rows of the post-training
-stages.
+Every model is trained once per setting (the run's checkpoint is kept, in
+``--workdir`` if given); each selection rule is then applied to that trained
+model by running its post-training stages (``slim,finetune``) on the
+finished run, so rows of one trained model differ only in what was removed.
+
+* LeNet-300-100 with per-neuron gates (SSS: APG with L1 strength ``gamma``
+  on the gates, Nesterov SGD on the weights), neurons with a zero gate
+  removed (gate <= ``post.slim.threshold = 1e-4``), surviving gates folded
+  into the next layer; next to the dense network.
+* The VGG-style CNN (``configs/vgg.py`` at ``--vgg-width``) with per-channel
+  gates. A gate whose channel feeds a convolution and its BatchNorm only
+  matters relative to the other gates of its layer (the BatchNorm cancels a
+  common scale), so L1 shrinks a layer's gates together; a channel is
+  removed when its gate is below ``--vgg-relative`` times the largest gate
+  of its layer (``post.slim.relative``). Surviving gates fold into the
+  channel's BatchNorm. Network Slimming (L1 on BatchNorm scales, trained
+  once) removes the same fraction of channels as each SSS row
+  (``post.slim.fraction``), the lowest scales first. Kept widths are
+  rounded up to a multiple of ``--vgg-multiple``.
+* A CIFAR ResNet (``--resnet-depth``, ``--resnet-width``) with one gate per
+  residual branch (``block_gates``): branches whose gate APG drove to zero
+  are removed, the shortcut kept (projection shortcuts included). Network
+  Slimming has no block-level counterpart; the row next to it is dense.
+
+Every slimmed model is fine-tuned for ``post.finetune.epochs`` (1). Rows
+give accuracy after training, after removal and after fine-tuning,
+parameters and FLOPs (``2 * MACs`` per example) before and after.
 
 Latency: each slimmed model (variables and constructor arguments read back
 from the run's ``model.spz``) against the dense-trained model of the same
@@ -28,11 +40,12 @@ the same chain where the gates get plain Nesterov SGD instead
 (`sparsify.sss.sss_optimizer`), interleaved chunk by chunk; the overhead is
 the median over rounds of the ratio of chunk times.
 
-  python -m experiments.benchmarks.sss --lenet-gammas 0.001 0.003 0.01 \
-      --apg-rounds 30 --apg-chunk 100
+  python -m experiments.benchmarks.sss --workdir /tmp/sss_runs
 """
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -55,20 +68,17 @@ from sparsify import train
 DATASET = "fashion_mnist"
 
 
-def make_config(model, preset, epochs, width=None, gamma=None, fraction=None,
-                multiple=1):
+def _make_config(model, preset, epochs, finetune_epochs=1.0, **kwargs):
+  """The config of one training run; ``kwargs`` set ``model.kwargs``."""
   config = common.load_config(model, preset)
+  config.post.finetune.epochs = finetune_epochs
   config.data.name = DATASET
   config.train.epochs = epochs
   config.train.checkpoint_every = 10**9
   config.train.log_every = 200
-  config.post.slim.multiple = multiple
-  if width is not None:
-    config.model.kwargs.width = width
-  if gamma is not None:
-    config.compression.gamma = gamma
-  if fraction is not None:
-    config.post.slim.fraction = fraction
+  config.post.stages = ""  # trained once; selections run afterwards
+  for key, value in kwargs.items():
+    config.model.kwargs[key] = value
   return config
 
 
@@ -91,60 +101,82 @@ def scale_stats(params, threshold):
   return out
 
 
-def accuracy_run(model, preset, epochs, width=None, gamma=None,
-                 fraction=None, multiple=1):
-  """Trains one config; returns its row and its final model for latency."""
-  config = make_config(model, preset, epochs, width, gamma, fraction,
-                       multiple)
-  with tempfile.TemporaryDirectory() as workdir:
+class Runs:
+  """Trained runs, one workdir each, under ``root`` (kept and reused)."""
+
+  def __init__(self, root):
+    self.root = root
+
+  def train(self, name, config):
+    """Trains ``config`` in ``root/name`` (resumed or reused if there)."""
+    workdir = os.path.join(self.root, name)
     results = train.train_and_evaluate(config, workdir)
-    scales = scale_stats(checkpoint.load(workdir)["params"],
-                         config.post.slim.threshold)
-    if "post" in results:
-      variables, meta = compressed.load(os.path.join(workdir, "model.spz"))
-      name, kwargs = meta["model"]["name"], meta["model"]["kwargs"]
-    else:
-      saved = checkpoint.load(workdir)
-      variables = {"params": saved["params"]}
-      if saved["batch_stats"]:
-        variables["batch_stats"] = saved["batch_stats"]
-      name, kwargs = config.model.name, config.model.kwargs.to_dict()
-  row = {"model": model, "method": "dense" if preset == "dense" else preset,
-         "gamma": gamma if preset == "sss" else None,
-         "fraction": fraction if preset == "slimming" else None,
-         "epochs": epochs, "width": width,
-         "multiple": config.post.slim.multiple if "post" in results else None,
+    return workdir, results
+
+  def select(self, workdir, config, **slim):
+    """Runs ``slim,finetune`` on the finished run of ``workdir``."""
+    config = config.copy_and_resolve_references()
+    config.post.stages = "slim,finetune"
+    config.post.slim.update(slim)
+    return train.train_and_evaluate(config, workdir)
+
+
+def dense_row(model, config, workdir, results):
+  saved = checkpoint.load(workdir)
+  variables = {"params": saved["params"]}
+  if saved["batch_stats"]:
+    variables["batch_stats"] = saved["batch_stats"]
+  total = results["report"]["total"]
+  row = {"model": model, "method": "dense", "setting": "-",
+         "epochs": config.train.epochs,
          "train_seconds": results["train_seconds"],
-         "acc_trained": results["eval_accuracy"]}
-  if "post" in results:
-    stages = {r["stage"]: r for r in results["post"]["stages"]}
-    trained, slim, last = (stages["trained"], stages["slim"],
-                           results["post"]["stages"][-1])
+         "acc_trained": results["eval_accuracy"], "acc_slim": None,
+         "acc_finetune": None, "acc_final": results["eval_accuracy"],
+         "params_before": total["params"], "params_after": total["params"],
+         "flops_before": total["flops_dense"],
+         "flops_after": total["flops_dense"], "units_removed": 0.0,
+         "flops_removed": 0.0}
+  print(row, flush=True)
+  return row, {"name": config.model.name,
+               "kwargs": config.model.kwargs.to_dict(),
+               "variables": variables, "model": model,
+               "flops": row["flops_after"]}
+
+
+def slim_row(model, method, setting, config, workdir, trained, results):
+  """The row of one selection on a trained run, and its slim model."""
+  post = results["post"]
+  stages = {r["stage"]: r for r in post["stages"]}
+  first, slim, last = post["stages"][0], stages["slim"], post["stages"][-1]
+  if "block_plan" in slim:  # residual blocks are the units
+    before = len(slim["block_plan"])
+    after = sum(p == "full" for p in slim["block_plan"])
+  else:
     before = sum(slim["units_before"].values())
     after = sum(slim["units_after"].values())
-    row.update(
-        acc_slim=slim["test_accuracy"], acc_finetune=last["test_accuracy"],
-        params_before=trained["params"], params_after=last["params"],
-        flops_before=trained["flops"], flops_after=last["flops"],
-        units_before=before, units_after=after,
-        units_removed=1 - after / before,
-        units_per_layer=slim["units_after"],
-        finetune_epochs=config.post.finetune.epochs,
-        decoded_accuracy=results["post"]["file"]["decoded_accuracy"])
-  else:
-    total = results["report"]["total"]
-    row.update(acc_slim=None, acc_finetune=None,
-               params_before=total["params"], params_after=total["params"],
-               flops_before=total["flops_dense"],
-               flops_after=total["flops_dense"], units_removed=0.0)
-  row["trained_scales"] = scales
+  row = {"model": model, "method": method, "setting": setting,
+         "epochs": config.train.epochs,
+         "train_seconds": trained["train_seconds"],
+         "acc_trained": trained["eval_accuracy"],
+         "acc_slim": slim["test_accuracy"],
+         "acc_finetune": last["test_accuracy"],
+         "acc_final": last["test_accuracy"],
+         "params_before": first["params"], "params_after": last["params"],
+         "flops_before": first["flops"], "flops_after": last["flops"],
+         "units_before": before, "units_after": after,
+         "units_removed": 1 - after / before if before else 0.0,
+         "units_per_layer": slim.get("units_after"),
+         "block_plan": slim.get("block_plan"),
+         "slim": dict(config.post.slim.to_dict()),
+         "finetune_epochs": config.post.finetune.epochs,
+         "decoded_accuracy": post["file"]["decoded_accuracy"],
+         "trained_scales": scale_stats(checkpoint.load(workdir)["params"],
+                                       config.post.slim.threshold)}
   row["flops_removed"] = 1 - row["flops_after"] / row["flops_before"]
-  row["acc_final"] = row["acc_finetune"] or row["acc_trained"]
-  row["setting"] = (f"gamma={gamma:g}" if row["gamma"] is not None else
-                    f"fraction={fraction:.3f}" if row["fraction"] is not None
-                    else "-")
   print({k: v for k, v in row.items() if k != "units_per_layer"}, flush=True)
-  return row, {"name": name, "kwargs": kwargs, "variables": variables,
+  variables, meta = compressed.load(os.path.join(workdir, "model.spz"))
+  return row, {"name": meta["model"]["name"],
+               "kwargs": meta["model"]["kwargs"], "variables": variables,
                "model": model, "flops": row["flops_after"]}
 
 
@@ -185,7 +217,8 @@ def latency(pairs, batch, rounds, seconds_per_chunk=0.1):
 
 def apg_overhead(rounds, chunk, gamma):
   """Step time of SSS (APG on the gates) vs Nesterov SGD on the gates."""
-  config = make_config("lenet_300_100", "sss", 10.0, gamma=gamma)
+  config = _make_config("lenet_300_100", "sss", 10.0)
+  config.compression.gamma = gamma
   dataset = data_lib.load_dataset(DATASET)
   total_steps = 10 * data_lib.steps_per_epoch(dataset.train, 128)
   opt = config.optimizer
@@ -200,7 +233,7 @@ def apg_overhead(rounds, chunk, gamma):
   }
   model = models.get_model(config.model.name,
                            **config.model.kwargs.to_dict())
-  dense_config = make_config("lenet_300_100", "dense", 10.0)
+  dense_config = _make_config("lenet_300_100", "dense", 10.0)
   dense_model = models.get_model(dense_config.model.name,
                                  **dense_config.model.kwargs.to_dict())
   it = data_lib.batches(dataset.train, batch_size=128, seed=0,
@@ -251,50 +284,118 @@ def main():
                       default=[0.001, 0.003, 0.01])
   parser.add_argument("--vgg-epochs", type=float, default=3)
   parser.add_argument("--vgg-width", type=float, default=0.25)
-  parser.add_argument("--vgg-gammas", type=float, nargs="+", default=[0.01])
+  parser.add_argument("--vgg-gammas", type=float, nargs="+",
+                      default=[0.003, 0.01, 0.03])
+  parser.add_argument("--vgg-relative", type=float, nargs="+",
+                      default=[0.3, 0.4, 0.5],
+                      help="post.slim.threshold (relative) of the VGG rows")
+  parser.add_argument("--slimming-gamma", type=float, default=0.01,
+                      help="the SSS gamma whose rows Network Slimming "
+                      "matches, channel count for channel count")
   parser.add_argument("--vgg-multiple", type=int, default=8,
                       help="post.slim.multiple of the slimmed VGGs")
+  parser.add_argument("--resnet-depth", type=int, default=14)
+  parser.add_argument("--resnet-width", type=int, default=8)
+  parser.add_argument("--resnet-epochs", type=float, default=2)
+  parser.add_argument("--resnet-gammas", type=float, nargs="+",
+                      default=[0.03, 0.1])
+  parser.add_argument("--finetune-epochs", type=float, default=1.0,
+                      help="post.finetune.epochs of every slimmed model")
   parser.add_argument("--batch", type=int, default=256,
                       help="inference batch of the latency measurement")
   parser.add_argument("--latency-rounds", type=int, default=30)
   parser.add_argument("--apg-rounds", type=int, default=30)
   parser.add_argument("--apg-chunk", type=int, default=100)
   parser.add_argument("--skip-apg", action="store_true")
+  parser.add_argument("--workdir", default=None,
+                      help="keep the trained runs here (reused when run "
+                      "again); default: a temporary directory")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   logging.basicConfig(level=logging.WARNING)
   out = args.out or common.RESULTS
+  with contextlib.ExitStack() as stack:
+    root = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+    rows, final_models, originals = accuracy_rows(args, Runs(root))
+    latency_and_overhead(args, out, rows, final_models, originals)
 
+
+def accuracy_rows(args, runs):
+  """Trains every model, applies every selection; writes the table."""
   rows, final_models, originals = [], {}, {}
-  row, originals["lenet_300_100"] = accuracy_run(
-      "lenet_300_100", "dense", args.lenet_epochs)
-  rows.append(row)
+  make_config = functools.partial(_make_config,
+                                  finetune_epochs=args.finetune_epochs)
+
+  def add(row_and_model, label=None):
+    row, final = row_and_model
+    rows.append(row)
+    if label:
+      final_models[label] = final
+    return row
+
+  def dense(model, name, config):
+    workdir, results = runs.train(name, config)
+    row, originals[model] = dense_row(model, config, workdir, results)
+    rows.append(row)
+
+  def sss_run(model, name, config, label, method="sss", **slim):
+    workdir, trained = runs.train(name, config)
+    results = runs.select(workdir, config, **slim)
+    return add(slim_row(model, method, label.split(" ", 2)[-1], config,
+                        workdir, trained, results), label)
+
+  # LeNet-300-100: neurons.
+  dense("lenet_300_100", "lenet_dense",
+        make_config("lenet_300_100", "dense", args.lenet_epochs))
   for gamma in args.lenet_gammas:
-    row, final_models[f"lenet_300_100 sss gamma={gamma:g}"] = accuracy_run(
-        "lenet_300_100", "sss", args.lenet_epochs, gamma=gamma)
-    rows.append(row)
-  row, originals["vgg"] = accuracy_run("vgg", "dense", args.vgg_epochs,
-                                       width=args.vgg_width)
-  rows.append(row)
+    config = make_config("lenet_300_100", "sss", args.lenet_epochs)
+    config.compression.gamma = gamma
+    sss_run("lenet_300_100", f"lenet_sss_{gamma:g}", config,
+            f"lenet_300_100 sss gamma={gamma:g}")
+
+  # VGG: channels, relative selection; Network Slimming at the same counts.
+  width = {"width": args.vgg_width}
+  dense("vgg", "vgg_dense", make_config("vgg", "dense", args.vgg_epochs,
+                                        **width))
+  fractions = []
   for gamma in args.vgg_gammas:
-    row, final_models[f"vgg sss gamma={gamma:g}"] = accuracy_run(
-        "vgg", "sss", args.vgg_epochs, width=args.vgg_width, gamma=gamma,
-        multiple=args.vgg_multiple)
-    rows.append(row)
-    gates = row["trained_scales"]["gates"]
-    fraction = gates["zeros"] / gates["count"]
-    row, final_models[f"vgg slimming fraction={fraction:.3f}"] = (
-        accuracy_run("vgg", "slimming", args.vgg_epochs, width=args.vgg_width,
-                     fraction=fraction, multiple=args.vgg_multiple))
-    rows.append(row)
+    config = make_config("vgg", "sss", args.vgg_epochs, **width)
+    config.compression.gamma = gamma
+    config.post.slim.multiple = args.vgg_multiple
+    for rel in args.vgg_relative:
+      row = sss_run("vgg", f"vgg_sss_{gamma:g}", config,
+                    f"vgg sss gamma={gamma:g}, gate < {rel:g} max",
+                    relative=True, threshold=rel)
+      if gamma == args.slimming_gamma:
+        fractions.append(row["units_removed"])
+  slimming = make_config("vgg", "slimming", args.vgg_epochs, **width)
+  slimming.post.slim.multiple = args.vgg_multiple
+  for fraction in fractions:
+    sss_run("vgg", "vgg_slimming", slimming,
+            f"vgg slimming fraction={fraction:.3f}", method="slimming",
+            fraction=fraction)
+
+  # ResNet: residual blocks.
+  resnet = {"depth": args.resnet_depth, "width": args.resnet_width}
+  dense("resnet", "resnet_dense",
+        make_config("resnet", "dense", args.resnet_epochs, **resnet))
+  for gamma in args.resnet_gammas:
+    config = make_config("resnet", "sss", args.resnet_epochs, **resnet,
+                         block_gates=True, channel_gates=False)
+    config.compression.gamma = gamma
+    sss_run("resnet", f"resnet_blocks_{gamma:g}", config,
+            f"resnet sss blocks, gamma={gamma:g}")
+
   dense_acc = {r["model"]: r["acc_trained"] for r in rows
                if r["method"] == "dense"}
   for r in rows:
     r["acc_vs_dense"] = r["acc_final"] - dense_acc[r["model"]]
-  epochs = {"lenet_300_100": args.lenet_epochs, "vgg": args.vgg_epochs}
-  common.write_results(os.path.join(out, "sss_fashion_mnist"), rows, [
+  epochs = {"lenet_300_100": args.lenet_epochs, "vgg": args.vgg_epochs,
+            "resnet": args.resnet_epochs}
+  common.write_results(os.path.join(args.out or common.RESULTS,
+                                    "sss_fashion_mnist"), rows, [
       ("model", "model", "s"), ("method", "method", "s"),
-      ("setting", "gamma / fraction", "s"), ("epochs", "epochs", "g"),
+      ("setting", "setting", "s"), ("epochs", "epochs", "g"),
       ("acc_trained", "acc trained", ".4f"), ("acc_slim", "acc slim", ".4f"),
       ("acc_finetune", "acc fine-tuned", ".4f"),
       ("acc_vs_dense", "final - dense", "+.4f"),
@@ -305,8 +406,14 @@ def main():
       ("flops_after", "FLOPs after", ","),
       ("flops_removed", "FLOPs removed", ".1%")],
       dataset=DATASET, epochs=epochs, vgg_width=args.vgg_width,
-      vgg_multiple=args.vgg_multiple, finetune_epochs=1.0)
+      vgg_multiple=args.vgg_multiple,
+      resnet={"depth": args.resnet_depth, "width": args.resnet_width},
+      finetune_epochs=args.finetune_epochs)
+  return rows, final_models, originals
 
+
+def latency_and_overhead(args, out, rows, final_models, originals):
+  """Latency of every slimmed model, and APG's step-time overhead."""
   original_flops = {r["model"]: r["flops_before"] for r in rows
                     if r["method"] == "dense"}
   pairs = {label: (m, originals[m["model"]])

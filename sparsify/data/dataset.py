@@ -58,6 +58,17 @@ def channel_stats(
 
   Returns:
     ``(mean, std)``, two tuples of ``C`` floats.
+
+  Raises:
+    ValueError: ``images`` is empty.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify import data
+    >>> images = np.zeros((2, 4, 4, 3), np.uint8)
+    >>> images[1] = 255  # half the pixels black, half white, in every channel
+    >>> data.channel_stats(images)
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
   """
   if not len(images):
     raise ValueError('channel_stats needs at least one image')
@@ -122,7 +133,17 @@ class Dataset:
       eval: Split,  # pylint: disable=redefined-builtin
       num_classes: int,
   ) -> 'Dataset':
-    """Builds a `Dataset` whose mean and std are computed on ``train``."""
+    """Builds a `Dataset` whose mean and std are computed on ``train``.
+
+    Args:
+      name: the dataset's name.
+      train: the training split; gives ``mean`` and ``std``.
+      eval: the evaluation split.
+      num_classes: number of classes.
+
+    Returns:
+      A `Dataset`.
+    """
     mean, std = channel_stats(train.images)
     return cls(name=name, train=train, eval=eval, num_classes=num_classes,
                mean=mean, std=std)

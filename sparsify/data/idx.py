@@ -102,8 +102,16 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     ValueError: if the file is corrupt or truncated; the message names it.
 
   Example:
-    >>> images = read_idx('t10k-images-idx3-ubyte.gz')
-    >>> images.shape, images.dtype
-    ((10000, 28, 28), dtype('uint8'))
+    >>> import gzip, os, struct, tempfile
+    >>> from sparsify import data
+    >>> header = struct.pack('>HBBII', 0, 0x08, 2, 2, 3)  # uint8, 2 x 3
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   path = os.path.join(tmp, 'images-idx2-ubyte.gz')
+    ...   with gzip.open(path, 'wb') as f:
+    ...     _ = f.write(header + bytes(range(6)))
+    ...   array = data.read_idx(path)
+    >>> array
+    array([[0, 1, 2],
+           [3, 4, 5]], dtype=uint8)
   """
   return parse_idx(_read_bytes(path), name=os.fspath(path))

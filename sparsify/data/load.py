@@ -116,9 +116,10 @@ def load_dataset(
       message says where it looked and how to get the data.
 
   Example:
-    >>> ds = load_dataset('embedded_mnist')
-    >>> len(ds.train), len(ds.eval), ds.input_shape
-    (8000, 2000, (28, 28, 1))
+    >>> from sparsify import data
+    >>> ds = data.load_dataset('embedded_mnist')
+    >>> len(ds.train), len(ds.eval), ds.input_shape, ds.num_classes
+    (8000, 2000, (28, 28, 1), 10)
   """
   _check(name, source)
   if data_dir is not None:

@@ -29,6 +29,17 @@ def steps_per_epoch(split: dataset_lib.Split, batch_size: int, *,
 
   Returns:
     The number of steps per epoch.
+
+  Raises:
+    ValueError: ``batch_size`` is not positive.
+
+  Example:
+    >>> from sparsify import data
+    >>> ds = data.load_dataset('embedded_mnist')  # 8,000 training images
+    >>> data.steps_per_epoch(ds.train, 128)
+    62
+    >>> data.steps_per_epoch(ds.train, 128, drop_remainder=False)
+    63
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -89,10 +100,23 @@ def batches(
   Returns:
     An iterator of ``{'image': float32 (B, H, W, C), 'label': int32 (B,)}``.
 
+  Raises:
+    ValueError: ``batch_size`` is not positive or larger than the split, or
+      ``seed`` or ``start_step`` is negative.
+
   Example:
-    >>> it = batches(ds.train, batch_size=128, seed=0, mean=ds.mean,
-    ...              std=ds.std)
-    >>> batch = next(it)
+    >>> import numpy as np
+    >>> from sparsify import data
+    >>> ds = data.load_dataset('embedded_mnist')
+    >>> it = data.batches(ds.train, batch_size=128, seed=0, mean=ds.mean,
+    ...                   std=ds.std)
+    >>> first, second = next(it), next(it)
+    >>> first['image'].shape, first['image'].dtype, first['label'].shape
+    ((128, 28, 28, 1), dtype('float32'), (128,))
+    >>> resumed = data.batches(ds.train, batch_size=128, seed=0, start_step=1,
+    ...                        mean=ds.mean, std=ds.std)
+    >>> np.array_equal(next(resumed)['label'], second['label'])
+    True
   """
   steps = steps_per_epoch(split, batch_size, drop_remainder=drop_remainder)
   if steps == 0:
@@ -140,10 +164,18 @@ def eval_batches(
     An iterator of ``{'image': float32 (B, H, W, C), 'label': int32 (B,),
     'mask': float32 (B,)}``, ``ceil(N / batch_size)`` batches.
 
+  Raises:
+    ValueError: ``batch_size`` is not positive.
+
   Example:
-    >>> correct = sum((predict(b['image']) == b['label']) @ b['mask']
-    ...               for b in eval_batches(ds.eval, batch_size=1000,
-    ...                                     mean=ds.mean, std=ds.std))
+    >>> from sparsify import data
+    >>> ds = data.load_dataset('embedded_mnist')  # 2,000 evaluation images
+    >>> evals = list(data.eval_batches(ds.eval, batch_size=768, mean=ds.mean,
+    ...                                std=ds.std))
+    >>> [b['image'].shape[0] for b in evals]
+    [768, 768, 768]
+    >>> [int(b['mask'].sum()) for b in evals]  # real examples per batch
+    [768, 768, 464]
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')

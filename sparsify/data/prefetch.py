@@ -26,6 +26,15 @@ def prefetch(iterator: Iterator[T], put: Callable[[T], Any] = lambda x: x,
 
   Yields:
     ``put(batch)`` in the iterator's order.
+
+  Example:
+    >>> import jax
+    >>> import numpy as np
+    >>> from sparsify import data
+    >>> host = ({'image': np.full((2, 3), i, np.float32)} for i in range(3))
+    >>> on_device = data.prefetch(host, put=jax.device_put)
+    >>> [float(batch['image'].sum()) for batch in on_device]
+    [0.0, 6.0, 12.0]
   """
   ready: queue.Queue = queue.Queue(maxsize=size)
   stop = threading.Event()

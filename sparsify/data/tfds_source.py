@@ -17,13 +17,26 @@ _CHUNK = 1024
 
 
 def default_data_dir() -> str:
-  """Where tfds looks when no ``data_dir`` is given."""
+  """Returns the folder tfds looks in when no ``data_dir`` is given.
+
+  Returns:
+    ``$TFDS_DATA_DIR`` if set, else ``~/tensorflow_datasets``, with ``~``
+    expanded.
+  """
   return os.path.expanduser(
       os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
 
 
 def how_to_prepare(name: str) -> str:
-  """The end of the error message when a tfds dataset is not prepared."""
+  """Returns the end of the error message when a tfds dataset is missing.
+
+  Args:
+    name: the tfds name of the dataset, e.g. ``'cifar10'``.
+
+  Returns:
+    One sentence: the ``tfds build`` command that prepares the dataset, and
+    the flag that points a run at it.
+  """
   return (
       'prepare it once on a machine with network and TensorFlow: '
       f'`tfds build {name} --file_format=array_record --data_dir=DIR`, '
@@ -61,6 +74,18 @@ def materialize(source: Any, where: str = '') -> dataset_lib.Split:
 
   Returns:
     The `Split`, in the source's order.
+
+  Raises:
+    ValueError: the source is empty or its images are not uint8 ``(H, W, C)``.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify.data import tfds_source
+    >>> source = [{'image': np.zeros((4, 4, 3), np.uint8), 'label': i}
+    ...           for i in range(5)]
+    >>> split = tfds_source.materialize(source)
+    >>> split.images.shape, split.labels
+    ((5, 4, 4, 3), array([0, 1, 2, 3, 4], dtype=int32))
   """
   n = len(source)
   if n == 0:
@@ -105,9 +130,21 @@ def load_tfds(
       never downloaded here.
 
   Example:
-    >>> ds = load_tfds('cifar10', data_dir='/data/tfds')
-    >>> ds.input_shape
-    (32, 32, 3)
+    Once prepared, ``data.load_tfds('cifar10', DIR).input_shape`` is
+    ``(32, 32, 3)``. In a folder without it, the error says how to prepare
+    it:
+
+    >>> import tempfile
+    >>> from sparsify import data
+    >>> with tempfile.TemporaryDirectory() as empty:
+    ...   try:
+    ...     data.load_tfds('mnist', data_dir=empty)
+    ...   except data.MissingDataError as e:
+    ...     print(e)
+    mnist: no tfds dataset prepared in ArrayRecord format in ...; prepare it
+    once on a machine with network and TensorFlow: `tfds build mnist
+    --file_format=array_record --data_dir=DIR`, then pass
+    --config.data.data_dir=DIR
   """
   splits = {}
   for split in (train_split, eval_split):

@@ -65,8 +65,21 @@ def vgg(
   Returns:
     The `VGG` module.
 
+  Raises:
+    ValueError: both ``depth`` and ``stages`` are given, or ``depth`` is not
+      a standard depth.
+
   Example:
-    >>> model = vgg(depth=16, width=0.5)
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.vgg(depth=16, width=0.5)
+    >>> model.stages[:2], model.channels(64)
+    (((64, 64), (128, 128)), 32)
+    >>> x = jnp.ones((1, 32, 32, 3))
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    >>> models.count_params(variables['params'])
+    3684842
   """
   if depth is not None and stages is not None:
     raise ValueError("vgg: give either depth or stages, not both")
@@ -114,8 +127,16 @@ def get_model(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     ValueError: for an unknown model name or argument, or an invalid value.
 
   Example:
-    >>> model = get_model('resnet', depth=20, num_classes=10)
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.get_model('resnet', depth=20, num_classes=100)
+    >>> type(model).__name__, model.blocks_per_stage
+    ('ResNet', 3)
+    >>> x = jnp.ones((1, 32, 32, 3))
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    >>> variables['params']['head']['kernel'].shape
+    (64, 100)
   """
   if name not in MODELS:
     raise ValueError(f"model.name: unknown model {name!r}; allowed: "
@@ -144,8 +165,16 @@ def count_params(params: Params) -> int:
     The sum of the leaves' sizes.
 
   Example:
-    >>> count_params({'Dense_0': {'kernel': jnp.ones((3, 2)),
-    ...                           'bias': jnp.ones(2)}})
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> models.count_params({'Dense_0': {'kernel': jnp.ones((3, 2)),
+    ...                                  'bias': jnp.ones(2)}})
     8
+    >>> model = models.get_model('lenet5')
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0),
+    ...                         jnp.ones((1, 28, 28, 1)))
+    >>> models.count_params(shapes['params'])  # nothing allocated
+    431080
   """
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

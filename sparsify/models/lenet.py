@@ -21,9 +21,15 @@ class LeNet5(nn.Module):
       has fewer).
 
   Example:
-    >>> model = LeNet5()
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)))
-    >>> model.apply(variables, jnp.ones((8, 28, 28, 1))).shape
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.LeNet5()
+    >>> x = jnp.ones((8, 28, 28, 1))
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    >>> models.count_params(variables['params'])
+    431080
+    >>> jax.eval_shape(model.apply, variables, x).shape
     (8, 10)
 
   Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied

@@ -22,10 +22,16 @@ class MLP(nn.Module):
       layer's relu, for sparse structure selection.
 
   Example:
-    >>> model = MLP(hidden=(300, 100))
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)))
-    >>> model.apply(variables, jnp.ones((8, 28, 28, 1))).shape
-    (8, 10)
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.MLP(hidden=(32, 16), num_classes=3)
+    >>> x = jnp.ones((5, 8, 8, 1))
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, variables['params']['fc2'])
+    {'bias': (16,), 'kernel': (32, 16)}
+    >>> jax.eval_shape(model.apply, variables, x).shape
+    (5, 3)
   """
 
   hidden: Sequence[int] = (300, 100)
@@ -58,8 +64,16 @@ def lenet_300_100(num_classes: int = 10, gates: bool = False) -> MLP:
     The `MLP` module.
 
   Example:
-    >>> model = lenet_300_100()
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)))
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.lenet_300_100()
+    >>> model.hidden
+    (300, 100)
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0),
+    ...                            jnp.ones((1, 28, 28, 1)))
+    >>> models.count_params(variables['params'])
+    266610
 
   Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied
   to document recognition", Proc. IEEE 1998.

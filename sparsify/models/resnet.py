@@ -47,7 +47,14 @@ class ResidualBlock(nn.Module):
   branch: bool = True
 
   def inner_width(self, index: int) -> int:
-    """Width of inner layer ``index`` (from 1): ``features`` unless slimmed."""
+    """Width of inner layer ``index`` (from 1): ``features`` unless slimmed.
+
+    Args:
+      index: which inner layer of the branch, from 1.
+
+    Returns:
+      ``inner[index - 1]`` if ``inner`` is set, else ``features``.
+    """
     return self.features if self.inner is None else self.inner[index - 1]
   expansion: ClassVar[int] = 1
 
@@ -57,11 +64,28 @@ class ResidualBlock(nn.Module):
     return self.features * self.expansion
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
-    """Returns the residual branch, before the addition and the relu."""
+    """Returns the residual branch, before the addition and the relu.
+
+    Args:
+      x: the block's input, ``(N, H, W, C)``.
+      train: whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+      The branch's output, ``(N, H / strides, W / strides, out_features)``.
+    """
     raise NotImplementedError
 
   def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
-    """Returns ``x`` or its projection to the branch's output shape."""
+    """Returns ``x`` or its projection to the branch's output shape.
+
+    Args:
+      x: the block's input, ``(N, H, W, C)``.
+      train: whether the projection's BatchNorm uses batch statistics.
+
+    Returns:
+      ``x`` itself when ``strides == 1`` and ``C == out_features``, else
+      ``shortcut_bn(shortcut_conv(x))`` of the branch's output shape.
+    """
     if self.strides == 1 and x.shape[-1] == self.out_features:
       return x
     x = _conv(self.out_features, 1, self.strides, "shortcut_conv")(x)
@@ -78,7 +102,16 @@ class ResidualBlock(nn.Module):
     return nn.relu(branch + self.shortcut(x, train))
 
   def inner_gate(self, x: jax.Array, index: int) -> jax.Array:
-    """A per-channel gate after an inner relu, if ``channel_gates``."""
+    """A per-channel gate after an inner relu, if ``channel_gates``.
+
+    Args:
+      x: the activations after inner relu ``index``.
+      index: which inner layer, from 1; names the gate ``gate{index}``.
+
+    Returns:
+      ``x`` scaled by the gate ``gate{index}`` if ``channel_gates``, else
+      ``x``.
+    """
     return Gate(name=f"gate{index}")(x) if self.channel_gates else x
 
 
@@ -91,7 +124,15 @@ class BasicBlock(ResidualBlock):
   expansion: ClassVar[int] = 1
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
-    """Returns the residual branch, before the addition and the relu."""
+    """Returns the residual branch, before the addition and the relu.
+
+    Args:
+      x: the block's input, ``(N, H, W, C)``.
+      train: whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+      ``bn2(conv2(relu(bn1(conv1(x)))))``, ``features`` channels.
+    """
     x = _conv(self.inner_width(1), 3, self.strides, "conv1")(x)
     x = self.inner_gate(nn.relu(batch_norm(train, name="bn1")(x)), 1)
     x = _conv(self.features, 3, 1, "conv2")(x)
@@ -109,7 +150,15 @@ class BottleneckBlock(ResidualBlock):
   expansion: ClassVar[int] = 4
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
-    """Returns the residual branch, before the addition and the relu."""
+    """Returns the residual branch, before the addition and the relu.
+
+    Args:
+      x: the block's input, ``(N, H, W, C)``.
+      train: whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+      The output of ``bn3(conv3(...))``, ``4 * features`` channels.
+    """
     x = _conv(self.inner_width(1), 1, 1, "conv1")(x)
     x = self.inner_gate(nn.relu(batch_norm(train, name="bn1")(x)), 1)
     x = _conv(self.inner_width(2), 3, self.strides, "conv2")(x)
@@ -153,11 +202,19 @@ class ResNet(nn.Module):
       projection kept) or ``'none'`` (removed), as left by surgery.
 
   Example:
-    >>> model = ResNet(depth=20)
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-    >>> logits, updates = model.apply(
-    ...     variables, jnp.ones((8, 32, 32, 3)), train=True,
-    ...     mutable=['batch_stats'])
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.ResNet(depth=20)
+    >>> x = jnp.ones((8, 32, 32, 3))
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    >>> model.blocks_per_stage, models.count_params(variables['params'])
+    (3, 272474)
+    >>> def train_apply(variables, x):  # BatchNorm on batch statistics
+    ...   return model.apply(variables, x, train=True, mutable=['batch_stats'])
+    >>> logits, updates = jax.eval_shape(train_apply, variables, x)
+    >>> logits.shape, list(updates)
+    ((8, 10), ['batch_stats'])
 
   Reference: He, Zhang, Ren, Sun, "Deep Residual Learning for Image
   Recognition", CVPR 2016 (section 4.2), and "Identity Mappings in Deep

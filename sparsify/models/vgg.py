@@ -32,7 +32,11 @@ def vgg_stages(depth: int) -> tuple[tuple[int, ...], ...]:
     ValueError: if ``depth`` is not one of the standard depths.
 
   Example:
-    >>> model = VGG(stages=vgg_stages(16))
+    >>> from sparsify import models
+    >>> stages = models.vgg_stages(16)
+    >>> [len(stage) for stage in stages], stages[-1]
+    ([2, 2, 3, 3, 3], (512, 512, 512))
+    >>> model = models.VGG(stages=stages)
 
   Reference: Simonyan, Zisserman, "Very Deep Convolutional Networks for
   Large-Scale Image Recognition", ICLR 2015.
@@ -44,7 +48,19 @@ def vgg_stages(depth: int) -> tuple[tuple[int, ...], ...]:
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-  """Returns the BatchNorm used by the convolutional models."""
+  """Returns the BatchNorm used by the convolutional models.
+
+  Momentum 0.9 and epsilon 1e-5, the values of the PyTorch and Caffe
+  reference implementations.
+
+  Args:
+    train: normalize with the batch's statistics and update the running ones
+      (True), or with the running statistics (False).
+    name: the module's name, e.g. ``'bn1'``.
+
+  Returns:
+    A `flax.linen.BatchNorm` module.
+  """
   return nn.BatchNorm(
       use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
@@ -98,11 +114,19 @@ class VGG(nn.Module):
     gates: a per-channel `Gate` after every conv block.
 
   Example:
-    >>> model = VGG(stages=vgg_stages(16), width=0.5)
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-    >>> logits, updates = model.apply(
-    ...     variables, jnp.ones((8, 32, 32, 3)), train=True,
-    ...     mutable=['batch_stats'])
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from sparsify import models
+    >>> model = models.VGG(stages=((16,), (32, 32)), width=0.5)
+    >>> x = jnp.ones((8, 28, 28, 1))
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    >>> variables['params']['block2_1']['conv']['kernel'].shape
+    (3, 3, 16, 16)
+    >>> def train_apply(variables, x):  # BatchNorm on batch statistics
+    ...   return model.apply(variables, x, train=True, mutable=['batch_stats'])
+    >>> logits, updates = jax.eval_shape(train_apply, variables, x)
+    >>> logits.shape, list(updates)
+    ((8, 10), ['batch_stats'])
 
   Reference: Simonyan, Zisserman, "Very Deep Convolutional Networks for
   Large-Scale Image Recognition", ICLR 2015.
@@ -122,7 +146,14 @@ class VGG(nn.Module):
     super().__post_init__()
 
   def channels(self, c: int) -> int:
-    """Returns the number of channels used for a nominal count ``c``."""
+    """Returns the number of channels used for a nominal count ``c``.
+
+    Args:
+      c: a channel count of ``stages``.
+
+    Returns:
+      ``max(1, round(c * width))``.
+    """
     return max(1, round(c * self.width))
 
   @nn.compact
