@@ -278,9 +278,7 @@ def _slimmed(model: Model, spec, keep) -> Model:
   kwargs = surgery.slim_kwargs(model.name, model.kwargs, keep)
   if model.name == "resnet":
     kwargs.pop("block_gates", None)
-  # A slimmed LeNet-300-100 is an MLP with other widths (same parameters).
-  name = "mlp" if model.name == "lenet_300_100" else model.name
-  return Model(name, kwargs, variables)
+  return Model(model.name, kwargs, variables)
 
 
 # ----------------------------------------------------------------- stages

@@ -26,6 +26,7 @@ def _set_gates(variables, rng, zero_fraction):
 
 @pytest.mark.parametrize("name,kwargs", [
     ("mlp", {"hidden": (64, 32)}),
+    ("lenet_300_100", {}),  # slims into a lenet_300_100 of other widths
     ("vgg", {"stages": ((8, 8), (16,))}),
     ("resnet", {"depth": 8, "width": 8}),
     ("resnet", {"depth": 11, "width": 4, "block": "bottleneck"}),

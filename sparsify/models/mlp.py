@@ -50,7 +50,8 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def lenet_300_100(num_classes: int = 10, gates: bool = False) -> MLP:
+def lenet_300_100(num_classes: int = 10, gates: bool = False,
+                  hidden: Sequence[int] = (300, 100)) -> MLP:
   """Returns LeNet-300-100: an `MLP` with hidden layers of 300 and 100 units.
 
   On 28x28x1 inputs it has 784*300+300 + 300*100+100 + 100*10+10 = 266,610
@@ -59,6 +60,8 @@ def lenet_300_100(num_classes: int = 10, gates: bool = False) -> MLP:
   Args:
     num_classes: Number of output logits.
     gates: add per-neuron gates (see `MLP`).
+    hidden: the two hidden widths; other than ``(300, 100)`` only for the
+      network that slimming leaves (`sparsify.surgery.slim_kwargs`).
 
   Returns:
     The `MLP` module.
@@ -78,4 +81,6 @@ def lenet_300_100(num_classes: int = 10, gates: bool = False) -> MLP:
   Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied
   to document recognition", Proc. IEEE 1998.
   """
-  return MLP(hidden=(300, 100), num_classes=num_classes, gates=gates)
+  if len(hidden) != 2:
+    raise ValueError(f"hidden: got {tuple(hidden)}; allowed: two widths")
+  return MLP(hidden=tuple(hidden), num_classes=num_classes, gates=gates)
