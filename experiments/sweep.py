@@ -35,16 +35,15 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
+from experiments import cli
 from sparsify import config as config_lib
 from sparsify import models
 from sparsify import train as train_lib
@@ -473,43 +472,18 @@ def _define_flags():
   return flags
 
 
-def _parse_flags(argv):
-  """Parses flags; a bad flag or a missing config file is one line."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  for i, arg in enumerate(argv):
-    path = (arg.split("=", 1)[1] if arg.startswith("--config=") else
-            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-    if path is not None and not os.path.isfile(path.split(":")[0]):
-      print(f"error: --config: got {path!r}, no such file", file=sys.stderr)
-      sys.exit(2)
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    last = str(e).strip().splitlines()[-1]
-    print(f"error: {last.split('Error: ', 1)[-1]}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError) as e:
-    print(f"error: {str(e).strip(chr(34) + chr(39))}: got a field the config"
-          " does not have (see sparsify.default_config())", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from sparsify.data import MissingDataError  # pylint: disable=g-import-not-at-top
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-  for noisy in ("absl", "jax", "orbax", "tensorflow_datasets"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  cli.quiet_logging()
   fl = flags.FLAGS
   try:
     grid = [parse_assignment(g, several=True) for g in fl.grid]
     overrides = dict(parse_assignment(s, several=False) for s in fl.set)
     rows = run_sweep(fl.config, fl.workdir, grid, overrides)
   except (config_lib.ConfigError, MissingDataError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(2)  # pylint: disable=protected-access
+    cli.fail(str(e), teardown=False)
   print()
   print(markdown(rows))
   print(f"results: {os.path.join(fl.workdir, 'results.csv')}")
@@ -518,4 +492,4 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
