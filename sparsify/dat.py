@@ -82,7 +82,7 @@ def dynamic_adaptive_threshold(
     update_every: int = 100,
     power: float = 3.0,
     target_sparsity: float | None = None,
-    target_mode: Literal["clamp", "solve"] = "clamp",
+    target_mode: Literal["clamp", "solve", "global"] = "clamp",
     recovery: bool = False,
     statistics: Literal["surviving", "all"] = "surviving",
     prune_factor: float = 0.9,
