@@ -26,7 +26,10 @@ finished run, so rows of one trained model differ only in what was removed.
 
 Every slimmed model is fine-tuned for ``post.finetune.epochs`` (1). Rows
 give accuracy after training, after removal and after fine-tuning,
-parameters and FLOPs (``2 * MACs`` per example) before and after.
+parameters and FLOPs (``2 * MACs`` per example) before and after. In the
+JSON, ``train_seconds`` is the time of the training a row triggered: 0 for
+the rows that reuse a model trained for an earlier row (or an earlier run
+in ``--workdir``).
 
 Latency: each slimmed model (variables and constructor arguments read back
 from the run's ``model.spz``) against the dense-trained model of the same
