@@ -13,12 +13,13 @@ CIFAR-10 through tensorflow-datasets (needs the prepared dataset):
       --config.data.name=cifar10
 
 With a method after ``:`` (`sparsify.config.METHOD_PRESETS`): ``sss`` trains
-channel gates with APG and slims them away, ``slimming`` is Network Slimming
+channel gates with APG and removes the channels whose gate is below 0.4 of
+the largest of their layer, ``slimming`` is Network Slimming
 (L1 on BatchNorm scales, then the lowest half of the channels removed),
 ``search`` is binary-search filter pruning, each followed by fine-tuning:
 
   python -m experiments.main --config configs/vgg.py:sss --workdir /tmp/vgg_sss \
-      --config.compression.gamma=0.005 --config.model.kwargs.width=0.25
+      --config.compression.gamma=0.01 --config.model.kwargs.width=0.25
 """
 
 from sparsify.config import default_config
@@ -36,4 +37,12 @@ def get_config(preset=None):
   config.optimizer.learning_rate = 0.05
   config.optimizer.weight_decay = 1e-4
   config.train.epochs = 20
-  return with_method(config, preset)
+  config = with_method(config, preset)
+  if preset == "sss":
+    # A channel gate feeds a conv and its BatchNorm, which cancels a common
+    # scale: L1 shrinks a layer's gates together, so channels are selected
+    # against the largest gate of their layer (benchmarks/sss.py).
+    config.post.slim.relative = True
+    config.post.slim.threshold = 0.4
+    config.post.slim.multiple = 8
+  return config
