@@ -227,26 +227,22 @@ def dynamic_adaptive_threshold(
     # One quantile of the magnitudes in units of each layer's statistic.
     leaves, treedef = jax.tree.flatten(weights)
     old = treedef.flatten_up_to(masks)
-    magnitudes, scores, bases = [], [], []
+    scores = []
     for w, m in zip(leaves, old):
       magnitude = jnp.abs(w if recovery else jnp.where(m, w, 0))
       population = m if statistics == "surviving" else jnp.ones_like(m)
       base = layer_threshold(jnp.where(m, w, 0), population, c)
-      base = jnp.where(base > 0, base, 1.0)
-      magnitudes.append(magnitude)
-      scores.append(magnitude / base)
-      bases.append(base)
+      scores.append(magnitude / jnp.where(base > 0, base, 1.0))
     total = sum(w.size for w in leaves)
     keep = pruning.top_k_mask(scores, pruning.keep_count(total,
                                                          target_sparsity))
     q = jnp.min(jnp.stack([jnp.min(jnp.where(k, s, jnp.inf))
                            for k, s in zip(keep, scores)]))
     q = jnp.where(jnp.isfinite(q), q, 0.0)
-    new = []
-    for magnitude, base, m in zip(magnitudes, bases, old):
-      tau = ramp(step) * q * base
-      new.append(_decide(step, m, magnitude, tau))
-    return treedef.unflatten(new)
+    # Thresholding the scores themselves (not magnitudes against q * base,
+    # which rounds) keeps exactly the selected weights at the end of the ramp.
+    return treedef.unflatten([_decide(step, m, s, ramp(step) * q)
+                              for s, m in zip(scores, old)])
 
   def update_masks(step, weights, masks):
     if target_mode == "global" and target_sparsity is not None:

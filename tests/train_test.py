@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from sparsify import base
 from sparsify import checkpoint
 from sparsify import config as config_lib
 from sparsify import data as data_lib
@@ -120,17 +121,21 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
 
 
+def _sharded_config():
+  config = tiny_config(**{"model.name": "vgg", "compression.method": "gmp",
+                          "compression.sparsity": 0.5,
+                          "compression.update_every": 2})
+  config.model.kwargs.stages = ((8,), (16,))
+  config.train.epochs = 10 / 250  # ten steps of 32 examples
+  return config
+
+
 _SHARDED_RUN = """
-import sys, numpy as np, jax
-from sparsify import checkpoint, train
+import sys, jax
+from sparsify import train
 sys.path.insert(0, {tests!r})
-from train_test import tiny_config
-config = tiny_config(**{{"model.name": "vgg", "compression.method": "gmp",
-                        "compression.sparsity": 0.5,
-                        "compression.update_every": 2}})
-config.model.kwargs.stages = ((8,), (16,))
-config.train.epochs = 10 / 250  # ten steps of 32 examples
-train.train_and_evaluate(config, sys.argv[1])
+from train_test import _sharded_config
+train.train_and_evaluate(_sharded_config(), sys.argv[1])
 print("devices", jax.device_count())
 """
 
@@ -147,12 +152,20 @@ def test_eight_devices_match_one_device(tmp_path):
     counts[n] = out.split("devices")[-1].strip()
   assert counts == {1: "1", 8: "8"}
   one, eight = (checkpoint.load(str(tmp_path / str(n))) for n in (1, 8))
-  # Same global batch, different reduction order: equal up to float rounding
-  # (over longer runs the rounding differences grow, as in any training run).
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-6),
-               (one["params"], one["batch_stats"]),
-               (eight["params"], eight["batch_stats"]))
+  init = train.Trainer(_sharded_config(), str(tmp_path / "init")).init_state()
+  # Same global batch, different reduction order: the two runs differ by
+  # float rounding only, a small fraction of how far training moved each
+  # leaf. (Sharding mistakes, such as per-device BatchNorm statistics or
+  # unaveraged gradients, give differences of the order of the movement.)
+  named = lambda tree: dict(base.named_leaves(tree))
+  eight_params, start = named(eight["params"]), named(init.params)
+  for name, a in named(one["params"]).items():
+    moved = np.linalg.norm(a - np.asarray(start[name]))
+    assert moved > 0, name
+    assert np.linalg.norm(a - eight_params[name]) < 1e-2 * moved, name
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-5),
+               one["batch_stats"], eight["batch_stats"])
   masks, masks8 = ([np.asarray(x) for x in jax.tree.leaves(run["opt_state"])
                     if np.asarray(x).dtype == bool] for run in (one, eight))
   assert len(masks) == len(masks8) == 3  # two conv kernels and the head
