@@ -145,7 +145,8 @@ def test_eight_devices_match_one_device(tmp_path):
   counts = {}
   for n in (1, 8):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                         f" --xla_force_host_platform_device_count={n}")}
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / str(n))],
                          cwd=ROOT, env=env, check=True, capture_output=True,
                          text=True).stdout
