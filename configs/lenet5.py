@@ -1,9 +1,8 @@
 r"""LeNet-5 in Caffe form (431,080 parameters), dense or with a compression method.
 
-The part after ``:`` picks the method (`sparsify.config.METHOD_PRESETS`):
-dense (default), the baselines gmp, magnitude, random and slimming, and the
-methods dat, sss, search, pq, dat_pq, lct and deep_compression. On the
-embedded MNIST digits:
+The part after ``:`` picks the method, any key of
+`sparsify.config.METHOD_PRESETS` (dense by default). On the embedded MNIST
+digits:
 
   python -m experiments.main --config configs/lenet5.py --workdir /tmp/lenet5
   python -m experiments.main --config configs/lenet5.py:gmp --workdir /tmp/lenet5_gmp
