@@ -1,7 +1,7 @@
 r"""LeNet-300-100 (266,610 parameters), dense or with a compression method.
 
 The part after ``:`` picks the method, any key of
-`sparsify.config.METHOD_PRESETS` (dense by default). On the embedded MNIST
+`sparsify.experiment.config.METHOD_PRESETS` (dense by default). On the embedded MNIST
 digits:
 
   python -m experiments.main --config configs/lenet_300_100.py --workdir /tmp/l300
@@ -17,8 +17,8 @@ tensorflow-datasets (a prepared dataset in DATA_DIR):
       --config.data.name=mnist --config.data.source=tfds --config.data.data_dir=DATA_DIR
 """
 
-from sparsify.config import default_config
-from sparsify.config import with_method
+from sparsify.experiment.config import default_config
+from sparsify.experiment.config import with_method
 
 
 def get_config(preset=None):

@@ -9,7 +9,7 @@ cores:
   python -m experiments.main --config configs/quickstart.py --workdir /tmp/sparsify_quickstart
 """
 
-from sparsify.config import default_config
+from sparsify.experiment.config import default_config
 
 
 def get_config():

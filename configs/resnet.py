@@ -8,11 +8,11 @@ Bottleneck blocks need depth 9n+2 (``--config.model.kwargs.block=bottleneck
 ``--config.data.name=cifar10``.
 
 ``configs/resnet.py:sss`` gates the channels inside residual branches, trains
-them with APG and slims them away (`sparsify.config.METHOD_PRESETS`).
+them with APG and slims them away (`sparsify.experiment.config.METHOD_PRESETS`).
 """
 
-from sparsify.config import default_config
-from sparsify.config import with_method
+from sparsify.experiment.config import default_config
+from sparsify.experiment.config import with_method
 
 
 def get_config(preset=None):

@@ -12,7 +12,7 @@ CIFAR-10 through tensorflow-datasets (needs the prepared dataset):
   python -m experiments.main --config configs/vgg.py --workdir /tmp/vgg_c10 \
       --config.data.name=cifar10
 
-With a method after ``:`` (`sparsify.config.METHOD_PRESETS`): ``sss`` trains
+With a method after ``:`` (`sparsify.experiment.config.METHOD_PRESETS`): ``sss`` trains
 channel gates with APG and removes the channels whose gate is below 0.4 of
 the largest of their layer, ``slimming`` is Network Slimming
 (L1 on BatchNorm scales, then the lowest half of the channels removed),
@@ -22,8 +22,8 @@ the largest of their layer, ``slimming`` is Network Slimming
       --config.compression.gamma=0.01 --config.model.kwargs.width=0.25
 """
 
-from sparsify.config import default_config
-from sparsify.config import with_method
+from sparsify.experiment.config import default_config
+from sparsify.experiment.config import with_method
 
 
 def get_config(preset=None):

@@ -14,8 +14,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from sparsify import train
-from sparsify.config import ConfigError
+from sparsify.experiment import trainer as trainer_lib
+from sparsify.experiment.config import ConfigError
 from sparsify.data import MissingDataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,7 +29,7 @@ def main(argv):
   del argv
   cli.quiet_logging()
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    trainer_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, MissingDataError) as e:
     cli.fail(str(e), teardown=False)
 

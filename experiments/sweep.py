@@ -5,7 +5,7 @@ r"""Runs a grid of configs one after the other and collects their results.
       --set data.name=fashion_mnist --set train.epochs=2
 
 Every point of the Cartesian product of the ``--grid`` values (the last
-``--grid`` varying fastest) trains through `sparsify.train.train_and_evaluate`
+``--grid`` varying fastest) trains through `sparsify.experiment.trainer.train_and_evaluate`
 in ``<workdir>/<field=value,...>``, e.g.
 ``compression.sparsity=0.9,compression.c=3.0``. ``--set FIELD=VALUE`` (and
 ``--config.FIELD=VALUE``) changes every run. A run whose ``results.json``
@@ -44,9 +44,9 @@ from typing import Any
 import ml_collections
 
 from experiments import cli
-from sparsify import config as config_lib
+from sparsify.experiment import config as config_lib
 from sparsify import models
-from sparsify import train as train_lib
+from sparsify.experiment import trainer as trainer_lib
 
 # Groups whose keys are free (a model's keyword arguments): a new key may be
 # added there; anywhere else an unknown field is an error.
@@ -367,7 +367,7 @@ def plan(config: ml_collections.ConfigDict, grid, overrides=None
   Raises:
     sparsify.ConfigError: an unknown field, a value of the wrong type, a
       repeated value, a field both in the grid and the overrides, or a config
-      that `sparsify.config.validate` refuses.
+      that `sparsify.experiment.config.validate` refuses.
   """
   items = _grid_items(grid)
   overrides = dict(overrides or {})
@@ -441,14 +441,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid,
       os.makedirs(run_dir, exist_ok=True)
       with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(run_config.to_json(indent=2))
-      train_lib.train_and_evaluate(run_config, run_dir)
+      trainer_lib.train_and_evaluate(run_config, run_dir)
     with open(results_path) as f:
       rows.append(_row(name, values, json.load(f)))
   write_csv(rows, os.path.join(workdir, "results.csv"))
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(markdown(rows))
   if importlib.util.find_spec("matplotlib") is not None:
-    from sparsify import plots  # pylint: disable=g-import-not-at-top
+    from sparsify.experiment import plots  # pylint: disable=g-import-not-at-top
     fields = list(runs[0][1])
     if any(r["compression_ratio"] is not None for r in rows):
       plots.pareto(rows, "compression_ratio", "eval_accuracy",

@@ -7,84 +7,85 @@ pytrees. Subpackages: `sparsify.data` (datasets and batches) and
 `sparsify.models` (the models looked up by name from configs).
 """
 
-from sparsify.base import Masks
-from sparsify.base import Params
-from sparsify.base import path_name
-from sparsify.base import select
-from sparsify.compressed import CompressedFileError
-from sparsify.compressed import file_report
-from sparsify.compressed import load as load_compressed
-from sparsify.compressed import pq_layer
-from sparsify.compressed import PQLayer
-from sparsify.compressed import save as save_compressed
-from sparsify.compressed import shared_layer
-from sparsify.compressed import SharedLayer
-from sparsify.compressed import ternary_layer
-from sparsify.compressed import TernaryLayer
-from sparsify.config import ConfigError
-from sparsify.config import default_config
-from sparsify.dat import dynamic_adaptive_threshold
-from sparsify.gates import Gate
-from sparsify.lct import layer_significance
-from sparsify.lct import sigma_of
-from sparsify.lct import Significance
-from sparsify.lct import ternarize
-from sparsify.lct import ternary_bits
-from sparsify.lct import ternary_constrained
-from sparsify.lct import TernaryState
-from sparsify.masking import apply_masks
-from sparsify.masking import find_masks
-from sparsify.masking import mask_updates
-from sparsify.masking import MaskState
-from sparsify.neuron_search import apply_neuron_masks
-from sparsify.neuron_search import binary_search_prune
-from sparsify.neuron_search import neuron_masks
-from sparsify.neuron_search import neuron_scores
-from sparsify.neuron_search import SearchResult
-from sparsify.proximal import accelerated_proximal_gradient
-from sparsify.proximal import APGState
-from sparsify.proximal import group_lasso_prox
-from sparsify.proximal import proximal_sgd
-from sparsify.proximal import soft_threshold
-from sparsify.plots import pareto
-from sparsify.plots import pareto_front
-from sparsify.plots import plot_run
-from sparsify.plots import save_weights
-from sparsify.pruning import erk_densities
-from sparsify.pruning import gradual_magnitude_pruning
-from sparsify.pruning import magnitude_pruning
-from sparsify.pruning import random_sparsity
-from sparsify.pruning import select_by_score
-from sparsify.pruning import top_k_mask
-from sparsify.quantization import kmeans
-from sparsify.quantization import pq_compression_rate
-from sparsify.quantization import pq_decode
-from sparsify.quantization import pq_encode
-from sparsify.quantization import pq_nbytes
-from sparsify.quantization import pq_quantize
-from sparsify.quantization import pq_storage_bits
-from sparsify.quantization import share_params
-from sparsify.quantization import share_weights
-from sparsify.quantization import SharedCode
-from sparsify.quantization import shared_decode
-from sparsify.quantization import PQCode
-from sparsify.regularizers import binary_attractor
-from sparsify.regularizers import group_lasso
-from sparsify.regularizers import kcentre_attractor
-from sparsify.regularizers import l1
+from sparsify.core.distributions import erk_densities
+from sparsify.core.masking import apply_masks
+from sparsify.core.masking import find_masks
+from sparsify.core.masking import mask_updates
+from sparsify.core.masking import MaskState
+from sparsify.core.paths import named_leaves
+from sparsify.core.paths import path_name
+from sparsify.core.paths import select
+from sparsify.core.topk import select_by_score
+from sparsify.core.topk import top_k_mask
+from sparsify.core.types import Masks
+from sparsify.core.types import Params
+from sparsify.experiment.config import ConfigError
+from sparsify.experiment.config import default_config
+from sparsify.experiment.plots import pareto
+from sparsify.experiment.plots import pareto_front
+from sparsify.experiment.plots import plot_run
+from sparsify.experiment.plots import save_weights
+from sparsify.experiment.trainer import train_and_evaluate
+from sparsify.experiment.trainer import TrainState
+from sparsify.quantize import kmeans
+from sparsify.quantize import pq_compression_rate
+from sparsify.quantize import pq_decode
+from sparsify.quantize import pq_encode
+from sparsify.quantize import pq_nbytes
+from sparsify.quantize import pq_quantize
+from sparsify.quantize import pq_storage_bits
+from sparsify.quantize import PQCode
+from sparsify.quantize import share_params
+from sparsify.quantize import share_weights
+from sparsify.quantize import shared_decode
+from sparsify.quantize import SharedCode
 from sparsify.report import compression_report
 from sparsify.report import CompressionReport
 from sparsify.report import layer_output_shapes
-from sparsify.sss import network_slimming
-from sparsify.sss import slimming_threshold
-from sparsify.sss import sparse_structure_selection
-from sparsify.sss import sss_optimizer
-from sparsify.surgery import keep_nonzero
-from sparsify.surgery import slim
-from sparsify.surgery import spec_for
-from sparsify.surgery import Unit
-from sparsify.train import train_and_evaluate
-from sparsify.train import TrainState
+from sparsify.spz import CompressedFileError
+from sparsify.spz import file_report
+from sparsify.spz import load as load_compressed
+from sparsify.spz import pq_layer
+from sparsify.spz import PQLayer
+from sparsify.spz import save as save_compressed
+from sparsify.spz import shared_layer
+from sparsify.spz import SharedLayer
+from sparsify.spz import ternary_layer
+from sparsify.spz import TernaryLayer
+from sparsify.structure.gates import Gate
+from sparsify.structure.neuron_search import apply_neuron_masks
+from sparsify.structure.neuron_search import binary_search_prune
+from sparsify.structure.neuron_search import neuron_masks
+from sparsify.structure.neuron_search import neuron_scores
+from sparsify.structure.neuron_search import SearchResult
+from sparsify.structure.significance import layer_significance
+from sparsify.structure.significance import Significance
+from sparsify.structure.surgery import keep_nonzero
+from sparsify.structure.surgery import slim
+from sparsify.structure.surgery import spec_for
+from sparsify.structure.units import Unit
+from sparsify.transforms.dat import dynamic_adaptive_threshold
+from sparsify.transforms.magnitude import gradual_magnitude_pruning
+from sparsify.transforms.magnitude import magnitude_pruning
+from sparsify.transforms.penalties import binary_attractor
+from sparsify.transforms.penalties import group_lasso
+from sparsify.transforms.penalties import kcentre_attractor
+from sparsify.transforms.penalties import l1
+from sparsify.transforms.proximal import accelerated_proximal_gradient
+from sparsify.transforms.proximal import APGState
+from sparsify.transforms.proximal import group_lasso_prox
+from sparsify.transforms.proximal import proximal_sgd
+from sparsify.transforms.proximal import soft_threshold
+from sparsify.transforms.random import random_sparsity
+from sparsify.transforms.sss import network_slimming
+from sparsify.transforms.sss import slimming_threshold
+from sparsify.transforms.sss import sparse_structure_selection
+from sparsify.transforms.sss import sss_optimizer
+from sparsify.transforms.ternary import sigma_of
+from sparsify.transforms.ternary import ternarize
+from sparsify.transforms.ternary import ternary_bits
+from sparsify.transforms.ternary import ternary_constrained
+from sparsify.transforms.ternary import TernaryState
 
 __version__ = "0.1.0"
 
@@ -131,6 +132,7 @@ __all__ = (
     "magnitude_pruning",
     "mask_updates",
     "network_slimming",
+    "named_leaves",
     "neuron_masks",
     "neuron_scores",
     "pareto",

@@ -6,7 +6,7 @@ module so that every number belongs to exactly one array.
 
 FLOPs are forward FLOPs per example, 2 per multiply-accumulate with a kernel
 weight. A kernel (a leaf named ``.../kernel`` of rank >= 2, see
-`base.DEFAULT_PRUNABLE`) is used once per output position, so::
+`paths.DEFAULT_PRUNABLE`) is used once per output position, so::
 
   flops_dense     = 2 * kernel.size * positions
   flops_effective = 2 * nonzeros    * positions
@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsify import base
+from sparsify.core import paths
+from sparsify.core import types
 
 BYTES_PER_VALUE = 4  # float32
-_IS_KERNEL = base.path_predicate(None)
+_IS_KERNEL = paths.path_predicate(None)
 
 
 def _ratio(num: int | None, den: int | None) -> float | None:
@@ -301,8 +302,8 @@ def _total(layers: tuple[LayerReport, ...]) -> LayerReport:
 
 
 def compression_report(
-    params: base.Params,
-    masks: base.Masks | None = None,
+    params: types.Params,
+    masks: types.Masks | None = None,
     *,
     output_shapes: Mapping[str, Any] | None = None,
 ) -> CompressionReport:
@@ -351,8 +352,8 @@ def compression_report(
     >>> total.params, round(total.sparsity, 3), total.flops_dense
     (1370, 0.841, 115456)
   """
-  leaves = base.named_leaves(params)
-  mask_of = dict(base.named_leaves(masks)) if masks is not None else {}
+  leaves = paths.named_leaves(params)
+  mask_of = dict(paths.named_leaves(masks)) if masks is not None else {}
   unknown = sorted(set(mask_of) - {name for name, _ in leaves})
   if unknown:
     raise ValueError(f"Masks {unknown} match no parameter; masks must follow"

@@ -12,10 +12,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from sparsify import base
-from sparsify import compressed
+from sparsify.core import paths
+from sparsify import spz
 from sparsify import models
-from sparsify import quantization
+from sparsify import quantize
 
 SIGMA = np.float32(0.375)
 PREAMBLE = 28  # magic 8 + version 4 + header length 8 + data length 8.
@@ -105,14 +105,14 @@ def test_lossless_round_trip_is_bitwise_with_hand_sizes(tmp_path, case,
                                                         encoding):
   x = LOSSLESS[case]
   want = x.astype(x.dtype.newbyteorder("="))  # Loaded in native byte order.
-  leaf = compressed.encode_leaf(x, encoding)
-  assert _same_bits(compressed.decode_leaf(leaf), want)
+  leaf = spz.encode_leaf(x, encoding)
+  assert _same_bits(spz.decode_leaf(leaf), want)
   path = tmp_path / "m.spz"
-  compressed.save(path, {"layer": {"w": x}}, {"layer/w": encoding})
-  params, metadata = compressed.load(path)
+  spz.save(path, {"layer": {"w": x}}, {"layer/w": encoding})
+  params, metadata = spz.load(path)
   assert metadata == {}
   assert _same_bits(params["layer"]["w"], want)
-  (row,) = compressed.file_report(path).leaves
+  (row,) = spz.file_report(path).leaves
   assert row.encoding == encoding
   assert row.nbytes == _expected_lossless(x)[encoding]
 
@@ -120,13 +120,13 @@ def test_lossless_round_trip_is_bitwise_with_hand_sizes(tmp_path, case,
 def test_lossless_buffers_have_the_documented_bits():
   x = np.array([[0., 1.5, 0.], [-2., 0., 0.]], np.float32)
   values = struct.pack("<2f", 1.5, -2.0)
-  bitmask = compressed.encode_leaf(x, "bitmask")
+  bitmask = spz.encode_leaf(x, "bitmask")
   # Entries 010 100 -> 0b01010000.
   assert bitmask.buffers == {"mask": bytes([0b01010000]), "values": values}
-  csr = compressed.encode_leaf(x, "csr")
+  csr = spz.encode_leaf(x, "csr")
   assert csr.buffers == {"indptr": bytes([0, 1, 2]),
                          "indices": bytes([1, 0]), "values": values}
-  dense = compressed.encode_leaf(x, "dense")
+  dense = spz.encode_leaf(x, "dense")
   assert dense.buffers == {"values": struct.pack("<6f", *x.ravel())}
 
 
@@ -152,15 +152,15 @@ AUTO["row_sparse"][0][[0, 0, 1], [0, 299, 150]] = [1., -1., 2.]
 def test_automatic_choice_picks_the_smallest(tmp_path):
   params = {name: {"kernel": x} for name, (x, _, _) in AUTO.items()}
   path = tmp_path / "auto.spz"
-  compressed.save(path, params)
-  report = compressed.file_report(path)
+  spz.save(path, params)
+  report = spz.file_report(path)
   rows = {row.path: row for row in report.leaves}
   assert sorted(rows) == sorted(f"{n}/kernel" for n in AUTO)
   for name, (x, encoding, nbytes) in AUTO.items():
-    assert compressed.choose_encoding(x) == encoding, name
+    assert spz.choose_encoding(x) == encoding, name
     assert (rows[f"{name}/kernel"].encoding,
             rows[f"{name}/kernel"].nbytes) == (encoding, nbytes), name
-  loaded, _ = compressed.load(path)
+  loaded, _ = spz.load(path)
   for name, (x, _, _) in AUTO.items():
     assert _same_bits(loaded[name]["kernel"], x)
 
@@ -168,7 +168,7 @@ def test_automatic_choice_picks_the_smallest(tmp_path):
 def test_file_layout_is_as_documented(tmp_path):
   path = tmp_path / "layout.spz"
   params = {name: {"kernel": x} for name, (x, _, _) in AUTO.items()}
-  compressed.save(path, params, metadata={"model": "mlp"})
+  spz.save(path, params, metadata={"model": "mlp"})
   blob = path.read_bytes()
   magic, version, h, d = struct.unpack_from("<8sIQQ", blob)
   assert (magic, version) == (b"\x89SPZ\r\n\x1a\n", 1)
@@ -177,13 +177,13 @@ def test_file_layout_is_as_documented(tmp_path):
   header = json.loads(blob[PREAMBLE:PREAMBLE + h].decode("utf-8"))
   assert header["metadata"] == {"model": "mlp"}
   assert [e["path"] for e in header["leaves"]] == [
-      name for name, _ in base.named_leaves(params)]
+      name for name, _ in paths.named_leaves(params)]
   spans = [span for e in header["leaves"] for span in e["buffers"].values()]
   assert [s[0] for s in spans] == list(
       np.cumsum([0] + [s[1] for s in spans[:-1]]))  # back to back.
   assert sum(s[1] for s in spans) == d == sum(nbytes for _, _, nbytes in
                                               AUTO.values())
-  report = compressed.file_report(path)
+  report = spz.file_report(path)
   assert report.file_bytes == os.path.getsize(path) == len(blob)
   assert report.header_bytes == PREAMBLE + h + DIGEST
   assert report.float32_bytes == 4 * (12 + 64 + 600 + 16 + 1)
@@ -210,16 +210,16 @@ def test_pq_round_trip_and_sizes(tmp_path, shape, s, k, masked,
   codebooks = rng.normal(size=(s, k, n // s)).astype(np.float32)
   codes = rng.integers(0, k, size=(m, s))
   mask = rng.random(shape) < 0.6 if masked else None
-  layer = compressed.pq_layer(codebooks, codes, shape, mask)
+  layer = spz.pq_layer(codebooks, codes, shape, mask)
   expected = _pq_reference(codebooks, codes, shape, mask)
   path = tmp_path / "pq.spz"
-  compressed.save(path, {"fc": {"kernel": np.zeros(shape, np.float32)}},
+  spz.save(path, {"fc": {"kernel": np.zeros(shape, np.float32)}},
                   {"fc/kernel": layer})
-  params, _ = compressed.load(path)
+  params, _ = spz.load(path)
   got = params["fc"]["kernel"]
   assert got.dtype == np.float32 and got.shape == shape
   np.testing.assert_array_equal(got, expected)
-  (row,) = compressed.file_report(path).leaves
+  (row,) = spz.file_report(path).leaves
   mask_bytes = -(-math.prod(shape) // 8) if masked else 0
   assert row.encoding == "pq"
   assert row.buffers == {"codebooks": codebook_bytes, "codes": code_bytes,
@@ -229,12 +229,12 @@ def test_pq_round_trip_and_sizes(tmp_path, shape, s, k, masked,
 
 def test_pq_decodes_a_hand_worked_kernel():
   codebooks = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]], np.float32)
-  layer = compressed.pq_layer(codebooks, [[0, 1], [1, 0]], (4, 2))
+  layer = spz.pq_layer(codebooks, [[0, 1], [1, 0]], (4, 2))
   # W rows: [1, 2 | 7, 8] and [3, 4 | 5, 6]; the kernel is W.T.
   want = np.array([[1, 3], [2, 4], [7, 5], [8, 6]], np.float32)
   np.testing.assert_array_equal(layer.decode(), want)
-  leaf = compressed.encode_leaf(want, layer)
-  np.testing.assert_array_equal(compressed.decode_leaf(leaf), want)
+  leaf = spz.encode_leaf(want, layer)
+  np.testing.assert_array_equal(spz.decode_leaf(leaf), want)
   # 1-bit codes 0 1 1 0 -> 0b01100000.
   assert leaf.buffers["codes"] == bytes([0b01100000])
 
@@ -244,8 +244,8 @@ def test_pq_decodes_a_hand_worked_kernel():
     (5, [[4, 1], [2, 3]], [0b10000101, 0b00110000]),  # 100 001 010 011
 ])
 def test_pq_codes_are_packed_most_significant_bit_first(k, codes, packed):
-  layer = compressed.pq_layer(np.zeros((2, k, 1)), codes, (2, 2))
-  leaf = compressed.encode_leaf(np.zeros((2, 2), np.float32), layer)
+  layer = spz.pq_layer(np.zeros((2, k, 1)), codes, (2, 2))
+  leaf = spz.encode_leaf(np.zeros((2, 2), np.float32), layer)
   assert leaf.buffers["codes"] == bytes(packed)
   assert leaf.attrs["code_bits"] == (2 if k == 4 else 3)
 
@@ -263,19 +263,19 @@ def test_pq_codes_are_packed_most_significant_bit_first(k, codes, packed):
 ])
 def test_pq_layer_rejects_bad_input(args, match):
   with pytest.raises(ValueError, match=match):
-    compressed.pq_layer(*args)
+    spz.pq_layer(*args)
 
 
 def test_pq_record_must_fit_the_leaf(tmp_path):
-  layer = compressed.pq_layer(np.zeros((2, 4, 3)), np.zeros((5, 2), int),
+  layer = spz.pq_layer(np.zeros((2, 4, 3)), np.zeros((5, 2), int),
                               (6, 5))
   with pytest.raises(ValueError, match=r"'fc/kernel'.*shape"):
-    compressed.save(tmp_path / "x.spz", {"fc": {"kernel": np.zeros((5, 6))}},
+    spz.save(tmp_path / "x.spz", {"fc": {"kernel": np.zeros((5, 6))}},
                     {"fc/kernel": layer})
   with pytest.raises(ValueError, match="float"):
-    compressed.encode_leaf(np.zeros((6, 5), np.int32), layer)
+    spz.encode_leaf(np.zeros((6, 5), np.int32), layer)
   with pytest.raises(ValueError, match="PQLayer"):
-    compressed.encode_leaf(np.zeros((6, 5), np.float32), "pq")
+    spz.encode_leaf(np.zeros((6, 5), np.float32), "pq")
   assert not os.listdir(tmp_path)
 
 
@@ -284,16 +284,16 @@ def test_pq_record_must_fit_the_leaf(tmp_path):
 def test_ternary_round_trip_and_sizes(tmp_path, density, as_string):
   rng = np.random.default_rng(2)
   kernel = _ternary(rng, (3, 3, 2, 8), density)
-  encoding = "ternary" if as_string else compressed.ternary_layer(kernel)
+  encoding = "ternary" if as_string else spz.ternary_layer(kernel)
   path = tmp_path / "t.spz"
-  compressed.save(path, {"conv": {"kernel": kernel}},
+  spz.save(path, {"conv": {"kernel": kernel}},
                   {"conv/kernel": encoding})
-  got = compressed.load(path)[0]["conv"]["kernel"]
+  got = spz.load(path)[0]["conv"]["kernel"]
   assert got.dtype == np.float32 and got.shape == kernel.shape
   assert set(np.unique(got)) <= {-SIGMA, 0.0, SIGMA}
   np.testing.assert_array_equal(got, kernel)
   nnz = int(np.count_nonzero(kernel))
-  (row,) = compressed.file_report(path).leaves
+  (row,) = spz.file_report(path).leaves
   # 144 mask bits, one sign bit per nonzero, one float32 sigma.
   assert row.buffers == {"mask": 18, "sign": -(-nnz // 8), "sigma": 4}
   assert row.encoding == "ternary"
@@ -301,14 +301,14 @@ def test_ternary_round_trip_and_sizes(tmp_path, density, as_string):
 
 def test_ternary_costs_two_bits_per_weight_at_worst():
   kernel = _ternary(np.random.default_rng(3), (4, 8), 1.0)
-  leaf = compressed.encode_leaf(kernel, "ternary")
+  leaf = spz.encode_leaf(kernel, "ternary")
   assert leaf.nbytes == 2 * 32 // 8 + 4
 
 
 @pytest.mark.parametrize("density", [0.01, 0.05, 0.3, 1.0])
 def test_smallest_ternary_takes_the_fewer_bytes_of_two_layouts(density):
   kernel = _ternary(np.random.default_rng(4), (64, 50), density)
-  layer = compressed.smallest_ternary(kernel)
+  layer = spz.smallest_ternary(kernel)
   np.testing.assert_array_equal(layer.decode(), kernel)
   mask = kernel.ravel() != 0
   nnz = int(mask.sum())
@@ -319,7 +319,7 @@ def test_smallest_ternary_takes_the_fewer_bytes_of_two_layouts(density):
   gaps = min(-(-g * int(np.sum(skips // (2**g - 1) + 1)) // 8)
              for g in range(1, 17))
   relative = 8 + gaps + -(-nnz // 8)
-  leaf = compressed.encode_leaf(kernel, layer)
+  leaf = spz.encode_leaf(kernel, layer)
   assert leaf.nbytes == min(bitmask, relative)
   want = "ternary" if bitmask <= relative else "shared"
   assert leaf.encoding == want
@@ -330,9 +330,9 @@ def test_smallest_ternary_takes_the_fewer_bytes_of_two_layouts(density):
 def test_ternary_buffers_have_the_documented_bits():
   s = SIGMA
   kernel = np.array([[s, 0, -s], [0, -s, s]], np.float32)
-  layer = compressed.ternary_layer(kernel)
+  layer = spz.ternary_layer(kernel)
   assert layer.sigma == 0.375
-  leaf = compressed.encode_leaf(kernel, layer)
+  leaf = spz.encode_leaf(kernel, layer)
   # mask 101011 -> 0b10101100; signs of +s, -s, -s, +s -> 0b01100000.
   assert leaf.buffers == {"mask": bytes([0b10101100]),
                           "sign": bytes([0b01100000]),
@@ -344,11 +344,11 @@ def test_ternary_keeps_bfloat16_and_all_zero_kernels(tmp_path):
   rng = np.random.default_rng(4)
   bf = _ternary(rng, (6, 4), 0.5).astype(ml_dtypes.bfloat16)
   zeros = np.zeros((3, 4), np.float32)
-  assert compressed.ternary_layer(zeros).sigma == 0.0
+  assert spz.ternary_layer(zeros).sigma == 0.0
   path = tmp_path / "t.spz"
-  compressed.save(path, {"a": {"kernel": bf}, "b": {"kernel": zeros}},
+  spz.save(path, {"a": {"kernel": bf}, "b": {"kernel": zeros}},
                   {"a/kernel": "ternary", "b/kernel": "ternary"})
-  params, _ = compressed.load(path)
+  params, _ = spz.load(path)
   assert _same_bits(params["a"]["kernel"], bf)
   assert _same_bits(params["b"]["kernel"], zeros)
 
@@ -361,7 +361,7 @@ def test_ternary_keeps_bfloat16_and_all_zero_kernels(tmp_path):
 ])
 def test_ternary_layer_rejects_non_ternary_kernels(kernel, match):
   with pytest.raises(ValueError, match=match):
-    compressed.ternary_layer(kernel)
+    spz.ternary_layer(kernel)
 
 
 @pytest.fixture
@@ -371,21 +371,21 @@ def saved(tmp_path):
   params = {"fc1": {"kernel": _sparse(rng, (20, 10), 0.3),
                     "bias": rng.normal(size=10).astype(np.float32)},
             "fc2": {"kernel": _ternary(rng, (10, 4), 0.5)}}
-  compressed.save(path, params, {"fc1/kernel": "csr", "fc2/kernel": "ternary"},
+  spz.save(path, params, {"fc1/kernel": "csr", "fc2/kernel": "ternary"},
                   metadata={"model": "mlp", "accuracy": 0.5})
   return path, params
 
 
 def _check_same(params, loaded):
   assert (jax.tree.structure(params) == jax.tree.structure(loaded))
-  for (name, a), (_, b) in zip(base.named_leaves(params),
-                               base.named_leaves(loaded)):
+  for (name, a), (_, b) in zip(paths.named_leaves(params),
+                               paths.named_leaves(loaded)):
     assert _same_bits(a, b), name
 
 
 def _load_fails(path, match):
-  for reader in (compressed.load, compressed.file_report):
-    with pytest.raises(compressed.CompressedFileError, match=match) as e:
+  for reader in (spz.load, spz.file_report):
+    with pytest.raises(spz.CompressedFileError, match=match) as e:
       reader(path)
     assert str(path) in str(e.value)
     assert isinstance(e.value, ValueError)
@@ -454,8 +454,8 @@ def test_inconsistent_content_with_valid_checksum_is_refused(saved):
 
   blob = path.read_bytes()
   _rewrite(path, edit_data=bad_index)
-  with pytest.raises(compressed.CompressedFileError, match="'fc1/kernel'"):
-    compressed.load(path)
+  with pytest.raises(spz.CompressedFileError, match="'fc1/kernel'"):
+    spz.load(path)
   path.write_bytes(blob)
   _rewrite(path, lambda h: h["leaves"][0].update(encoding="zip"))
   _load_fails(path, "encoding 'zip'")
@@ -464,7 +464,7 @@ def test_inconsistent_content_with_valid_checksum_is_refused(saved):
       1, 10**6))
   _load_fails(path, "data section")
   path.write_bytes(blob)
-  _check_same(params, compressed.load(path)[0])
+  _check_same(params, spz.load(path)[0])
 
 
 def test_metadata_round_trip(tmp_path):
@@ -472,13 +472,13 @@ def test_metadata_round_trip(tmp_path):
               "accuracy": 0.9812345678901234, "step": 1200, "pruned": True,
               "note": None, "label": "h\u00e9llo"}
   path = tmp_path / "m.spz"
-  compressed.save(path, {"w": {"kernel": np.ones(3, np.float32)}},
+  spz.save(path, {"w": {"kernel": np.ones(3, np.float32)}},
                   metadata=metadata)
-  assert compressed.load(path)[1] == metadata
-  compressed.save(path, {"w": {"kernel": np.ones(3, np.float32)}},
+  assert spz.load(path)[1] == metadata
+  spz.save(path, {"w": {"kernel": np.ones(3, np.float32)}},
                   metadata={"acc": np.float32(0.5), "n": jnp.asarray(3),
                             "v": np.arange(2)})
-  assert compressed.load(path)[1] == {"acc": 0.5, "n": 3, "v": [0, 1]}
+  assert spz.load(path)[1] == {"acc": 0.5, "n": 3, "v": [0, 1]}
 
 
 def _only_file(directory, name):
@@ -498,8 +498,8 @@ def test_failed_save_keeps_the_previous_file(saved, bad_params, encodings,
                                              metadata, match):
   path, params = saved
   with pytest.raises(ValueError, match=match):
-    compressed.save(path, bad_params, encodings, metadata=metadata)
-  _check_same(params, compressed.load(path)[0])
+    spz.save(path, bad_params, encodings, metadata=metadata)
+  _check_same(params, spz.load(path)[0])
   _only_file(path.parent, path.name)
 
 
@@ -511,18 +511,18 @@ def test_save_failing_on_disk_keeps_the_previous_file(saved, monkeypatch,
   def boom(*args):
     raise OSError("disk full")
 
-  monkeypatch.setattr(compressed.os, fail, boom)
+  monkeypatch.setattr(spz.container.os, fail, boom)
   with pytest.raises(OSError, match="disk full"):
-    compressed.save(path, {"other": {"w": np.zeros(3, np.float32)}})
+    spz.save(path, {"other": {"w": np.zeros(3, np.float32)}})
   monkeypatch.undo()
-  _check_same(params, compressed.load(path)[0])
+  _check_same(params, spz.load(path)[0])
   _only_file(path.parent, path.name)
 
 
 def test_save_to_a_directory_is_refused(saved):
   path, _ = saved
   with pytest.raises(ValueError, match="directory"):
-    compressed.save(path.parent, {"w": {"kernel": np.ones(2)}})
+    spz.save(path.parent, {"w": {"kernel": np.ones(2)}})
   _only_file(path.parent, path.name)
 
 
@@ -544,24 +544,24 @@ def test_nested_mlp_params_with_every_encoding(tmp_path):
   params = _flax_like_params(rng)
   codebooks = rng.normal(size=(8, 4, 12)).astype(np.float32)
   codes = rng.integers(0, 4, size=(32, 8))
-  pq = compressed.pq_layer(codebooks, codes, (96, 32))
+  pq = spz.pq_layer(codebooks, codes, (96, 32))
   path = tmp_path / "mlp.spz"
-  compressed.save(path, params, {"fc1/kernel": pq, "fc2/kernel": "ternary",
+  spz.save(path, params, {"fc1/kernel": pq, "fc2/kernel": "ternary",
                                  "head/kernel": "csr"},
                   metadata={"model": "mlp"})
-  loaded, metadata = compressed.load(path)
+  loaded, metadata = spz.load(path)
   assert metadata == {"model": "mlp"}
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
-  assert [n for n, _ in base.named_leaves(loaded)] == [
-      n for n, _ in base.named_leaves(params)]
-  for name, x in base.named_leaves(params):
-    got = dict(base.named_leaves(loaded))[name]
+  assert [n for n, _ in paths.named_leaves(loaded)] == [
+      n for n, _ in paths.named_leaves(params)]
+  for name, x in paths.named_leaves(params):
+    got = dict(paths.named_leaves(loaded))[name]
     if name == "fc1/kernel":
       np.testing.assert_array_equal(got, _pq_reference(codebooks, codes,
                                                        (96, 32)))
     else:
       assert _same_bits(got, x), name
-  rows = {r.path: r for r in compressed.file_report(path).leaves}
+  rows = {r.path: r for r in spz.file_report(path).leaves}
   assert {n: r.encoding for n, r in rows.items()} == {
       "conv1/bias": "dense", "conv1/kernel": "bitmask",
       "fc1/bias": "dense", "fc1/kernel": "pq",
@@ -570,8 +570,8 @@ def test_nested_mlp_params_with_every_encoding(tmp_path):
   # fc1: 8 * 4 * 12 float32 codebook entries + 32 * 8 two-bit codes.
   assert rows["fc1/kernel"].nbytes == 4 * 8 * 4 * 12 + 32 * 8 * 2 // 8
   # 150 + 6 + 3072 + 32 + 512 + 16 + 160 + 10 = 3958 entries.
-  assert compressed.float32_bytes(params) == 4 * 3958
-  assert compressed.file_report(path).float32_bytes == 4 * 3958
+  assert spz.float32_bytes(params) == 4 * 3958
+  assert spz.file_report(path).float32_bytes == 4 * 3958
 
 
 def test_lenet5_params_round_trip(tmp_path):
@@ -582,12 +582,12 @@ def test_lenet5_params_round_trip(tmp_path):
   params = jax.tree.map(lambda s: _sparse(rng, s.shape, 0.3),
                         shapes["params"])
   path = tmp_path / "lenet.spz"
-  compressed.save(path, jax.tree.map(jnp.asarray, params),
+  spz.save(path, jax.tree.map(jnp.asarray, params),
                   metadata={"model": {"name": "lenet5"}})
-  loaded, metadata = compressed.load(path)
+  loaded, metadata = spz.load(path)
   assert metadata == {"model": {"name": "lenet5"}}
   _check_same(params, loaded)
-  rows = {r.path: r for r in compressed.file_report(path).leaves}
+  rows = {r.path: r for r in spz.file_report(path).leaves}
   conv2 = rows["conv2/kernel"]
   assert conv2.shape == (5, 5, 20, 50) and conv2.encoding == "bitmask"
   nnz = int(np.count_nonzero(params["conv2"]["kernel"]))
@@ -655,7 +655,7 @@ def _random_shared(rng, shape, density, k):
   mask = rng.random(shape) < density
   codebook = rng.normal(size=k).astype(np.float32)
   codes = rng.integers(0, k, size=int(mask.sum()))
-  return compressed.shared_layer(codebook, codes, mask, shape)
+  return spz.shared_layer(codebook, codes, mask, shape)
 
 
 @pytest.mark.parametrize("shape,density,k", [
@@ -672,11 +672,11 @@ def test_shared_round_trip_is_exact_with_the_documented_sizes(
   layer = _random_shared(rng, shape, density, k)
   want = _np_shared_reference(layer.codebook, layer.codes, layer.mask)
   path = tmp_path / "s.spz"
-  compressed.save(path, {"fc": {"kernel": np.zeros(shape, np.float32)}},
+  spz.save(path, {"fc": {"kernel": np.zeros(shape, np.float32)}},
                   {"fc/kernel": layer})
-  got = compressed.load(path)[0]["fc"]["kernel"]
+  got = spz.load(path)[0]["fc"]["kernel"]
   assert _same_bits(got, want)
-  leaf = compressed.encode_leaf(np.zeros(shape, np.float32), layer)
+  leaf = spz.encode_leaf(np.zeros(shape, np.float32), layer)
   assert _same_bits(_np_shared_decode_leaf(leaf), want)
   nnz = int(layer.mask.sum())
   g, gap_bytes = _np_best_gap_bits(layer.mask)
@@ -684,7 +684,7 @@ def test_shared_round_trip_is_exact_with_the_documented_sizes(
   assert leaf.attrs == {"nnz": nnz, "centroids": k, "code_bits": c,
                         "gap_bits": g,
                         "gap_entries": len(_np_gap_entries(layer.mask, g))}
-  (row,) = compressed.file_report(path).leaves
+  (row,) = spz.file_report(path).leaves
   assert row.encoding == "shared"
   assert row.buffers == {"codebook": 4 * k, "gaps": gap_bytes,
                          "codes": -(-c * nnz // 8)}
@@ -697,7 +697,7 @@ def test_shared_buffers_of_a_hand_worked_kernel():
   mask[[0, 10, 12, 13, 18, 34]] = True
   mask = mask.reshape(5, 7)
   codebook = np.array([0.5, -1.25, 2.0], np.float32)
-  layer = compressed.shared_layer(codebook, [2, 0, 1, 1, 0, 2], mask, (5, 7))
+  layer = spz.shared_layer(codebook, [2, 0, 1, 1, 0, 2], mask, (5, 7))
   # Gap entries (e) and bytes ceil(g e / 8) per g, escape E = 2**g - 1:
   # g=1, E=1:  e = 6 + 29 = 35 -> 5 bytes;
   # g=2, E=3:  e = 6 + 3 + 1 + 5 = 15 -> 30 bits, 4 bytes;
@@ -705,7 +705,7 @@ def test_shared_buffers_of_a_hand_worked_kernel():
   # g=4, E=15: e = 6 + 1 = 7 -> 28 bits, 4 bytes;
   # g=5: e = 6 -> 30 bits, 4 bytes; g=6..16: 5 bytes or more.
   # The tie at 4 bytes goes to g = 2.
-  leaf = compressed.encode_leaf(np.zeros((5, 7), np.float32), layer)
+  leaf = spz.encode_leaf(np.zeros((5, 7), np.float32), layer)
   assert leaf.attrs == {"nnz": 6, "centroids": 3, "code_bits": 2,
                         "gap_bits": 2, "gap_entries": 15}
   # Entries 0 | 3 3 3 0 | 1 | 0 | 3 1 | 3 3 3 3 3 0, two bits each:
@@ -717,15 +717,15 @@ def test_shared_buffers_of_a_hand_worked_kernel():
   assert leaf.nbytes == 12 + 4 + 2
   want = np.zeros(35, np.float32)
   want[[0, 10, 12, 13, 18, 34]] = [2.0, 0.5, -1.25, -1.25, 0.5, 2.0]
-  np.testing.assert_array_equal(compressed.decode_leaf(leaf),
+  np.testing.assert_array_equal(spz.decode_leaf(leaf),
                                 want.reshape(5, 7))
 
 
 def test_shared_one_long_gap_picks_the_narrowest_entry_that_holds_it():
   mask = np.zeros(1000, bool)
   mask[999] = True
-  layer = compressed.shared_layer([1.5], [0], mask, (1000,))
-  leaf = compressed.encode_leaf(np.zeros(1000, np.float32), layer)
+  layer = spz.shared_layer([1.5], [0], mask, (1000,))
+  leaf = spz.encode_leaf(np.zeros(1000, np.float32), layer)
   # Skip 999: g = 9 needs 999 // 511 = 1 escape, 2 entries, 18 bits -> 3
   # bytes; g = 10 holds 999 < 1023 in one entry, 10 bits -> 2 bytes, and no
   # g gives fewer than 2 bytes.
@@ -733,15 +733,15 @@ def test_shared_one_long_gap_picks_the_narrowest_entry_that_holds_it():
   assert leaf.buffers["gaps"] == bytes([0b11111001, 0b11000000])  # 999
   assert leaf.buffers["codes"] == b""
   assert leaf.nbytes == 4 + 2
-  assert compressed.decode_leaf(leaf)[999] == 1.5
-  assert np.count_nonzero(compressed.decode_leaf(leaf)) == 1
+  assert spz.decode_leaf(leaf)[999] == 1.5
+  assert np.count_nonzero(spz.decode_leaf(leaf)) == 1
 
 
 @pytest.mark.parametrize("density", [0.002, 0.02, 0.1, 0.3, 0.7, 0.97])
 def test_shared_gap_bits_minimise_the_gap_buffer(density):
   rng = np.random.default_rng(31)
   layer = _random_shared(rng, (60, 50), density, 4)
-  leaf = compressed.encode_leaf(np.zeros((60, 50), np.float32), layer)
+  leaf = spz.encode_leaf(np.zeros((60, 50), np.float32), layer)
   sizes = {g: -(-g * len(_np_gap_entries(layer.mask, g)) // 8)
            for g in range(1, 17)}
   assert len(leaf.buffers["gaps"]) == min(sizes.values())
@@ -753,17 +753,17 @@ def test_shared_95_percent_sparse_lenet_layer_size_on_disk(tmp_path):
   rng = np.random.default_rng(32)
   shape = (784, 300)
   kernel = _sparse(rng, shape, 0.05)
-  code = quantization.share_weights(kernel, bits=5)
-  layer = compressed.shared_layer(*code)
+  code = quantize.share_weights(kernel, bits=5)
+  layer = spz.shared_layer(*code)
   path = tmp_path / "fc1.spz"
-  compressed.save(path, {"fc1": {"kernel": kernel}}, {"fc1/kernel": layer})
-  loaded = compressed.load(path)[0]["fc1"]["kernel"]
-  assert _same_bits(loaded, np.asarray(quantization.shared_decode(code)))
+  spz.save(path, {"fc1": {"kernel": kernel}}, {"fc1/kernel": layer})
+  loaded = spz.load(path)[0]["fc1"]["kernel"]
+  assert _same_bits(loaded, np.asarray(quantize.shared_decode(code)))
   mask = kernel != 0
   nnz = int(mask.sum())
   g, gap_bytes = _np_best_gap_bits(mask)
   want = 4 * 32 + gap_bytes + -(-5 * nnz // 8)
-  (row,) = compressed.file_report(path).leaves
+  (row,) = spz.file_report(path).leaves
   assert row.nbytes == want
   # The mask alone as a bitmask (what pq with a mask pays) takes 29400 bytes;
   # the gap stream costs less than 6.5 bits per kept weight.
@@ -787,19 +787,19 @@ def test_shared_95_percent_sparse_lenet_layer_size_on_disk(tmp_path):
 ])
 def test_shared_layer_rejects_bad_input(args, match):
   with pytest.raises(ValueError, match=match):
-    compressed.shared_layer(*args)
+    spz.shared_layer(*args)
 
 
 def test_shared_record_must_fit_the_leaf(tmp_path):
-  layer = compressed.shared_layer(np.zeros(2), [0], np.eye(1, 6, dtype=bool),
+  layer = spz.shared_layer(np.zeros(2), [0], np.eye(1, 6, dtype=bool),
                                   (1, 6))
   with pytest.raises(ValueError, match=r"'fc/kernel'.*SharedLayer of shape"):
-    compressed.save(tmp_path / "x.spz", {"fc": {"kernel": np.zeros((6, 1))}},
+    spz.save(tmp_path / "x.spz", {"fc": {"kernel": np.zeros((6, 1))}},
                     {"fc/kernel": layer})
   with pytest.raises(ValueError, match="float"):
-    compressed.encode_leaf(np.zeros((1, 6), np.int32), layer)
+    spz.encode_leaf(np.zeros((1, 6), np.int32), layer)
   with pytest.raises(ValueError, match="SharedLayer"):
-    compressed.encode_leaf(np.zeros((1, 6), np.float32), "shared")
+    spz.encode_leaf(np.zeros((1, 6), np.float32), "shared")
   assert not os.listdir(tmp_path)
 
 
@@ -818,16 +818,16 @@ def test_shared_record_must_fit_the_leaf(tmp_path):
 def test_inconsistent_shared_leaf_is_refused(tmp_path, edit, match):
   mask = np.zeros(35, bool)
   mask[[0, 10, 12, 13, 18, 34]] = True
-  layer = compressed.shared_layer([0.5, -1.25, 2.0], [2, 0, 1, 1, 0, 2],
+  layer = spz.shared_layer([0.5, -1.25, 2.0], [2, 0, 1, 1, 0, 2],
                                   mask.reshape(5, 7), (5, 7))
   path = tmp_path / "s.spz"
-  compressed.save(path, {"fc": {"kernel": np.zeros((5, 7), np.float32)}},
+  spz.save(path, {"fc": {"kernel": np.zeros((5, 7), np.float32)}},
                   {"fc/kernel": layer})
 
   def edit_data(header, data):
     edit(header["leaves"][0], data)
 
   _rewrite(path, edit_data=edit_data)
-  with pytest.raises(compressed.CompressedFileError,
+  with pytest.raises(spz.CompressedFileError,
                      match=f"'fc/kernel'.*({match})"):
-    compressed.load(path)
+    spz.load(path)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from sparsify import config as config_lib
-from sparsify import train
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import trainer as trainer_lib
 from sparsify.data import MissingDataError
 from train_test import ROOT
 from train_test import tiny_config
@@ -40,7 +40,7 @@ def test_bad_value_names_field_value_and_allowed(field, value, allowed,
                                                  tmp_path):
   config = tiny_config(**{field: value})
   with pytest.raises(config_lib.ConfigError) as info:
-    train.Trainer(config, str(tmp_path))
+    trainer_lib.Trainer(config, str(tmp_path))
   assert str(info.value) == f"{field}: got {value!r}; allowed: {allowed}"
   assert "\n" not in str(info.value)
   assert not os.listdir(tmp_path)  # nothing was written
@@ -50,7 +50,7 @@ def test_source_that_does_not_hold_the_dataset(tmp_path):
   config = tiny_config(**{"data.name": "cifar10", "data.source": "idx"})
   with pytest.raises(config_lib.ConfigError, match=(
       "data.source: cifar10 cannot be read from 'idx'; allowed: auto, tfds")):
-    train.Trainer(config, str(tmp_path))
+    trainer_lib.Trainer(config, str(tmp_path))
 
 
 def test_unknown_model_argument(tmp_path):
@@ -60,21 +60,21 @@ def test_unknown_model_argument(tmp_path):
       "model.kwargs: unknown argument.s. 'depht' for model 'resnet'; "
       "allowed: block, block_gates, block_plan, channel_gates, depth, "
       "inner_widths, num_classes, width")):
-    train.Trainer(config, str(tmp_path))
+    trainer_lib.Trainer(config, str(tmp_path))
 
 
 def test_batch_larger_than_dataset(tmp_path):
   config = tiny_config(**{"data.batch_size": 9000})
   with pytest.raises(config_lib.ConfigError, match="data.batch_size: got 9000;"
                      " allowed: at most the training set size .8000."):
-    train.Trainer(config, str(tmp_path))
+    trainer_lib.Trainer(config, str(tmp_path))
 
 
 def test_missing_data_names_dataset_and_place(tmp_path):
   config = tiny_config(**{"data.name": "fashion_mnist", "data.source": "idx",
                           "data.data_dir": str(tmp_path / "nowhere")})
   with pytest.raises(MissingDataError) as info:
-    train.Trainer(config, str(tmp_path / "run"))
+    trainer_lib.Trainer(config, str(tmp_path / "run"))
   message = str(info.value)
   assert "fashion_mnist" in message and "nowhere" in message
   assert "apt-get install -y dataset-fashion-mnist" in message
@@ -82,7 +82,7 @@ def test_missing_data_names_dataset_and_place(tmp_path):
 
 
 def test_workdir_of_another_model_is_refused_and_kept(tmp_path):
-  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  trainer_lib.train_and_evaluate(tiny_config(), str(tmp_path))
   before = sorted(os.listdir(tmp_path / "checkpoints"))
   with open(tmp_path / "run.json") as f:
     run_json = f.read()
@@ -90,14 +90,14 @@ def test_workdir_of_another_model_is_refused_and_kept(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=(
       "model.name: got 'lenet5'; allowed: 'lenet_300_100', the value of the "
       "run whose checkpoints are in")):
-    train.Trainer(other, str(tmp_path))
+    trainer_lib.Trainer(other, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
   with open(tmp_path / "run.json") as f:
     assert f.read() == run_json
 
 
 def test_broken_checkpoint_is_refused_and_kept(tmp_path):
-  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  trainer_lib.train_and_evaluate(tiny_config(), str(tmp_path))
   ckpt = tmp_path / "checkpoints"
   last = max(int(p) for p in os.listdir(ckpt) if p.isdigit())
   files = [p for p in (ckpt / str(last)).rglob("*")
@@ -107,7 +107,7 @@ def test_broken_checkpoint_is_refused_and_kept(tmp_path):
     with open(path, "r+b") as f:
       f.truncate(max(os.path.getsize(path) // 2, 1))
   with pytest.raises(config_lib.ConfigError, match=f"checkpoint: got .*{last}"):
-    train.train_and_evaluate(tiny_config(**{"train.epochs": 0.5}),
+    trainer_lib.train_and_evaluate(tiny_config(**{"train.epochs": 0.5}),
                              str(tmp_path))
   assert os.path.exists(ckpt / str(last))
 

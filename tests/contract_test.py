@@ -201,8 +201,8 @@ def test_nnx_optimizer_needs_no_extra_call(name):
 
   for _ in range(STEPS):
     step(model, optimizer)
-  params = dict(sparsify.base.named_leaves(nnx.state(model, nnx.Param)))
-  masks = dict(sparsify.base.named_leaves(
+  params = dict(sparsify.named_leaves(nnx.state(model, nnx.Param)))
+  masks = dict(sparsify.named_leaves(
       sparsify.find_masks(optimizer.opt_state)))
   assert sorted(masks) == ["fc1/kernel", "fc2/kernel"]  # NNX names as Linen
   for name, mask in masks.items():

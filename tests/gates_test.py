@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsify import base
+from sparsify.core import paths
 from sparsify import models
-from sparsify.gates import Gate
+from sparsify.structure.gates import Gate
 
 
 def _apply(gate, x, value):
@@ -44,7 +44,7 @@ def test_gate_starts_at_one_and_rejects_bad_groups():
 def _gate_names(model, shape):
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.ones(shape))
   return {name: leaf.shape for name, leaf in
-          base.named_leaves(variables["params"]) if name.endswith("/gate")}
+          paths.named_leaves(variables["params"]) if name.endswith("/gate")}
 
 
 @pytest.mark.parametrize("model,expected", [

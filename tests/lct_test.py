@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparsify import base
-from sparsify import lct
+from sparsify.core import paths
+from sparsify.structure import significance
+from sparsify.transforms import ternary
 
 
 def _params(seed=0):
@@ -59,8 +60,8 @@ def _run(tx, params, grads):
 
 def _ternary_state(opt_state):
   found = [s for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, lct.TernaryState))
-           if isinstance(s, lct.TernaryState)]
+      opt_state, is_leaf=lambda x: isinstance(x, ternary.TernaryState))
+           if isinstance(s, ternary.TernaryState)]
   assert len(found) == 1
   return found[0]
 
@@ -68,19 +69,19 @@ def _ternary_state(opt_state):
 def test_sigma_of_and_ternarize_by_hand():
   w = jnp.array([-2.0, 0.5, 3.0, -0.25])
   mask = jnp.array([True, False, True, True])
-  assert float(lct.sigma_of(w, mask)) == pytest.approx((2 + 3 + 0.25) / 3)
-  assert float(lct.sigma_of(w, jnp.zeros(4, bool))) == 0.0
-  np.testing.assert_array_equal(lct.ternarize(w, mask, 1.5),
+  assert float(ternary.sigma_of(w, mask)) == pytest.approx((2 + 3 + 0.25) / 3)
+  assert float(ternary.sigma_of(w, jnp.zeros(4, bool))) == 0.0
+  np.testing.assert_array_equal(ternary.ternarize(w, mask, 1.5),
                                 [-1.5, 0.0, 1.5, -1.5])
-  np.testing.assert_array_equal(lct.ternarize(w, mask, 1.5, delta=0.3),
+  np.testing.assert_array_equal(ternary.ternarize(w, mask, 1.5, delta=0.3),
                                 [-1.5, 0.0, 1.5, 0.0])
   with pytest.raises(ValueError, match="mask"):
-    lct.ternarize(w, jnp.ones(3, bool), 1.0)
+    ternary.ternarize(w, jnp.ones(3, bool), 1.0)
 
 
 def test_ternarize_rounds_sigma_to_16_significant_bits():
   sigmas = np.random.default_rng(3).lognormal(size=200).astype(np.float32)
-  out = jax.vmap(lambda s: lct.ternarize(jnp.ones(1), jnp.ones(1, bool), s))(
+  out = jax.vmap(lambda s: ternary.ternarize(jnp.ones(1), jnp.ones(1, bool), s))(
       sigmas)
   np.testing.assert_array_equal(out[:, 0], [_round16(s) for s in sigmas])
 
@@ -88,15 +89,15 @@ def test_ternarize_rounds_sigma_to_16_significant_bits():
 def test_ternary_bits_by_hand():
   mask = np.zeros((10, 10), bool)
   mask.ravel()[:30] = True
-  assert lct.ternary_bits(mask) == 100 + 30 + 32
-  assert lct.ternary_bits(mask, encoding="two_bit") == 200 + 32
-  assert lct.ternary_bits(mask, encoding="base3") == 8 * 20 + 32
+  assert ternary.ternary_bits(mask) == 100 + 30 + 32
+  assert ternary.ternary_bits(mask, encoding="two_bit") == 200 + 32
+  assert ternary.ternary_bits(mask, encoding="base3") == 8 * 20 + 32
   odd = np.ones(7, bool)  # 7 weights: 2 bytes of base-3 digits
-  assert lct.ternary_bits(odd, encoding="base3") == 16 + 32
+  assert ternary.ternary_bits(odd, encoding="base3") == 16 + 32
   tree = {"a": mask, "b": {"kernel": odd}}
-  assert lct.ternary_bits(tree) == (100 + 30 + 32) + (7 + 7 + 32)
+  assert ternary.ternary_bits(tree) == (100 + 30 + 32) + (7 + 7 + 32)
   with pytest.raises(ValueError, match="encoding"):
-    lct.ternary_bits(mask, encoding="huffman")
+    ternary.ternary_bits(mask, encoding="huffman")
 
 
 def _numpy_global_masks(params, sparsity):
@@ -121,10 +122,10 @@ def _three_layers():
 @pytest.mark.parametrize("by", ["sparsity", "size"])
 def test_layer_significance_matches_numpy(by):
   params = _three_layers()
-  sig = lct.layer_significance(params, sparsity=0.7, by=by)
+  sig = significance.layer_significance(params, sparsity=0.7, by=by)
   expected = _numpy_global_masks(params, 0.7)
   for name, mask in expected.items():
-    np.testing.assert_array_equal(dict(base.named_leaves(sig.masks))[name],
+    np.testing.assert_array_equal(dict(paths.named_leaves(sig.masks))[name],
                                   mask)
   np.testing.assert_array_equal(sig.masks["a"]["bias"], np.ones(8, bool))
   if by == "sparsity":
@@ -141,19 +142,19 @@ def test_layer_significance_matches_numpy(by):
 def test_layer_significance_by_quantization_calls_evaluate_per_layer():
   params = _three_layers()
   masks = _numpy_global_masks(params, 0.5)
-  pruned = {n: np.where(m, dict(base.named_leaves(params))[n], 0)
+  pruned = {n: np.where(m, dict(paths.named_leaves(params))[n], 0)
             for n, m in masks.items()}
   weight = {"a/kernel": 1.0, "b/kernel": 40.0, "c/kernel": 0.1}
   calls = []
 
   def evaluate(p):
-    leaves = dict(base.named_leaves(p))
+    leaves = dict(paths.named_leaves(p))
     calls.append({n: len(np.unique(np.asarray(leaves[n]))) <= 3
                   for n in masks})
     return 1.0 - sum(weight[n] * np.mean((np.asarray(leaves[n]) - w) ** 2)
                      for n, w in pruned.items())
 
-  sig = lct.layer_significance(params, sparsity=0.5, by="quantization",
+  sig = significance.layer_significance(params, sparsity=0.5, by="quantization",
                                evaluate=evaluate)
   assert len(calls) == 1 + 3
   assert calls[0] == {n: False for n in masks}  # the pruned network first
@@ -172,13 +173,13 @@ def test_layer_significance_by_quantization_calls_evaluate_per_layer():
 def test_layer_significance_rejects_bad_input():
   params = _three_layers()
   with pytest.raises(ValueError, match="by"):
-    lct.layer_significance(params, sparsity=0.5, by="entropy")
+    significance.layer_significance(params, sparsity=0.5, by="entropy")
   with pytest.raises(ValueError, match="sparsity"):
-    lct.layer_significance(params, sparsity=1.0)
+    significance.layer_significance(params, sparsity=1.0)
   with pytest.raises(ValueError, match="evaluate"):
-    lct.layer_significance(params, sparsity=0.5, by="quantization")
+    significance.layer_significance(params, sparsity=0.5, by="quantization")
   with pytest.raises(ValueError, match="where"):
-    lct.layer_significance(params, sparsity=0.5, where="conv")
+    significance.layer_significance(params, sparsity=0.5, where="conv")
 
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum"])
@@ -188,7 +189,7 @@ def test_constrained_layers_stay_ternary(opt, sigma, threshold):
   params = _pruned(_params())
   chain = {"sgd": optax.sgd(0.05),
            "momentum": optax.sgd(0.05, momentum=0.9)}[opt]
-  tx = optax.chain(chain, lct.ternary_constrained(
+  tx = optax.chain(chain, ternary.ternary_constrained(
       sigma=sigma, threshold=threshold, sigma_learning_rate=0.01))
   grads = _grads(params, 6)
   plain = list(_run(chain, params, grads))
@@ -207,8 +208,8 @@ def test_constrained_layers_stay_ternary(opt, sigma, threshold):
       expected = np.where(m & (np.abs(latent) > threshold * mean),
                           np.sign(latent) * _round16(s), 0)
       np.testing.assert_array_equal(kernel, expected)
-      np.testing.assert_array_equal(kernel, lct.ternarize(
-          latent, m, s, threshold * lct.sigma_of(latent, m)))
+      np.testing.assert_array_equal(kernel, ternary.ternarize(
+          latent, m, s, threshold * ternary.sigma_of(latent, m)))
       if sigma == "mean":
         np.testing.assert_allclose(s, mean, rtol=1e-6)
       if opt == "sgd":  # the latent follows the plain SGD steps
@@ -226,7 +227,7 @@ def test_constrained_layers_stay_ternary(opt, sigma, threshold):
 def test_learned_sigma_follows_its_gradient():
   params = _pruned(_params())
   lr, lr_sigma = 0.05, 0.02
-  tx = optax.chain(optax.sgd(lr), lct.ternary_constrained(
+  tx = optax.chain(optax.sgd(lr), ternary.ternary_constrained(
       "fc1/kernel", sigma="learned", sigma_learning_rate=lr_sigma))
   grads = _grads(params, 3, seed=5)
   p = np.asarray(params["fc1"]["kernel"], np.float64)
@@ -257,7 +258,7 @@ def test_learned_sigma_is_clamped_at_zero():
   kernel = params["fc1"]["kernel"]
   grads = jax.tree.map(jnp.zeros_like, params)
   grads["fc1"]["kernel"] = jnp.sign(kernel)  # every step shrinks sigma
-  tx = optax.chain(optax.sgd(0.1), lct.ternary_constrained(
+  tx = optax.chain(optax.sgd(0.1), ternary.ternary_constrained(
       "fc1/kernel", sigma="learned", sigma_learning_rate=10.0))
   new, state = next(_run(tx, params, [grads]))
   assert float(_ternary_state(state).sigma["fc1"]["kernel"]) == 0.0
@@ -288,7 +289,7 @@ def test_first_step_lands_on_zero_where_float32_cannot_reach_the_target():
   params = {"kernel": jnp.array([[p, 1.0], [1.0, 1.0]], jnp.float32)}
   push = {"kernel": jnp.array([[2.5, 0.0], [0.0, 0.0]], jnp.float32)}
   still = {"kernel": jnp.zeros((2, 2), jnp.float32)}
-  tx = optax.chain(optax.sgd(1.0), lct.ternary_constrained())
+  tx = optax.chain(optax.sgd(1.0), ternary.ternary_constrained())
   steps = [np.asarray(new["kernel"]) for new, _ in _run(tx, params,
                                                         [push, still])]
   sigma = _round16((1.5 - 2.0**-23 + 3.0) / 4)  # mean |latent| = 1.125
@@ -299,8 +300,8 @@ def test_first_step_lands_on_zero_where_float32_cannot_reach_the_target():
 
 def test_given_masks_and_layer_selection():
   params = _params()  # dense: the mask comes from layer_significance
-  sig = lct.layer_significance(params, sparsity=0.5)
-  tx = optax.chain(optax.sgd(0.05), lct.ternary_constrained(
+  sig = significance.layer_significance(params, sparsity=0.5)
+  tx = optax.chain(optax.sgd(0.05), ternary.ternary_constrained(
       [sig.order[0]], masks=sig.masks))
   new, state = next(_run(tx, params, _grads(params, 1)))
   chosen = sig.order[0].split("/")[0]
@@ -313,8 +314,8 @@ def test_given_masks_and_layer_selection():
   ts = _ternary_state(state)
   assert isinstance(ts.latent[other]["kernel"], optax.MaskedNode)
   # A dict keyed by path works the same way.
-  flat = {sig.order[0]: dict(base.named_leaves(sig.masks))[sig.order[0]]}
-  tx2 = optax.chain(optax.sgd(0.05), lct.ternary_constrained(
+  flat = {sig.order[0]: dict(paths.named_leaves(sig.masks))[sig.order[0]]}
+  tx2 = optax.chain(optax.sgd(0.05), ternary.ternary_constrained(
       sig.order[0], masks=flat))
   new2, _ = next(_run(tx2, params, _grads(params, 1)))
   jax.tree.map(np.testing.assert_array_equal, new, new2)
@@ -327,7 +328,7 @@ def test_works_under_optax_masked():
     return {k: jax.tree.map(lambda _, k=k: k == "fc1", v) for k, v in p.items()}
 
   chain = optax.sgd(0.05, momentum=0.9)
-  tx = optax.chain(chain, optax.masked(lct.ternary_constrained(), only_fc1))
+  tx = optax.chain(chain, optax.masked(ternary.ternary_constrained(), only_fc1))
   grads = _grads(params, 4)
   for (new, _), (ref, _) in zip(_run(tx, params, grads),
                                 _run(chain, params, grads)):
@@ -336,7 +337,7 @@ def test_works_under_optax_masked():
 
 
 def test_works_under_inject_hyperparams():
-  factory = lct.ternary_constrained
+  factory = ternary.ternary_constrained
   kwargs = dict(sigma="learned", sigma_learning_rate=0.01, threshold=0.4)
   static = tuple(k for k in inspect.signature(factory).parameters
                  if k not in ("sigma_learning_rate", "threshold"))
@@ -351,21 +352,21 @@ def test_works_under_inject_hyperparams():
 
 def test_rejects_bad_input():
   params = _params()
-  tx = lct.ternary_constrained()
+  tx = ternary.ternary_constrained()
   with pytest.raises(ValueError, match="params"):
     tx.update(params, tx.init(params))
   with pytest.raises(ValueError, match="sigma"):
-    lct.ternary_constrained(sigma="median")
+    ternary.ternary_constrained(sigma="median")
   with pytest.raises(ValueError, match="threshold"):
-    lct.ternary_constrained(threshold=-0.1)
+    ternary.ternary_constrained(threshold=-0.1)
   with pytest.raises(ValueError, match="sigma_learning_rate"):
-    lct.ternary_constrained(sigma_learning_rate=-1.0)
+    ternary.ternary_constrained(sigma_learning_rate=-1.0)
   with pytest.raises(ValueError, match="fc3/kernel"):
-    lct.ternary_constrained(["fc3/kernel"]).init(params)
+    ternary.ternary_constrained(["fc3/kernel"]).init(params)
   with pytest.raises(ValueError, match="fc1/bias"):  # not a candidate
-    lct.ternary_constrained(["fc1/bias"]).init(params)
+    ternary.ternary_constrained(["fc1/bias"]).init(params)
   with pytest.raises(ValueError, match="shape"):
-    lct.ternary_constrained(
+    ternary.ternary_constrained(
         masks={"fc1/kernel": np.ones((3, 3), bool)}).init(params)
 
 
@@ -383,7 +384,7 @@ def test_regression_trains_while_ternary(sigma):
   def loss(p):
     return jnp.mean((x @ p["dense"]["kernel"] + p["dense"]["bias"] - y) ** 2)
 
-  tx = optax.chain(optax.sgd(0.05), lct.ternary_constrained(
+  tx = optax.chain(optax.sgd(0.05), ternary.ternary_constrained(
       sigma=sigma, sigma_learning_rate=0.02))
   state = tx.init(params)
 

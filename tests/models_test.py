@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sparsify import base
+from sparsify.core import paths
 from sparsify import models
 from sparsify.models import layers
 
@@ -200,13 +200,13 @@ def test_dense_models_run(name):
 @pytest.mark.parametrize("name,kwargs", SMALL, ids=SMALL_IDS)
 def test_parameter_names(name, kwargs):
   params = _shapes(models.get_model(name, **kwargs), (28, 28, 1))["params"]
-  named = base.named_leaves(params)
+  named = paths.named_leaves(params)
   for path, leaf in named:
     last = path.split("/")[-1]
     assert last in ("kernel", "bias", "scale"), path
     assert (leaf.ndim >= 2) == (last == "kernel"), path
   # The default prunable selection is exactly the Dense and Conv kernels.
-  selected = base.named_leaves(base.select(params))
+  selected = paths.named_leaves(paths.select(params))
   assert [p for p, s in selected if s] == [
       p for p, leaf in named if leaf.ndim >= 2]
   assert "head/kernel" in dict(named)

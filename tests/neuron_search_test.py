@@ -9,8 +9,8 @@ import pytest
 
 from sparsify import data
 from sparsify import models
-from sparsify import neuron_search
-from sparsify import surgery
+from sparsify.structure import neuron_search
+from sparsify.structure import surgery
 
 HIDDEN = (5, 9, 7)
 FREE = {"fc1": 2, "fc2": 3, "fc3": 1}  # removals that cost nothing

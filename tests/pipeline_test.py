@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from sparsify import compressed
-from sparsify import config as config_lib
-from sparsify import pipeline
-from sparsify import train
+from sparsify import spz
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import stages
+from sparsify.experiment import trainer as trainer_lib
 
 
 def _config(preset, **overrides):
@@ -45,7 +45,7 @@ def test_sss_slim_keeps_the_function_and_removes_units(multiple, tmp_path):
                              "post.stages": "slim",
                              "post.slim.multiple": multiple})
   assert config.model.kwargs.gates  # the preset switches gates on
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   trained, slim = results["post"]["stages"]
   assert sum(slim["units_after"].values()) < 48  # APG zeroed some gates
   assert slim["params"] < trained["params"]
@@ -68,7 +68,7 @@ def test_resnet_blocks_and_channels_slimmed_exactly(tmp_path):
   config.model.name = "resnet"
   config.model.kwargs = {"depth": 8, "width": 4, "block_gates": True,
                          "channel_gates": True}
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   trained, slim = results["post"]["stages"]
   assert slim["params"] < trained["params"]
   assert slim["test_accuracy"] == pytest.approx(trained["test_accuracy"],
@@ -79,7 +79,7 @@ def test_resnet_blocks_and_channels_slimmed_exactly(tmp_path):
 
 def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
   config = _config("search", **{"post.search.tolerance": 0.02})
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   trained, search, tuned = results["post"]["stages"]
   bound = sum(math.ceil(math.log2(n)) + 1 for n in (32, 16))
   assert search["evaluations"] <= bound + 1  # plus the baseline
@@ -96,9 +96,9 @@ def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
 
 def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
   config = _config("pq", **{"post.pq.dim": 4, "post.pq.centroids": 8})
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   _file_matches_record(results, str(tmp_path))
-  params, meta = compressed.load(os.path.join(str(tmp_path), "model.spz"))
+  params, meta = spz.load(os.path.join(str(tmp_path), "model.spz"))
   assert meta["stages"] == ["trained", "pq"]
   for name, m in (("fc1", 32), ("fc2", 16), ("head", 10)):
     w = params["params"][name]["kernel"]
@@ -106,7 +106,7 @@ def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
     blocks = w.T.reshape(m, -1, 4)
     for j in range(blocks.shape[1]):
       assert len(np.unique(blocks[:, j], axis=0)) <= min(8, m)
-  report = compressed.file_report(os.path.join(str(tmp_path), "model.spz"))
+  report = spz.file_report(os.path.join(str(tmp_path), "model.spz"))
   encodings = {leaf.path: leaf.encoding for leaf in report.leaves}
   # PQ where it is smaller than float32 (dense layers, no mask): codebooks
   # 4 k n bytes plus 3-bit codes, m rows x n / 4 sub-vectors.
@@ -119,12 +119,12 @@ def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
 def test_lct_leaves_ternary_layers_in_the_file(tmp_path):
   config = _config("lct", **{"post.lct.steps": 20, "post.lct.prune_steps": 20,
                              "post.lct.budget": 1.0})
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   lct = results["post"]["stages"][-1]
   # With the whole budget every layer is accepted, least significant first.
   assert lct["ternary_layers"] == lct["order"]
   assert len(lct["order"]) == 3
-  params, _ = compressed.load(os.path.join(str(tmp_path), "model.spz"))
+  params, _ = spz.load(os.path.join(str(tmp_path), "model.spz"))
   for layer in lct["ternary_layers"]:
     w = params["params"][layer.split("/")[0]]["kernel"]
     values = np.unique(np.abs(w))
@@ -136,16 +136,16 @@ def test_unknown_stage_is_named(tmp_path):
   config = _config(None, **{"post.stages": "slim,prune"})
   with pytest.raises(config_lib.ConfigError,
                      match="post.stages: got 'prune'; allowed: .*finetune"):
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer_lib.train_and_evaluate(config, str(tmp_path))
 
 
 def test_deep_compression_shares_values_of_the_surviving_weights(tmp_path):
   config = _config("deep_compression", **{"compression.sparsity": 0.9,
                                           "post.share.bits": 3})
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   _file_matches_record(results, str(tmp_path))
-  params, _ = compressed.load(os.path.join(str(tmp_path), "model.spz"))
-  report = compressed.file_report(os.path.join(str(tmp_path), "model.spz"))
+  params, _ = spz.load(os.path.join(str(tmp_path), "model.spz"))
+  report = spz.file_report(os.path.join(str(tmp_path), "model.spz"))
   encodings = {leaf.path: leaf.encoding for leaf in report.leaves}
   kept = 0
   for name in ("fc1", "fc2", "head"):
@@ -163,7 +163,7 @@ def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
                                 "post.validation_examples": 400,
                                 "train.epochs": 0.25})
   config.model.name, config.model.kwargs = "lenet5", {}
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   trained, search = results["post"]["stages"]
   c1, c2, h = (search["units_after"][n] for n in ("conv1", "conv2", "fc1"))
   # LeNet-5 with c1, c2 filters and h hidden units, counted by hand.
@@ -177,10 +177,10 @@ def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
 
 def test_stages_run_later_on_a_finished_run(tmp_path):
   config = _config("dat", **{"compression.sparsity": 0.8})
-  first = train.train_and_evaluate(config, str(tmp_path))
+  first = trainer_lib.train_and_evaluate(config, str(tmp_path))
   assert "post" not in first
   config.post.stages = "share"  # the same run, compressed afterwards
-  again = train.train_and_evaluate(config, str(tmp_path))
+  again = trainer_lib.train_and_evaluate(config, str(tmp_path))
   assert again["steps"] == first["steps"]  # nothing left to train
   trained = again["post"]["stages"][0]
   assert trained["test_accuracy"] == pytest.approx(first["eval_accuracy"],
@@ -198,11 +198,11 @@ def test_slim_threshold_absolute_or_relative_to_the_largest_gate(relative,
             "fc1_gate": {"gate": np.array([10.0, 0.5, 5.0, 0.05], np.float32)},
             "head": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
                      "bias": np.zeros(3, np.float32)}}
-  model = pipeline.Model("mlp", {"hidden": (4,), "gates": True},
+  model = stages.Model("mlp", {"hidden": (4,), "gates": True},
                          {"params": params})
   cfg = config_lib.default_config().post.slim
   cfg.threshold, cfg.relative = 0.01, relative
-  slim, record = pipeline.slim_stage(None, model, cfg)
+  slim, record = stages.slim_stage(None, model, cfg)
   # Relative: kept above 0.01 * 10 = 0.1, so the 0.05 gate goes.
   assert record["units_after"] == {"fc1": kept}
   assert slim.kwargs["hidden"] == (kept,)
@@ -215,7 +215,7 @@ def test_vgg_search_cuts_channels_with_their_batchnorm(tmp_path):
                                 "train.epochs": 0.1})
   config.model.name = "vgg"
   config.model.kwargs = {"stages": ((8,), (16,)), "width": 1.0}
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   trained, search = results["post"]["stages"]
   c1, c2 = (search["units_after"][n] for n in ("block1_0", "block2_0"))
   # 3x3 convs with BatchNorm (scale, bias), then the head on pooled c2.

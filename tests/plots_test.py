@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from sparsify import plots
+from sparsify.experiment import plots
 
 matplotlib = pytest.importorskip("matplotlib")
 

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from sparsify import proximal
-from sparsify import sss
+from sparsify.transforms import proximal
+from sparsify.transforms import sss
 
 
 def _soft(z, a):  # numpy reference of the soft-threshold

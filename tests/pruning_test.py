@@ -6,9 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from sparsify import base
-from sparsify import masking
-from sparsify import pruning
+from sparsify.core import paths
+from sparsify.core import masking
+from sparsify.core import distributions
+from sparsify.core import topk
+from sparsify.transforms import magnitude
+from sparsify.transforms import random as random_pruning
 
 
 def _params(seed=0):
@@ -26,7 +29,7 @@ def _params(seed=0):
 @pytest.mark.parametrize("k", [0, 1, 7, 100, 599, 600])
 def test_top_k_mask_matches_numpy(k):
   x = np.abs(np.random.default_rng(1).normal(size=(20, 30))).astype(np.float32)
-  mask = np.asarray(jax.jit(lambda x, k: pruning.top_k_mask([x], k)[0])(x, k))
+  mask = np.asarray(jax.jit(lambda x, k: topk.top_k_mask([x], k)[0])(x, k))
   expected = np.zeros(x.size, bool)
   expected[np.argsort(-x.ravel(), kind="stable")[:k]] = True
   np.testing.assert_array_equal(mask.ravel(), expected)
@@ -36,7 +39,7 @@ def test_global_selection_pools_layers():
   a = np.array([[0.1, 0.5], [0.9, 0.2]], np.float32)
   b = np.array([[0.3, 0.8, 0.05]], np.float32)
   # 7 values; sparsity 4/7 keeps the 3 largest: 0.9, 0.8, 0.5.
-  masks = pruning.select_by_score({"a": a, "b": b}, 4 / 7, "global")
+  masks = topk.select_by_score({"a": a, "b": b}, 4 / 7, "global")
   np.testing.assert_array_equal(masks["a"], [[False, True], [True, False]])
   np.testing.assert_array_equal(masks["b"], [[False, True, False]])
 
@@ -51,7 +54,7 @@ def test_masked_weights_stay_exactly_zero(opt):
                        > 0.5}}
 
   def init_masks(p):  # p holds only the selected kernels
-    return base.map_with_name(
+    return paths.map_with_name(
         lambda name, x: jnp.asarray(fixed["Dense_0"]["kernel"])
         if name == "Dense_0/kernel" else jnp.ones(x.shape, bool), p)
 
@@ -94,7 +97,7 @@ def test_mask_updates_needs_params():
 def test_gmp_follows_cubic_schedule():
   params = _params()
   final, begin, end, every = 0.8, 2, 11, 2  # 11: the end is off the grid
-  tx = optax.chain(optax.sgd(0.01), pruning.gradual_magnitude_pruning(
+  tx = optax.chain(optax.sgd(0.01), magnitude.gradual_magnitude_pruning(
       final, begin_step=begin, end_step=end, update_every=every))
   state = tx.init(params)
 
@@ -116,7 +119,7 @@ def test_gmp_follows_cubic_schedule():
 
 def test_one_shot_magnitude_prunes_smallest():
   params = _params()
-  tx = pruning.magnitude_pruning(0.5, step=0)
+  tx = magnitude.magnitude_pruning(0.5, step=0)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params),
                          params)
   new = optax.apply_updates(params, updates)
@@ -129,7 +132,7 @@ def test_one_shot_magnitude_prunes_smallest():
 @pytest.mark.parametrize("allocation", ["uniform", "erk"])
 def test_random_sparsity_total(allocation):
   params = _params()
-  tx = pruning.random_sparsity(0.75, seed=3, allocation=allocation)
+  tx = random_pruning.random_sparsity(0.75, seed=3, allocation=allocation)
   masks = masking.find_masks(tx.init(params))
   kept = sum(int(np.sum(m)) for m in (masks["Dense_0"]["kernel"],
                                       masks["Dense_1"]["kernel"]))
@@ -142,7 +145,7 @@ def test_erk_densities_closed_form():
   # Two layers: raw densities (a+b)/(ab): 50/600 and 35/150; no layer capped.
   shapes, s = [(20, 30), (30, 5)], 0.75
   eps = 0.25 * 750 / (50 / 600 * 600 + 35 / 150 * 150)
-  np.testing.assert_allclose(pruning.erk_densities(shapes, s),
+  np.testing.assert_allclose(distributions.erk_densities(shapes, s),
                              [eps * 50 / 600, eps * 35 / 150])
 
 
@@ -156,6 +159,6 @@ def test_top_k_mask_with_ties_zeros_and_wide_range(seed):
   pool = np.concatenate([a.ravel(), b.ravel()])
   for k in (1, 13, 400, 700, pool.size):
     kth = np.sort(pool)[::-1][k - 1]
-    masks = pruning.top_k_mask([jnp.asarray(a), jnp.asarray(b)], k)
+    masks = topk.top_k_mask([jnp.asarray(a), jnp.asarray(b)], k)
     np.testing.assert_array_equal(masks[0], a >= kth)
     np.testing.assert_array_equal(masks[1], b >= kth)

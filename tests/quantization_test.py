@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsify import quantization as q
+from sparsify import quantize
 
 
 def _np_seed(x, mask, u, k):
@@ -82,7 +82,7 @@ def test_seeding_matches_numpy_inverse_cdf_draws(seed):
   x = _blobs(rng, 40, 3, 5)
   key = jax.random.key(seed)
   u = np.asarray(jax.random.uniform(key, (6,)), np.float64)
-  got = q.kmeans_plus_plus(x, 6, key=key)
+  got = quantize.kmeans_plus_plus(x, 6, key=key)
   np.testing.assert_array_equal(got, _np_seed(x, np.ones(x.shape, bool), u,
                                               6).astype(np.float32))
 
@@ -91,7 +91,7 @@ def test_seeding_picks_every_distinct_row_before_a_duplicate():
   x = np.repeat(np.arange(4, dtype=np.float32)[:, None] * [1.0, -2.0], 5,
                 axis=0)  # 4 distinct rows, 5 copies each
   for seed in range(5):
-    c = np.asarray(q.kmeans_plus_plus(x, 6, key=jax.random.key(seed)))
+    c = np.asarray(quantize.kmeans_plus_plus(x, 6, key=jax.random.key(seed)))
     assert {tuple(r) for r in c[:4]} == {tuple(r) for r in x}
 
 
@@ -101,8 +101,8 @@ def test_kmeans_matches_numpy_lloyd_from_the_same_seeds(seed, k, iterations):
   rng = np.random.default_rng(seed)
   x = _blobs(rng, 60, 3, 4)
   key = jax.random.key(seed)
-  centroids, assignment = q.kmeans(x, k, key=key, iterations=iterations)
-  seeds = np.asarray(q.kmeans_plus_plus(x, k, key=key))
+  centroids, assignment = quantize.kmeans(x, k, key=key, iterations=iterations)
+  seeds = np.asarray(quantize.kmeans_plus_plus(x, k, key=key))
   ref_c, ref_a = _np_lloyd(x, seeds, iterations)
   assert centroids.dtype == jnp.float32 and assignment.dtype == jnp.int32
   assert centroids.shape == (k, 3) and assignment.shape == (60,)
@@ -118,9 +118,9 @@ def test_masked_kmeans_matches_numpy_reference():
   key = jax.random.key(3)
   u = np.asarray(jax.random.uniform(key, (5,)), np.float64)
   seeds = _np_seed(x, mask, u, 5)
-  np.testing.assert_allclose(q.kmeans_plus_plus(x, 5, key=key, mask=mask),
+  np.testing.assert_allclose(quantize.kmeans_plus_plus(x, 5, key=key, mask=mask),
                              seeds, rtol=1e-6)
-  centroids, assignment = q.kmeans(x, 5, key=key, iterations=8, mask=mask)
+  centroids, assignment = quantize.kmeans(x, 5, key=key, iterations=8, mask=mask)
   ref_c, ref_a = _np_lloyd(x, seeds, 8, mask)
   np.testing.assert_array_equal(assignment, ref_a)
   np.testing.assert_allclose(centroids, ref_c, rtol=1e-5, atol=1e-5)
@@ -129,7 +129,7 @@ def test_masked_kmeans_matches_numpy_reference():
 def test_empty_cluster_keeps_its_centroid():
   x = np.array([[0.0], [1.0], [10.0], [11.0]], np.float32)
   start = np.array([[0.0], [11.0], [500.0]], np.float32)
-  centroids, assignment = q.lloyd(x, start, iterations=5)
+  centroids, assignment = quantize.lloyd(x, start, iterations=5)
   np.testing.assert_array_equal(centroids, [[0.5], [10.5], [500.0]])
   np.testing.assert_array_equal(assignment, [0, 0, 1, 1])
 
@@ -137,8 +137,8 @@ def test_empty_cluster_keeps_its_centroid():
 def test_kmeans_runs_under_jit():
   x = _blobs(np.random.default_rng(5), 60, 3, 3)
   key = jax.random.key(0)
-  eager = q.kmeans(x, 4, key=key, iterations=4)
-  jitted = jax.jit(lambda x: q.kmeans(x, 4, key=key, iterations=4))(x)
+  eager = quantize.kmeans(x, 4, key=key, iterations=4)
+  jitted = jax.jit(lambda x: quantize.kmeans(x, 4, key=key, iterations=4))(x)
   jax.tree.map(np.testing.assert_array_equal, eager, jitted)
 
 
@@ -147,7 +147,7 @@ def test_encode_follows_the_layout_and_decode_equals_numpy(shape, s, k):
   rng = np.random.default_rng(6)
   kernel = rng.normal(size=shape).astype(np.float32)
   key = jax.random.key(1)
-  code = q.pq_encode(kernel, subspaces=s, centroids=k, key=key, iterations=6)
+  code = quantize.pq_encode(kernel, subspaces=s, centroids=k, key=key, iterations=6)
   m, n = shape[-1], math.prod(shape[:-1])
   assert code.codebooks.shape == (s, k, n // s)
   assert code.codebooks.dtype == jnp.float32
@@ -158,12 +158,12 @@ def test_encode_follows_the_layout_and_decode_equals_numpy(shape, s, k):
   w, d = _np_matrix(kernel), n // s
   for j, sub_key in enumerate(jax.random.split(key, s)):
     block = w[:, j * d:(j + 1) * d]
-    centroids, assignment = q.kmeans(block, k, key=sub_key, iterations=6)
+    centroids, assignment = quantize.kmeans(block, k, key=sub_key, iterations=6)
     np.testing.assert_array_equal(code.codebooks[j], centroids)
     np.testing.assert_array_equal(codes[:, j], assignment)
     dist = ((block[:, None, :] - np.asarray(code.codebooks[j])[None]) ** 2)
     np.testing.assert_array_equal(codes[:, j], dist.sum(-1).argmin(1))
-  decoded = q.pq_decode(code)
+  decoded = quantize.pq_decode(code)
   assert decoded.shape == shape
   np.testing.assert_array_equal(decoded, _np_decode(code.codebooks, codes,
                                                     shape))
@@ -180,8 +180,8 @@ def test_exact_reconstruction_with_enough_centroids(shape, s, distinct, k):
     patterns = rng.integers(-8, 8, size=(distinct, d)) / 4.0
     w[:, j * d:(j + 1) * d] = patterns[rng.integers(0, distinct, m)]
   kernel = w.T.reshape(shape)
-  code = q.pq_encode(kernel, subspaces=s, centroids=k, key=jax.random.key(2))
-  np.testing.assert_array_equal(q.pq_decode(code), kernel)
+  code = quantize.pq_encode(kernel, subspaces=s, centroids=k, key=jax.random.key(2))
+  np.testing.assert_array_equal(quantize.pq_decode(code), kernel)
 
 
 def test_mask_fits_kept_weights_and_rezeroes_pruned_ones():
@@ -191,8 +191,8 @@ def test_mask_fits_kept_weights_and_rezeroes_pruned_ones():
   garbage = np.where(mask, kernel, 50.0 * rng.normal(size=kernel.shape))
   zeroed = np.where(mask, kernel, 0.0)
   key = jax.random.key(4)
-  a = q.pq_encode(garbage, subspaces=3, centroids=4, key=key, mask=mask)
-  b = q.pq_encode(zeroed, subspaces=3, centroids=4, key=key, mask=mask)
+  a = quantize.pq_encode(garbage, subspaces=3, centroids=4, key=key, mask=mask)
+  b = quantize.pq_encode(zeroed, subspaces=3, centroids=4, key=key, mask=mask)
   jax.tree.map(np.testing.assert_array_equal, a, b)  # pruned values ignored
   w, mw = _np_matrix(garbage), _np_matrix(mask)
   u = np.asarray(jax.random.uniform(jax.random.split(key, 3)[1], (4,)),
@@ -202,13 +202,13 @@ def test_mask_fits_kept_weights_and_rezeroes_pruned_ones():
                            block_mask)
   np.testing.assert_allclose(a.codebooks[1], ref_c, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(a.codes[:, 1], ref_a)
-  decoded = np.asarray(q.pq_decode(a, mask))
+  decoded = np.asarray(quantize.pq_decode(a, mask))
   assert np.all(decoded[~mask] == 0.0)
   np.testing.assert_array_equal(
       decoded, np.where(mask, _np_decode(a.codebooks, a.codes, (12, 6)), 0))
-  full = q.pq_encode(garbage, subspaces=3, centroids=4, key=key,
+  full = quantize.pq_encode(garbage, subspaces=3, centroids=4, key=key,
                      mask=np.ones_like(mask))
-  plain = q.pq_encode(garbage, subspaces=3, centroids=4, key=key)
+  plain = quantize.pq_encode(garbage, subspaces=3, centroids=4, key=key)
   jax.tree.map(np.testing.assert_array_equal, full, plain)
 
 
@@ -218,27 +218,27 @@ def test_mask_fits_kept_weights_and_rezeroes_pruned_ones():
                                                (13, 6, 6, 5, 3)])
 def test_storage_formula_matches_packed_bytes(m, n, s, k, code_bits):
   bits = 32 * k * n + code_bits * m * s
-  assert q.pq_storage_bits(m, n, s, k) == bits
-  assert q.pq_compression_rate(m, n, s, k) == pytest.approx(32 * m * n / bits)
+  assert quantize.pq_storage_bits(m, n, s, k) == bits
+  assert quantize.pq_compression_rate(m, n, s, k) == pytest.approx(32 * m * n / bits)
   rng = np.random.default_rng(9)
-  code = q.PQCode(codebooks=jnp.asarray(rng.normal(size=(s, k, n // s)),
+  code = quantize.PQCode(codebooks=jnp.asarray(rng.normal(size=(s, k, n // s)),
                                         jnp.float32),
                   codes=jnp.asarray(rng.integers(0, k, (m, s)), jnp.int32),
                   shape=(n, m))
-  assert q.pq_nbytes(code) == math.ceil(bits / 8)
-  assert q.pq_nbytes(code) == 4 * k * n + math.ceil(code_bits * m * s / 8)
+  assert quantize.pq_nbytes(code) == math.ceil(bits / 8)
+  assert quantize.pq_nbytes(code) == 4 * k * n + math.ceil(code_bits * m * s / 8)
 
 
 def test_pack_codes_by_hand_and_round_trip():
-  packed = q.pack_codes(np.array([1, 2, 3]), 2)  # 01 10 11 00 -> 0b01101100
+  packed = quantize.pack_codes(np.array([1, 2, 3]), 2)  # 01 10 11 00 -> 0b01101100
   np.testing.assert_array_equal(packed, np.array([108], np.uint8))
   codes = np.random.default_rng(10).integers(0, 37, size=(23, 3))
-  packed = q.pack_codes(codes, 6)
+  packed = quantize.pack_codes(codes, 6)
   assert packed.nbytes == math.ceil(23 * 3 * 6 / 8)
-  np.testing.assert_array_equal(q.unpack_codes(packed, 6, codes.size),
+  np.testing.assert_array_equal(quantize.unpack_codes(packed, 6, codes.size),
                                 codes.ravel())
   with pytest.raises(ValueError, match=r"allowed: \[0, 3\]"):
-    q.pack_codes(np.array([4]), 2)
+    quantize.pack_codes(np.array([4]), 2)
 
 
 def test_pq_quantize_default_selects_dense_kernels():
@@ -248,11 +248,11 @@ def test_pq_quantize_default_selects_dense_kernels():
             "conv": {"kernel": f32(3, 3, 2, 4)},
             "fc2": {"kernel": f32(6, 4)}}
   key = jax.random.key(5)
-  out, codes = q.pq_quantize(params, subspaces=3, centroids=4, key=key)
+  out, codes = quantize.pq_quantize(params, subspaces=3, centroids=4, key=key)
   assert sorted(codes) == ["fc1/kernel", "fc2/kernel"]
   keys = jax.random.split(key, 2)  # flattening order: conv, fc1, fc2
   for name, sub_key in zip(["fc1", "fc2"], keys):
-    code = q.pq_encode(params[name]["kernel"], subspaces=3, centroids=4,
+    code = quantize.pq_encode(params[name]["kernel"], subspaces=3, centroids=4,
                        key=sub_key)
     jax.tree.map(np.testing.assert_array_equal, codes[f"{name}/kernel"], code)
     np.testing.assert_array_equal(
@@ -273,7 +273,7 @@ def test_pq_quantize_with_regex_mapping_and_masks():
   mask = rng.random((3, 3, 4, 8)) < 0.5
   masks = {"conv": {"kernel": jnp.asarray(mask), "bias": optax.MaskedNode()},
            "fc": {"kernel": optax.MaskedNode()}}
-  out, codes = q.pq_quantize(params, subspaces={"conv/kernel": 4,
+  out, codes = quantize.pq_quantize(params, subspaces={"conv/kernel": 4,
                                                 "fc/kernel": 3},
                              centroids={"conv/kernel": 5, "fc/kernel": 4},
                              key=jax.random.key(0), where="kernel",
@@ -294,37 +294,37 @@ def test_error_messages():
   key = jax.random.key(0)
   with pytest.raises(ValueError, match=r"subspaces: got 4; allowed: a divisor"
                      r" of the 6 inputs.*\[1, 2, 3, 6\]"):
-    q.pq_encode(kernel, subspaces=4, centroids=2, key=key)
+    quantize.pq_encode(kernel, subspaces=4, centroids=2, key=key)
   with pytest.raises(ValueError,
                      match=r"centroids: got 5; allowed: .*\[1, 4\]"):
-    q.pq_encode(kernel, subspaces=2, centroids=5, key=key)
+    quantize.pq_encode(kernel, subspaces=2, centroids=5, key=key)
   with pytest.raises(ValueError, match="kernel: got shape"):
-    q.pq_encode(np.ones(6), subspaces=2, centroids=2, key=key)
+    quantize.pq_encode(np.ones(6), subspaces=2, centroids=2, key=key)
   with pytest.raises(ValueError, match="mask: got shape"):
-    q.pq_encode(kernel, subspaces=2, centroids=2, key=key,
+    quantize.pq_encode(kernel, subspaces=2, centroids=2, key=key,
                 mask=np.ones((4, 6), bool))
   with pytest.raises(ValueError, match=r"k: got 11; allowed: .*\[1, 10\]"):
-    q.kmeans(np.ones((10, 2)), 11, key=key)
+    quantize.kmeans(np.ones((10, 2)), 11, key=key)
   with pytest.raises(ValueError, match="k: got 0"):
-    q.kmeans(np.ones((10, 2)), 0, key=key)
+    quantize.kmeans(np.ones((10, 2)), 0, key=key)
   with pytest.raises(ValueError, match="x: got shape"):
-    q.kmeans(np.ones(10), 2, key=key)
+    quantize.kmeans(np.ones(10), 2, key=key)
   with pytest.raises(ValueError, match="iterations: got -1"):
-    q.kmeans(np.ones((10, 2)), 2, key=key, iterations=-1)
+    quantize.kmeans(np.ones((10, 2)), 2, key=key, iterations=-1)
   with pytest.raises(ValueError, match="do not fit a kernel"):
-    q.pq_decode(q.PQCode(jnp.zeros((2, 3, 3)), jnp.zeros((4, 2), jnp.int32),
+    quantize.pq_decode(quantize.PQCode(jnp.zeros((2, 3, 3)), jnp.zeros((4, 2), jnp.int32),
                          (5, 4)))
   params = {"a": {"kernel": jnp.ones((9, 4))},
             "b": {"kernel": jnp.ones((8, 4))}}
   with pytest.raises(ValueError, match=r"^a/kernel: subspaces: got 2.*"
                      r"\[1, 3, 9\]"):
-    q.pq_quantize(params, subspaces=2, centroids=2, key=key)
+    quantize.pq_quantize(params, subspaces=2, centroids=2, key=key)
   with pytest.raises(ValueError, match=r"subspaces: no entry for 'a/kernel'"):
-    q.pq_quantize(params, subspaces={"b/kernel": 2}, centroids=2, key=key)
+    quantize.pq_quantize(params, subspaces={"b/kernel": 2}, centroids=2, key=key)
   with pytest.raises(ValueError, match="selects no parameter"):
-    q.pq_quantize(params, subspaces=1, centroids=2, key=key, where="bias")
+    quantize.pq_quantize(params, subspaces=1, centroids=2, key=key, where="bias")
   with pytest.raises(ValueError, match="subspaces: got 3"):
-    q.pq_storage_bits(4, 8, 3, 2)
+    quantize.pq_storage_bits(4, 8, 3, 2)
 
 
 # --- weight sharing ---------------------------------------------------------
@@ -361,7 +361,7 @@ def _np_shared_decode(codebook, codes, mask):
 def test_share_weights_is_1d_lloyd_from_linear_seeds(shape, bits, iterations):
   rng = np.random.default_rng(20)
   kernel = _pruned(rng, shape)
-  code = q.share_weights(kernel, bits=bits, iterations=iterations)
+  code = quantize.share_weights(kernel, bits=bits, iterations=iterations)
   keep = kernel != 0
   kept = kernel[keep]
   k = 2 ** bits
@@ -373,7 +373,7 @@ def test_share_weights_is_1d_lloyd_from_linear_seeds(shape, bits, iterations):
   np.testing.assert_array_equal(code.mask, keep)
   np.testing.assert_array_equal(code.codes, ref_a)
   np.testing.assert_allclose(code.codebook, ref_c[:, 0], rtol=1e-5, atol=1e-6)
-  decoded = q.shared_decode(code)
+  decoded = quantize.shared_decode(code)
   assert decoded.dtype == jnp.float32 and decoded.shape == shape
   np.testing.assert_array_equal(decoded, _np_shared_decode(
       code.codebook, code.codes, keep))
@@ -388,7 +388,7 @@ def test_share_weights_kmeans_plus_plus_seeding():
   rng = np.random.default_rng(21)
   kernel = _pruned(rng, (30, 20))
   key = jax.random.key(7)
-  code = q.share_weights(kernel, bits=3, key=key, init="kmeans++",
+  code = quantize.share_weights(kernel, bits=3, key=key, init="kmeans++",
                          iterations=10)
   kept = kernel[kernel != 0][:, None]
   u = np.asarray(jax.random.uniform(key, (8,)), np.float64)
@@ -403,13 +403,13 @@ def test_share_weights_with_a_mask_keeps_exactly_the_mask():
   kernel = rng.normal(size=(15, 10)).astype(np.float32)
   mask = _pruned(rng, kernel.shape) != 0
   kernel[np.nonzero(mask)[0][:7], np.nonzero(mask)[1][:7]] = 0.0  # kept zeros
-  code = q.share_weights(kernel, bits=2, mask=mask)
+  code = quantize.share_weights(kernel, bits=2, mask=mask)
   kept = kernel[mask]
   ref_c, ref_a = _np_lloyd(kept[:, None], _np_linear(kept, 4)[:, None], 25)
   np.testing.assert_array_equal(code.mask, mask)
   np.testing.assert_array_equal(code.codes, ref_a)
   np.testing.assert_allclose(code.codebook, ref_c[:, 0], rtol=1e-5, atol=1e-6)
-  decoded = np.asarray(q.shared_decode(code))
+  decoded = np.asarray(quantize.shared_decode(code))
   assert np.all(decoded[~mask] == 0.0)
 
 
@@ -417,9 +417,9 @@ def test_evenly_spaced_levels_are_reproduced_exactly():
   rng = np.random.default_rng(23)
   levels = np.array([-1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5], np.float32)
   kernel = levels[rng.integers(0, 8, size=(12, 10))]
-  code = q.share_weights(kernel, bits=3)
+  code = quantize.share_weights(kernel, bits=3)
   np.testing.assert_array_equal(code.codebook, levels)
-  np.testing.assert_array_equal(q.shared_decode(code), kernel)
+  np.testing.assert_array_equal(quantize.shared_decode(code), kernel)
 
 
 @pytest.mark.parametrize("kept,bits,k", [(5, 4, 4), (4, 4, 4), (1, 3, 1),
@@ -427,15 +427,15 @@ def test_evenly_spaced_levels_are_reproduced_exactly():
 def test_few_kept_weights_round_k_down_to_a_power_of_two(kept, bits, k):
   kernel = np.zeros((4, 5), np.float32)
   kernel.reshape(-1)[np.arange(kept) * 2] = np.arange(1, kept + 1) * 0.25
-  code = q.share_weights(kernel, bits=bits)
+  code = quantize.share_weights(kernel, bits=bits)
   assert code.codebook.shape == (k,) and code.codes.shape == (kept,)
   if kept == 0:
     np.testing.assert_array_equal(code.codebook, [0.0])
   if kept == 1:
     np.testing.assert_array_equal(code.codebook, [0.25])
   if kept == k:  # Evenly spaced kept values: one centroid each.
-    np.testing.assert_array_equal(q.shared_decode(code), kernel)
-  np.testing.assert_array_equal(q.shared_decode(code), _np_shared_decode(
+    np.testing.assert_array_equal(quantize.shared_decode(code), kernel)
+  np.testing.assert_array_equal(quantize.shared_decode(code), _np_shared_decode(
       code.codebook, code.codes, kernel != 0))
 
 
@@ -448,7 +448,7 @@ def test_share_params_default_selection_bits_per_layer_and_masks():
                                           jnp.bfloat16)}}
   mask = _pruned(rng, (20, 6)) != 0
   masks = {"fc2": {"kernel": jnp.asarray(mask)}}
-  out, codes = q.share_params(params, bits={"fc1/kernel": 3, "fc2/kernel": 2},
+  out, codes = quantize.share_params(params, bits={"fc1/kernel": 3, "fc2/kernel": 2},
                               masks=masks)
   assert sorted(codes) == ["fc1/kernel", "fc2/kernel"]
   assert codes["fc1/kernel"].codebook.shape == (8,)
@@ -456,7 +456,7 @@ def test_share_params_default_selection_bits_per_layer_and_masks():
   np.testing.assert_array_equal(codes["fc2/kernel"].mask, mask)
   np.testing.assert_array_equal(codes["fc1/kernel"].mask,
                                 np.asarray(params["fc1"]["kernel"]) != 0)
-  direct = q.share_weights(params["fc1"]["kernel"], bits=3)
+  direct = quantize.share_weights(params["fc1"]["kernel"], bits=3)
   jax.tree.map(np.testing.assert_array_equal, codes["fc1/kernel"], direct)
   assert out["fc2"]["kernel"].dtype == jnp.bfloat16
   for name in ("fc1", "fc2"):
@@ -474,10 +474,10 @@ def test_share_params_kmeans_plus_plus_splits_the_key():
   params = {"a": {"kernel": jnp.asarray(_pruned(rng, (20, 6)))},
             "b": {"kernel": jnp.asarray(_pruned(rng, (10, 12)))}}
   key = jax.random.key(3)
-  _, codes = q.share_params(params, bits=3, key=key, init="kmeans++",
+  _, codes = quantize.share_params(params, bits=3, key=key, init="kmeans++",
                             where="kernel")
   for name, sub_key in zip(["a", "b"], jax.random.split(key, 2)):
-    want = q.share_weights(params[name]["kernel"], bits=3, key=sub_key,
+    want = quantize.share_weights(params[name]["kernel"], bits=3, key=sub_key,
                            init="kmeans++")
     jax.tree.map(np.testing.assert_array_equal, codes[f"{name}/kernel"], want)
 
@@ -487,28 +487,28 @@ def test_weight_sharing_error_messages():
   for bits in (0, 17, 2.5, True):
     with pytest.raises(ValueError, match=r"bits: got .*; allowed: an integer "
                        r"in \[1, 16\]"):
-      q.share_weights(kernel, bits=bits)
+      quantize.share_weights(kernel, bits=bits)
   with pytest.raises(ValueError, match=r"mask: got shape \(10, 5\); allowed: "
                      r"the kernel's shape \(10, 10\)"):
-    q.share_weights(kernel, bits=2, mask=np.ones((10, 5), bool))
+    quantize.share_weights(kernel, bits=2, mask=np.ones((10, 5), bool))
   with pytest.raises(ValueError, match=r"init: got 'random'; allowed: "
                      r"\['linear', 'kmeans\+\+'\]"):
-    q.share_weights(kernel, bits=2, init="random")
+    quantize.share_weights(kernel, bits=2, init="random")
   with pytest.raises(ValueError, match="key: got None"):
-    q.share_weights(kernel, bits=2, init="kmeans++")
+    quantize.share_weights(kernel, bits=2, init="kmeans++")
   with pytest.raises(ValueError, match="iterations: got -1"):
-    q.share_weights(kernel, bits=2, iterations=-1)
-  code = q.share_weights(kernel, bits=2)
+    quantize.share_weights(kernel, bits=2, iterations=-1)
+  code = quantize.share_weights(kernel, bits=2)
   with pytest.raises(ValueError, match=r"codes shape \(3,\); allowed: "
                      r"\(100,\)"):
-    q.shared_decode(code._replace(codes=jnp.zeros(3, jnp.int32)))
+    quantize.shared_decode(code._replace(codes=jnp.zeros(3, jnp.int32)))
   with pytest.raises(ValueError, match="mask shape"):
-    q.shared_decode(code._replace(shape=(4, 25)))
+    quantize.shared_decode(code._replace(shape=(4, 25)))
   params = {"a": {"kernel": jnp.ones((9, 4))},
             "b": {"kernel": jnp.ones((8, 4))}}
   with pytest.raises(ValueError, match=r"^a/kernel: bits: got 20"):
-    q.share_params(params, bits=20)
+    quantize.share_params(params, bits=20)
   with pytest.raises(ValueError, match=r"bits: no entry for 'b/kernel'"):
-    q.share_params(params, bits={"a/kernel": 2})
+    quantize.share_params(params, bits={"a/kernel": 2})
   with pytest.raises(ValueError, match="selects no parameter"):
-    q.share_params(params, bits=2, where="bias")
+    quantize.share_params(params, bits=2, where="bias")

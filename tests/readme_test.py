@@ -28,7 +28,7 @@ def test_quickstart_is_two_commands_and_ci_runs_the_second():
 
 def _kernels(params):
   return {name: np.asarray(leaf) for name, leaf in
-          sparsify.base.named_leaves(params) if name.endswith("kernel")}
+          sparsify.named_leaves(params) if name.endswith("kernel")}
 
 
 def test_python_blocks_run_in_order_and_do_what_they_say():
@@ -82,8 +82,8 @@ def test_python_blocks_run_in_order_and_do_what_they_say():
 
   # LCT: the chosen layer is ternary on its mask; the others keep theirs.
   run(5)
-  weights = dict(sparsify.base.named_leaves(ns["params"]))
-  masks = dict(sparsify.base.named_leaves(ns["sig"].masks))
+  weights = dict(sparsify.named_leaves(ns["params"]))
+  masks = dict(sparsify.named_leaves(ns["sig"].masks))
   layer = ns["layer"]
   values = np.unique(np.abs(weights[layer][weights[layer] != 0]))
   assert values.size == 1

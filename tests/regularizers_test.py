@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparsify import base
-from sparsify import quantization
-from sparsify import regularizers as reg
+from sparsify.core import checks
+from sparsify import quantize
+from sparsify.transforms import penalties
 
 
 def _params(seed=0):
@@ -78,18 +78,18 @@ def _centres_of(state):
 
 
 CASES = {
-    "binary_fixed": (lambda s: reg.binary_attractor(s, alpha=0.3),
+    "binary_fixed": (lambda s: penalties.binary_attractor(s, alpha=0.3),
                      lambda w, c: _np_binary(w, 0.3),
                      lambda w, c: jax.grad(_r_binary)(w, 0.3)),
-    "binary_mean": (lambda s: reg.binary_attractor(s),
+    "binary_mean": (lambda s: penalties.binary_attractor(s),
                     lambda w, c: _np_binary(w, None),
                     lambda w, c: jax.grad(_r_binary)(w, None)),
-    "l1": (lambda s: reg.l1(s), lambda w, c: _np_l1(w),
+    "l1": (lambda s: penalties.l1(s), lambda w, c: _np_l1(w),
            lambda w, c: jax.grad(lambda v: jnp.sum(jnp.abs(v)))(w)),
-    "group_lasso": (lambda s: reg.group_lasso(s),
+    "group_lasso": (lambda s: penalties.group_lasso(s),
                     lambda w, c: _np_group(w),
                     lambda w, c: jax.grad(_r_group)(w)),
-    "kcentre": (lambda s: reg.kcentre_attractor(s, centres=3),
+    "kcentre": (lambda s: penalties.kcentre_attractor(s, centres=3),
                 _np_kcentre, lambda w, c: jax.grad(_r_kcentre)(w, c)),
 }
 NAMES = pytest.mark.parametrize("name", sorted(CASES))
@@ -122,12 +122,12 @@ def test_gradient_matches_numpy_and_jax_grad_on_dense_kernels_only(name):
 
 @NAMES
 def test_where_selects_other_leaves(name):
-  tx_conv = {"binary_fixed": lambda: reg.binary_attractor(1.0, alpha=0.3,
+  tx_conv = {"binary_fixed": lambda: penalties.binary_attractor(1.0, alpha=0.3,
                                                           where="conv"),
-             "binary_mean": lambda: reg.binary_attractor(1.0, where="conv"),
-             "l1": lambda: reg.l1(1.0, where="conv"),
-             "group_lasso": lambda: reg.group_lasso(1.0, where="conv"),
-             "kcentre": lambda: reg.kcentre_attractor(
+             "binary_mean": lambda: penalties.binary_attractor(1.0, where="conv"),
+             "l1": lambda: penalties.l1(1.0, where="conv"),
+             "group_lasso": lambda: penalties.group_lasso(1.0, where="conv"),
+             "kcentre": lambda: penalties.kcentre_attractor(
                  1.0, centres=3, where=lambda path, _: path == "conv/kernel"),
              }[name]()
   params, grads = _params(), _grads()
@@ -144,13 +144,13 @@ def test_group_lasso_conv_axis_zero_group_and_size_scaling():
   w[..., 1] = 0.0  # a dead filter: zero subgradient, no NaN
   params = {"conv": {"kernel": jnp.asarray(w)}}
   grads = jax.tree.map(jnp.zeros_like, params)
-  tx = reg.group_lasso(0.5, where="conv", scale_by_group_size=True)
+  tx = penalties.group_lasso(0.5, where="conv", scale_by_group_size=True)
   updates, _ = _update(tx, grads, params)
   got = np.asarray(updates["conv"]["kernel"])
   np.testing.assert_allclose(got, 0.5 * _np_group(w, -1, True), rtol=1e-6)
   assert np.all(got[..., 1] == 0.0)
   w2 = rng.normal(size=(6, 5)).astype(np.float32)  # groups along rows
-  tx = reg.group_lasso(1.0, axis=0)
+  tx = penalties.group_lasso(1.0, axis=0)
   updates, _ = _update(tx, {"d": {"kernel": jnp.zeros((6, 5))}},
                        {"d": {"kernel": jnp.asarray(w2)}})
   np.testing.assert_allclose(updates["d"]["kernel"],
@@ -160,7 +160,7 @@ def test_group_lasso_conv_axis_zero_group_and_size_scaling():
 
 def test_l1_subgradient_is_zero_at_zero():
   w = jnp.asarray([[0.0, -2.0], [3.0, 0.0]])
-  updates, _ = _update(reg.l1(0.5), {"k": {"kernel": jnp.ones((2, 2))}},
+  updates, _ = _update(penalties.l1(0.5), {"k": {"kernel": jnp.ones((2, 2))}},
                        {"k": {"kernel": w}})
   np.testing.assert_array_equal(updates["k"]["kernel"], [[1.0, 0.5],
                                                           [1.5, 1.0]])
@@ -199,17 +199,17 @@ def test_chains_with_sgd_under_jit_and_needs_params(name):
   np.testing.assert_allclose(updates["fc1"]["bias"], -0.01 * np.ones(5),
                              rtol=1e-6)
   tx = build(0.2)
-  with pytest.raises(ValueError, match=re.escape(base.NO_PARAMS_MSG)):
+  with pytest.raises(ValueError, match=re.escape(checks.NO_PARAMS_MSG)):
     tx.update(grads, tx.init(params))
 
 
 @NAMES
 def test_inject_hyperparams_on_strength(name):
   build = CASES[name][0]
-  factory = {"binary_fixed": reg.binary_attractor,
-             "binary_mean": reg.binary_attractor, "l1": reg.l1,
-             "group_lasso": reg.group_lasso,
-             "kcentre": reg.kcentre_attractor}[name]
+  factory = {"binary_fixed": penalties.binary_attractor,
+             "binary_mean": penalties.binary_attractor, "l1": penalties.l1,
+             "group_lasso": penalties.group_lasso,
+             "kcentre": penalties.kcentre_attractor}[name]
   kwargs = {"binary_fixed": {"alpha": 0.3}, "kcentre": {"centres": 3}}.get(
       name, {})
   static = tuple(k for k in inspect.signature(factory).parameters
@@ -235,7 +235,7 @@ def _np_lloyd_1d(w, c, iterations):
 def test_kcentre_centres_refresh_exactly_every_t_steps():
   params = {"fc1": {"kernel": _params()["fc1"]["kernel"]},
             "fc2": {"kernel": _params()["fc2"]["kernel"]}}
-  tx = reg.kcentre_attractor(0.5, centres=3, refresh_every=3, iterations=4,
+  tx = penalties.kcentre_attractor(0.5, centres=3, refresh_every=3, iterations=4,
                              seed=7)
   chain = optax.chain(tx, optax.sgd(0.2))
   state = jax.jit(chain.init)(params)
@@ -244,7 +244,7 @@ def test_kcentre_centres_refresh_exactly_every_t_steps():
   previous = {}
   for layer, key in zip(("fc1", "fc2"), keys):
     w = params[layer]["kernel"].reshape(-1, 1)
-    seeds = np.asarray(quantization.kmeans_plus_plus(w, 3, key=key))[:, 0]
+    seeds = np.asarray(quantize.kmeans_plus_plus(w, 3, key=key))[:, 0]
     previous[layer] = _np_lloyd_1d(w, seeds, 4)
     np.testing.assert_allclose(_centres_of(state[0])[layer]["kernel"],
                                previous[layer], rtol=1e-5, atol=1e-6)
@@ -274,18 +274,18 @@ def test_kcentre_centres_refresh_exactly_every_t_steps():
 
 def test_kcentre_rejects_bad_arguments():
   with pytest.raises(ValueError, match="refresh_every: got 0"):
-    reg.kcentre_attractor(0.1, refresh_every=0)
+    penalties.kcentre_attractor(0.1, refresh_every=0)
   with pytest.raises(ValueError, match="centres: got 0"):
-    reg.kcentre_attractor(0.1, centres=0)
+    penalties.kcentre_attractor(0.1, centres=0)
   with pytest.raises(ValueError, match=r"centres: got 40.*allowed: 1 to 30"):
-    reg.kcentre_attractor(0.1, centres=40).init({"d": {"kernel":
+    penalties.kcentre_attractor(0.1, centres=40).init({"d": {"kernel":
                                                        jnp.ones((6, 5))}})
   with pytest.raises(ValueError, match="strength: got -1"):
-    reg.l1(-1.0)
+    penalties.l1(-1.0)
   with pytest.raises(ValueError, match="alpha: got -0.5"):
-    reg.binary_attractor(0.1, alpha=-0.5)
+    penalties.binary_attractor(0.1, alpha=-0.5)
   with pytest.raises(ValueError, match="axis: got 2"):
-    _update(reg.group_lasso(0.1, axis=2), {"d": {"kernel": jnp.ones((2, 3))}},
+    _update(penalties.group_lasso(0.1, axis=2), {"d": {"kernel": jnp.ones((2, 3))}},
             {"d": {"kernel": jnp.ones((2, 3))}})
 
 
@@ -295,7 +295,7 @@ def test_binary_attractor_drives_a_quadratic_problem_to_plus_minus_alpha():
   w0 = rng.uniform(-0.3, 0.3, size=(8, 6)).astype(np.float32)
   alpha, lam = 0.5, 20.0
   loss = lambda p: 0.5 * jnp.sum((p["d"]["kernel"] - target) ** 2)
-  tx = optax.chain(reg.binary_attractor(lam, alpha=alpha), optax.sgd(0.005))
+  tx = optax.chain(penalties.binary_attractor(lam, alpha=alpha), optax.sgd(0.005))
 
   @jax.jit
   def train(params):

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsify import base
+from sparsify.core import paths
 from sparsify import data
 from sparsify import models
-from sparsify import surgery
+from sparsify.structure import surgery
 
 
 def _set_gates(variables, rng, zero_fraction):
@@ -21,7 +21,7 @@ def _set_gates(variables, rng, zero_fraction):
     g = rng.uniform(0.2, 2.0, size=x.shape).astype(np.float32)
     g[rng.random(x.shape) < zero_fraction] = 0.0
     return jnp.asarray(g)
-  return {**variables, "params": base.map_with_name(gate, variables["params"])}
+  return {**variables, "params": paths.map_with_name(gate, variables["params"])}
 
 
 @pytest.mark.parametrize("name,kwargs", [

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from sparsify import config as config_lib
-from sparsify import train
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `experiments` is a folder of the repository
@@ -40,14 +40,14 @@ NAMES = ["compression.sparsity=0.5,compression.allocation=layerwise",
 @pytest.fixture
 def calls(monkeypatch):
   """Counts calls of train_and_evaluate (which still trains)."""
-  real = train.train_and_evaluate
+  real = trainer_lib.train_and_evaluate
   seen = []
 
   def counting(config, workdir):
     seen.append(workdir)
     return real(config, workdir)
 
-  monkeypatch.setattr(train, "train_and_evaluate", counting)
+  monkeypatch.setattr(trainer_lib, "train_and_evaluate", counting)
   return seen
 
 

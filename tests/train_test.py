@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from sparsify import base
-from sparsify import checkpoint
-from sparsify import config as config_lib
+from sparsify.core import paths
+from sparsify.experiment import checkpoint
+from sparsify.experiment import config as config_lib
 from sparsify import data as data_lib
-from sparsify import train
+from sparsify.experiment import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch(model, kwargs, tmp_path):
   config = tiny_config(**{"model.name": model, "optimizer.schedule": "constant",
                           "optimizer.learning_rate": 0.1})
   config.model.kwargs.update(kwargs)
-  trainer = train.Trainer(config, str(tmp_path))
+  trainer = trainer_lib.Trainer(config, str(tmp_path))
   state = trainer.init_state()
   batch = next(data_lib.batches(
       trainer.dataset.train, batch_size=32, seed=0,
@@ -62,8 +62,8 @@ def test_same_config_and_seed_give_the_same_parameters(tmp_path):
   config = tiny_config(**{"compression.method": "gmp",
                           "compression.sparsity": 0.8,
                           "compression.update_every": 10})
-  a = train.train_and_evaluate(config, str(tmp_path / "a"))
-  b = train.train_and_evaluate(config, str(tmp_path / "b"))
+  a = trainer_lib.train_and_evaluate(config, str(tmp_path / "a"))
+  b = trainer_lib.train_and_evaluate(config, str(tmp_path / "b"))
   pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
   assert a["eval_accuracy"] == b["eval_accuracy"]
@@ -75,8 +75,8 @@ def test_same_config_and_seed_give_the_same_parameters(tmp_path):
 
 
 def test_seed_changes_the_result(tmp_path):
-  train.train_and_evaluate(tiny_config(seed=0), str(tmp_path / "a"))
-  train.train_and_evaluate(tiny_config(seed=1), str(tmp_path / "b"))
+  trainer_lib.train_and_evaluate(tiny_config(seed=0), str(tmp_path / "a"))
+  trainer_lib.train_and_evaluate(tiny_config(seed=1), str(tmp_path / "b"))
   pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
   assert not np.array_equal(pa["fc1"]["kernel"], pb["fc1"]["kernel"])
 
@@ -132,10 +132,10 @@ def _sharded_config():
 
 _SHARDED_RUN = """
 import sys, jax
-from sparsify import train
+from sparsify.experiment import trainer as trainer_lib
 sys.path.insert(0, {tests!r})
 from train_test import _sharded_config
-train.train_and_evaluate(_sharded_config(), sys.argv[1])
+trainer_lib.train_and_evaluate(_sharded_config(), sys.argv[1])
 print("devices", jax.device_count())
 """
 
@@ -153,12 +153,12 @@ def test_eight_devices_match_one_device(tmp_path):
     counts[n] = out.split("devices")[-1].strip()
   assert counts == {1: "1", 8: "8"}
   one, eight = (checkpoint.load(str(tmp_path / str(n))) for n in (1, 8))
-  init = train.Trainer(_sharded_config(), str(tmp_path / "init")).init_state()
+  init = trainer_lib.Trainer(_sharded_config(), str(tmp_path / "init")).init_state()
   # Same global batch, different reduction order: the two runs differ by
   # float rounding only, a small fraction of how far training moved each
   # leaf. (Sharding mistakes, such as per-device BatchNorm statistics or
   # unaveraged gradients, give differences of the order of the movement.)
-  named = lambda tree: dict(base.named_leaves(tree))
+  named = lambda tree: dict(paths.named_leaves(tree))
   eight_params, start = named(eight["params"]), named(init.params)
   for name, a in named(one["params"]).items():
     moved = np.linalg.norm(a - np.asarray(start[name]))
@@ -185,7 +185,7 @@ def test_every_preset_trains_and_reports(preset, extra, tmp_path):
   config.compression.sparsity = 0.8
   for key, value in extra.items():
     config.compression[key.split(".")[1]] = value
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   kernels = [l for l in results["report"]["layers"]
              if l["name"].endswith("kernel")]
   zeros = sum(l["params"] - l["nonzeros"] for l in kernels)
@@ -207,7 +207,7 @@ def test_configs_train_on_tfds_mnist(config_file, preset, mock_tfds, tmp_path):
   config.data.name, config.data.source = "mnist", "tfds"
   config.data.batch_size = config.data.eval_batch_size = 16
   config.train.epochs = 2.0
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 2 * 64 // 16
   assert results["dataset"] == "mnist" and results["method"] == preset
   assert 0.0 <= results["eval_accuracy"] <= 1.0

@@ -14,7 +14,7 @@ import os
 import tempfile
 
 from experiments.benchmarks import common
-from sparsify import train
+from sparsify.experiment import trainer as trainer_lib
 
 def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
   config = common.load_config(model)
@@ -22,7 +22,7 @@ def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
   config.train.epochs = epochs
   config.train.log_every = 100
   config.train.checkpoint_every = 10**9  # final checkpoint only
-  results = train.train_and_evaluate(config, workdir)
+  results = trainer_lib.train_and_evaluate(config, workdir)
   return {
       "model": model, "dataset": dataset, "epochs": epochs,
       "test_accuracy": results["eval_accuracy"],

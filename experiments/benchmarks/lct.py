@@ -37,8 +37,8 @@ import tempfile
 import time
 
 from experiments.benchmarks import common
-from sparsify import compressed
-from sparsify import train
+from sparsify import spz
+from sparsify.experiment import trainer as trainer_lib
 
 LCT_FIELDS = {"sparsity": float, "budget": float, "steps": int,
               "prune_steps": int, "learning_rate": float, "sigma": str,
@@ -71,7 +71,7 @@ def base_config(model, preset, dataset, epochs, width):
 
 def file_breakdown(path, ternary_layers=()):
   """Bytes on disk split into ternary layers, other leaves and header."""
-  report = compressed.file_report(path)
+  report = spz.file_report(path)
   is_ternary = lambda leaf: leaf.path.removeprefix("params/") in ternary_layers
   ternary = sum(l.nbytes for l in report.leaves if is_ternary(l))
   kernels = sum(l.nbytes for l in report.leaves
@@ -99,7 +99,7 @@ def lct_run(config, workdir, setting):
   config = config.copy_and_resolve_references()
   config.post.lct.update(setting)
   t = time.perf_counter()
-  results = train.train_and_evaluate(config, workdir)
+  results = trainer_lib.train_and_evaluate(config, workdir)
   stage = results["post"]["stages"][-1]
   decisions = " ".join(
       f"{d['layer'].removesuffix('/kernel')}:"
@@ -129,7 +129,7 @@ def gmp_run(config, sparsity):
   config.post.finetune.epochs = 0.0
   t = time.perf_counter()
   with tempfile.TemporaryDirectory() as workdir:
-    results = train.train_and_evaluate(config, workdir)
+    results = trainer_lib.train_and_evaluate(config, workdir)
     row = file_row(results)
   total = results["report"]["total"]
   return {"accuracy": results["eval_accuracy"],

@@ -1,7 +1,7 @@
 r"""Binary-search neuron pruning against random removal of as many neurons.
 
 Each model is trained dense once (``configs/<model>.py:search``); then, on
-the same trained parameters, `sparsify.pipeline.run` runs the
+the same trained parameters, `sparsify.experiment.stages.run` runs the
 ``search,finetune`` stages once per search setting. In every hidden layer
 (LeNet-300-100: fc1, fc2; LeNet-5: conv1 and conv2 filters, fc1 neurons),
 in ``post.search.order``, a binary search finds how many of the
@@ -36,12 +36,12 @@ import tempfile
 import numpy as np
 
 from experiments.benchmarks import common
-from sparsify import checkpoint
+from sparsify.experiment import checkpoint
 from sparsify import data as data_lib
-from sparsify import neuron_search
-from sparsify import pipeline
-from sparsify import surgery
-from sparsify import train
+from sparsify.structure import neuron_search
+from sparsify.experiment import stages
+from sparsify.structure import surgery
+from sparsify.experiment import trainer as trainer_lib
 
 
 def make_config(model, dataset, epochs):
@@ -74,11 +74,11 @@ def random_baseline(ctx, trained, search, steps, seeds):
     rng = np.random.default_rng(seed)
     keep = {u.name: rng.permutation(search["units_before"][u.name]) <
             search["units_after"][u.name] for u in spec}
-    small = pipeline._slimmed(trained, spec, keep)  # pylint: disable=protected-access
+    small = stages._slimmed(trained, spec, keep)  # pylint: disable=protected-access
     tuned = ctx.finetune(small, steps, ctx.config.post.finetune.learning_rate)
     out.append({"seed": seed, "before_finetune": ctx.accuracy(small),
                 "after_finetune": ctx.accuracy(
-                    pipeline.Model(small.name, small.kwargs, tuned))})
+                    stages.Model(small.name, small.kwargs, tuned))})
   return out
 
 
@@ -121,19 +121,19 @@ def run_model(model, epochs, settings, dataset_name, seeds):
   with tempfile.TemporaryDirectory() as root:
     config = make_config(model, dataset_name, epochs)
     config.post.stages = ""  # run below, once per setting
-    results = train.train_and_evaluate(config, root)
+    results = trainer_lib.train_and_evaluate(config, root)
     ck = checkpoint.load(root)
     variables = {"params": ck["params"]}
     if ck.get("batch_stats"):
       variables["batch_stats"] = ck["batch_stats"]
     dataset = data_lib.load_dataset(dataset_name)
-    ctx = pipeline.Context(config, dataset, root)
-    trained = pipeline.Model(config.model.name, config.model.kwargs.to_dict(),
+    ctx = stages.Context(config, dataset, root)
+    trained = stages.Model(config.model.name, config.model.kwargs.to_dict(),
                              variables)
     config.post.stages = "search,finetune"
     for i, setting in enumerate(settings):
       config.post.search.update(setting)
-      post = pipeline.run(config, dataset, os.path.join(root, str(i)),
+      post = stages.run(config, dataset, os.path.join(root, str(i)),
                           variables, None)
       search, tuned = post["stages"][1:]
       steps = tuned["steps"] + setting["finetune_steps"] * len(

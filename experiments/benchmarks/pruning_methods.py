@@ -29,7 +29,7 @@ import numpy as np
 
 from experiments.benchmarks import common
 from sparsify import data as data_lib
-from sparsify import train
+from sparsify.experiment import trainer as trainer_lib
 
 METHODS = ("gmp", "random", "dat")
 
@@ -43,7 +43,7 @@ def accuracy_run(model, preset, sparsity, dataset, epochs):
   if sparsity is not None:
     config.compression.sparsity = sparsity
   with tempfile.TemporaryDirectory() as workdir:
-    results = train.train_and_evaluate(config, workdir)
+    results = trainer_lib.train_and_evaluate(config, workdir)
   layers = results["report"]["layers"]
   total = results["report"]["total"]
   kernels = [l for l in layers if l["name"].endswith("kernel")]
@@ -89,7 +89,7 @@ def timing(steps, rounds, dataset, extra_rounds, extra_chunk):
     if every:
       config.compression.update_every = every
     with tempfile.TemporaryDirectory() as workdir:
-      trainer = train.Trainer(config, workdir)
+      trainer = trainer_lib.Trainer(config, workdir)
     assert trainer.total_steps == steps, (trainer.total_steps, steps)
     runs[name] = {"trainer": trainer, "state": trainer.init_state(),
                   "every": every, "schedule": [], "after": []}

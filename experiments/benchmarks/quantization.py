@@ -2,8 +2,8 @@ r"""Product quantization into one compressed file: accuracy and bytes on disk.
 
 Each method trains its model once (``configs/<model>.py:<preset>``, the same
 optimizer and epochs); the trained variables are then product-quantized for
-every (d, k) of the grid with `sparsify.pipeline.pq_stage`, written with
-`sparsify.compressed.save` and read back with `sparsify.pipeline.
+every (d, k) of the grid with `sparsify.experiment.stages.pq_stage`, written with
+`sparsify.spz.save` and read back with `sparsify.experiment.stages.
 evaluate_file`, which rebuilds the model from the file alone and evaluates it
 on the test split.
 
@@ -44,19 +44,19 @@ import ml_collections
 import numpy as np
 
 from experiments.benchmarks import common
-from sparsify import base
-from sparsify import compressed
+from sparsify.core import paths
+from sparsify import spz
 from sparsify import data as data_lib
-from sparsify import masking
-from sparsify import pipeline
-from sparsify import quantization
-from sparsify import train
+from sparsify.core import masking
+from sparsify.experiment import stages
+from sparsify import quantize
+from sparsify.experiment import trainer as trainer_lib
 
 
 def train_model(config):
-  """Trains like `train.train_and_evaluate`; returns variables and masks."""
+  """Trains like `trainer_lib.train_and_evaluate`; returns variables and masks."""
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = train.Trainer(config, workdir)
+    trainer = trainer_lib.Trainer(config, workdir)
   ds = trainer.dataset
   state = trainer.init_state()
   it = data_lib.batches(ds.train, batch_size=config.data.batch_size,
@@ -79,27 +79,27 @@ def train_model(config):
 def layer_dims(params, d):
   """Per Dense kernel, the largest divisor of its input count that is <= d."""
   dims = {}
-  for path, leaf in base.named_leaves(params):
-    if quantization.dense_kernel(path, leaf):
+  for path, leaf in paths.named_leaves(params):
+    if quantize.dense_kernel(path, leaf):
       n = math.prod(np.shape(leaf)[:-1])
       dims[path] = max(x for x in range(1, d + 1) if n % x == 0)
   return dims
 
 
 def save_and_check(ctx, model, accuracy, workdir, stages):
-  """Writes the compressed file as `pipeline.run` does; reads it back."""
+  """Writes the compressed file as `stages.run` does; reads it back."""
   path = os.path.join(workdir, "model.spz")
   variables = jax.tree.map(np.asarray, model.variables)
   if model.masks is not None:
     variables["params"] = masking.apply_masks(variables["params"],
                                               model.masks)
-  compressed.save(path, variables, model.encodings, metadata={
+  spz.save(path, variables, model.encodings, metadata={
       "model": {"name": model.name, "kwargs": model.kwargs},
       "dataset": ctx.config.data.name, "test_accuracy": accuracy,
       "stages": stages})
-  info = pipeline.evaluate_file(path, ctx.dataset,
+  info = stages.evaluate_file(path, ctx.dataset,
                                 ctx.config.data.eval_batch_size)
-  report = compressed.file_report(path)
+  report = spz.file_report(path)
   info["encodings"] = {leaf.path: leaf.encoding for leaf in report.leaves}
   info["header_bytes"] = report.header_bytes
   return info
@@ -112,8 +112,8 @@ def method_rows(names, config, grid, workdir):
   rows.
   """
   trained = train_model(config)
-  ctx = pipeline.Context(config, trained["dataset"], workdir)
-  model = pipeline.Model(config.model.name, config.model.kwargs.to_dict(),
+  ctx = stages.Context(config, trained["dataset"], workdir)
+  model = stages.Model(config.model.name, config.model.kwargs.to_dict(),
                          jax.tree.map(np.asarray, trained["variables"]),
                          trained["masks"])
   base_row = {"model": config.model.name, "dataset": config.data.name,
@@ -151,7 +151,7 @@ def method_rows(names, config, grid, workdir):
     for path, dim in dims.items():
       cfg = ml_collections.ConfigDict({"dim": dim, "centroids": k,
                                        "where": f"^{re.escape(path)}$"})
-      qmodel, _ = pipeline.pq_stage(ctx, qmodel, cfg)
+      qmodel, _ = stages.pq_stage(ctx, qmodel, cfg)
     accuracy = ctx.accuracy(qmodel)
     add(d, k, qmodel, accuracy, dims, ["trained", "pq"])
     rows[-1]["pq_seconds"] = time.perf_counter() - t

@@ -40,7 +40,7 @@ rounds. Speedup is compared with the FLOPs ratio of the two models.
 APG overhead: the jitted training step of the gated LeNet-300-100 at batch
 128 with `sparsify.sparse_structure_selection` (APG on the gates) and with
 the same chain where the gates get plain Nesterov SGD instead
-(`sparsify.sss.sss_optimizer`), interleaved chunk by chunk; the overhead is
+(`sparsify.transforms.sss.sss_optimizer`), interleaved chunk by chunk; the overhead is
 the median over rounds of the ratio of chunk times.
 
   python -m experiments.benchmarks.sss --workdir /tmp/sss_runs
@@ -59,14 +59,14 @@ import numpy as np
 import optax
 
 from experiments.benchmarks import common
-from sparsify import base
-from sparsify import checkpoint
-from sparsify import compressed
+from sparsify.core import paths
+from sparsify.experiment import checkpoint
+from sparsify import spz
 from sparsify import data as data_lib
 from sparsify import models
-from sparsify import optim
-from sparsify import sss
-from sparsify import train
+from sparsify.experiment import optim
+from sparsify.transforms import sss
+from sparsify.experiment import trainer as trainer_lib
 
 DATASET = "fashion_mnist"
 
@@ -90,7 +90,7 @@ def scale_stats(params, threshold):
 
   ``zeros`` counts the magnitudes at most ``threshold`` (the slim stage's).
   """
-  flat = dict(base.named_leaves(params))
+  flat = dict(paths.named_leaves(params))
   out = {}
   for kind, suffix in (("gates", "gate"), ("bn_scales", "bn/scale")):
     values = [np.abs(np.asarray(v)).ravel() for k, v in flat.items()
@@ -113,7 +113,7 @@ class Runs:
   def train(self, name, config):
     """Trains ``config`` in ``root/name`` (resumed or reused if there)."""
     workdir = os.path.join(self.root, name)
-    results = train.train_and_evaluate(config, workdir)
+    results = trainer_lib.train_and_evaluate(config, workdir)
     return workdir, results
 
   def select(self, workdir, config, **slim):
@@ -121,7 +121,7 @@ class Runs:
     config = config.copy_and_resolve_references()
     config.post.stages = "slim,finetune"
     config.post.slim.update(slim)
-    return train.train_and_evaluate(config, workdir)
+    return trainer_lib.train_and_evaluate(config, workdir)
 
 
 def dense_row(model, config, workdir, results):
@@ -177,7 +177,7 @@ def slim_row(model, method, setting, config, workdir, trained, results):
                                        config.post.slim.threshold)}
   row["flops_removed"] = 1 - row["flops_after"] / row["flops_before"]
   print({k: v for k, v in row.items() if k != "units_per_layer"}, flush=True)
-  variables, meta = compressed.load(os.path.join(workdir, "model.spz"))
+  variables, meta = spz.load(os.path.join(workdir, "model.spz"))
   return row, {"name": meta["model"]["name"],
                "kwargs": meta["model"]["kwargs"], "variables": variables,
                "model": model, "flops": row["flops_after"]}
@@ -242,12 +242,12 @@ def apg_overhead(rounds, chunk, gamma):
   it = data_lib.batches(dataset.train, batch_size=128, seed=0,
                         mean=dataset.mean, std=dataset.std)
   batches = [jax.device_put(next(it)) for _ in range(16)]
-  step_fn = jax.jit(train.train_step, donate_argnums=0)
-  dense_step_fn = jax.jit(train.train_step, donate_argnums=0)
+  step_fn = jax.jit(trainer_lib.train_step, donate_argnums=0)
+  dense_step_fn = jax.jit(trainer_lib.train_step, donate_argnums=0)
 
   def state_of(module, tx):
     params = module.init(jax.random.key(0), batches[0]["image"][:1])["params"]
-    return train.TrainState.create(
+    return trainer_lib.TrainState.create(
         apply_fn=module.apply, params=params, tx=tx, batch_stats={},
         rng=jax.random.key_data(jax.random.key(1)))
 

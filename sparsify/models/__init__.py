@@ -15,10 +15,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from sparsify.base import Params
+from sparsify.core.types import Params
 from sparsify.models.lenet import LeNet5
-from sparsify.models.mlp import MLP
 from sparsify.models.mlp import lenet_300_100
+from sparsify.models.mlp import MLP
 from sparsify.models.resnet import BasicBlock
 from sparsify.models.resnet import BottleneckBlock
 from sparsify.models.resnet import ResidualBlock

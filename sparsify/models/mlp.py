@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from sparsify.gates import Gate
+from sparsify.structure.gates import Gate
 
 
 class MLP(nn.Module):

@@ -5,9 +5,9 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 
-from sparsify.gates import Gate
 from sparsify.models.vgg import batch_norm
 from sparsify.models.vgg import conv_init
+from sparsify.structure.gates import Gate
 
 
 def _conv(features: int, size: int, strides: int, name: str) -> nn.Conv:

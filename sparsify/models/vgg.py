@@ -5,8 +5,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from sparsify.gates import Gate
 from sparsify.models.layers import max_pool_2x2
+from sparsify.structure.gates import Gate
 
 # Conv channels per stage of the standard VGG configurations (A, B, D, E).
 _VGG_STAGES = {

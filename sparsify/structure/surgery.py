@@ -1,10 +1,10 @@
 """Surgery: physically remove neurons and channels, folding gates into weights.
 
 A network is slimmed from a declared *structure specification*: a list of
-`Unit` groups, each naming the parameters whose slices along one axis belong
+`units.Unit` groups, each naming the parameters whose slices along one axis belong
 to the same neurons or channels. For a hidden layer of an MLP with gates::
 
-  Unit(name="fc1", gate="fc1_gate/gate",
+  units.Unit(name="fc1", gate="fc1_gate/gate",
        producers=(("fc1/kernel", 1), ("fc1/bias", 0)),
        consumers=(("fc2/kernel", 0),))
 
@@ -33,43 +33,17 @@ declared (e.g. residual additions across blocks, which ResNet channel gates
 avoid by gating only inside the residual branch).
 """
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 
-from sparsify import base
-
-
-@dataclasses.dataclass(frozen=True)
-class Unit:
-  r"""A group of parameter slices that form one layer's neurons or channels.
-
-  Attributes:
-    name: a label for reports.
-    gate: path of the 1-D gate over the units, or None (ungated).
-    producers: ``(path, axis)`` pairs sliced along the units.
-    fold: producer paths that absorb a non-negative gate instead of the
-      consumers, when the gate follows a relu: :math:`\lambda\,
-      \mathrm{relu}(z) = \mathrm{relu}(\lambda z)` for :math:`\lambda \ge
-      0`, so scaling the kernel and bias (or the BatchNorm scale and shift)
-      that produce :math:`z` is exact, and the next layer keeps the scale
-      it was trained with. Empty, or a negative gate: the consumers absorb
-      it.
-    consumers: ``(path, axis)`` pairs sliced and scaled by the gate. When
-      the consumer's axis is a multiple of the number of units, it is read
-      as a flattened ``(positions, units)`` axis with units innermost, as
-      after flattening NHWC feature maps into a Dense layer.
-  """
-  name: str
-  gate: str | None
-  producers: tuple[tuple[str, int], ...]
-  consumers: tuple[tuple[str, int], ...]
-  fold: tuple[str, ...] = ()
+from sparsify.core import paths
+from sparsify.core import types
+from sparsify.structure import units
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
-  return {name: np.asarray(leaf) for name, leaf in base.named_leaves(tree)}
+  return {name: np.asarray(leaf) for name, leaf in paths.named_leaves(tree)}
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -87,7 +61,7 @@ def _take(x: np.ndarray, keep: np.ndarray, axis: int) -> np.ndarray:
   return np.take(x, np.flatnonzero(keep), axis=axis)
 
 
-def slim(variables: dict[str, Any], spec: list[Unit],
+def slim(variables: dict[str, Any], spec: list[units.Unit],
          keep: dict[str, np.ndarray]) -> dict[str, Any]:
   """Removes units and folds surviving gates into their consumers.
 
@@ -176,7 +150,7 @@ def slim(variables: dict[str, Any], spec: list[Unit],
   return {c: _unflatten(f) for c, f in flat.items() if f}
 
 
-def keep_nonzero(params: base.Params, spec: list[Unit],
+def keep_nonzero(params: types.Params, spec: list[units.Unit],
                  threshold: float = 0.0) -> dict[str, np.ndarray]:
   """Keeps the units whose gate magnitude exceeds ``threshold``.
 
@@ -217,7 +191,7 @@ def keep_nonzero(params: base.Params, spec: list[Unit],
   return keep
 
 
-def spec_for(model: str, **kwargs: Any) -> list[Unit]:
+def spec_for(model: str, **kwargs: Any) -> list[units.Unit]:
   """The structure specification of a gated `sparsify.models` network.
 
   Args:
@@ -229,7 +203,7 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
       ``depth`` and ``block``).
 
   Returns:
-    The list of `Unit`.
+    The list of `units.Unit`.
 
   Raises:
     ValueError: for a model name not listed above.
@@ -244,14 +218,14 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
   """
   if model == "lenet5":  # ungated: for neuron and filter pruning
     chain = [("conv1", 3, 2), ("conv2", 3, 2), ("fc1", 1, 0), ("head", None, 0)]
-    return [Unit(name=name, gate=None,
+    return [units.Unit(name=name, gate=None,
                  producers=((f"{name}/kernel", out), (f"{name}/bias", 0)),
                  consumers=((f"{nxt}/kernel", into),))
             for (name, out, _), (nxt, _, into) in zip(chain, chain[1:])]
   if model in ("mlp", "lenet_300_100"):
     hidden = kwargs.get("hidden", (300, 100))
     names = [f"fc{i + 1}" for i in range(len(hidden))] + ["head"]
-    return [Unit(name=names[i], gate=f"{names[i]}_gate/gate",
+    return [units.Unit(name=names[i], gate=f"{names[i]}_gate/gate",
                  producers=((f"{names[i]}/kernel", 1), (f"{names[i]}/bias", 0)),
                  consumers=((f"{names[i + 1]}/kernel", 0),))
             for i in range(len(hidden))]
@@ -263,7 +237,7 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
     for b, nxt in zip(blocks, blocks[1:] + ["head"]):
       consumer = (f"{nxt}/kernel", 0) if nxt == "head" else (
           f"{nxt}/conv/kernel", 2)
-      spec.append(Unit(
+      spec.append(units.Unit(
           name=b, gate=f"{b}/gate/gate",
           producers=((f"{b}/conv/kernel", 3), (f"{b}/bn/scale", 0),
                      (f"{b}/bn/bias", 0), (f"{b}/bn/mean", 0),
@@ -276,7 +250,7 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
     spec = []
     for b in (f"block{s + 1}_{i}" for s in range(3) for i in range(n)):
       for k in range(1, per_block):  # inner layers k -> k + 1
-        spec.append(Unit(
+        spec.append(units.Unit(
             name=f"{b}/gate{k}", gate=f"{b}/gate{k}/gate",
             producers=((f"{b}/conv{k}/kernel", 3),) + tuple(
                 (f"{b}/bn{k}/{v}", 0) for v in ("scale", "bias", "mean",
@@ -285,25 +259,9 @@ def spec_for(model: str, **kwargs: Any) -> list[Unit]:
             fold=(f"{b}/bn{k}/scale", f"{b}/bn{k}/bias")))
     return spec
   raise ValueError(f"model: got {model!r}; allowed: lenet5, lenet_300_100, "
-                   "mlp, resnet, vgg (write a spec of `Unit`s for other models)")
+                   "mlp, resnet, vgg (write a spec of `units.Unit`s for other models)")
 
 
-def count_kept(keep: dict[str, np.ndarray]) -> dict[str, int]:
-  """Units kept per group.
-
-  Args:
-    keep: ``{unit name: boolean array}`` of the units to keep.
-
-  Returns:
-    ``{unit name: number of units kept}``, Python ints.
-
-  Example:
-    >>> import numpy as np
-    >>> from sparsify import surgery
-    >>> surgery.count_kept({'fc1': np.array([True, False, True])})
-    {'fc1': 2}
-  """
-  return {name: int(np.sum(k)) for name, k in keep.items()}
 
 
 
@@ -319,7 +277,7 @@ def slim_kwargs(model: str, kwargs: dict[str, Any],
   Returns:
     Arguments for `sparsify.models.get_model` building the slim model.
   """
-  counts = count_kept(keep)
+  counts = units.count_kept(keep)
   out = {k: v for k, v in kwargs.items() if k != "gates"}
   if model in ("mlp", "lenet_300_100"):
     hidden = kwargs.get("hidden", (300, 100))

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsify import base
+from sparsify.core import paths
+from sparsify.core import types
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -50,10 +51,10 @@ def dense_kernel(name: str, leaf: Any) -> bool:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sparsify import quantization
-    >>> quantization.dense_kernel('fc1/kernel', jnp.zeros((3, 4)))
+    >>> from sparsify import quantize
+    >>> quantize.dense_kernel('fc1/kernel', jnp.zeros((3, 4)))
     True
-    >>> quantization.dense_kernel('conv/kernel', jnp.zeros((3, 3, 1, 4)))
+    >>> quantize.dense_kernel('conv/kernel', jnp.zeros((3, 3, 1, 4)))
     False
   """
   return name.rsplit("/", 1)[-1] == "kernel" and jnp.ndim(leaf) == 2
@@ -69,8 +70,8 @@ def code_bits(k: int) -> int:
     The number of bits, a Python int.
 
   Example:
-    >>> from sparsify import quantization
-    >>> [quantization.code_bits(k) for k in (1, 2, 16, 17)]
+    >>> from sparsify import quantize
+    >>> [quantize.code_bits(k) for k in (1, 2, 16, 17)]
     [0, 1, 4, 5]
   """
   return (int(k) - 1).bit_length()
@@ -548,8 +549,8 @@ def pack_codes(codes: jax.typing.ArrayLike, bits: int) -> np.ndarray:
     ValueError: if a code does not fit in ``bits`` bits.
 
   Example:
-    >>> from sparsify import quantization
-    >>> quantization.pack_codes([1, 2, 3], 2)  # 01 10 11 00
+    >>> from sparsify import quantize
+    >>> quantize.pack_codes([1, 2, 3], 2)  # 01 10 11 00
     array([108], dtype=uint8)
   """
   flat = np.asarray(codes).ravel()
@@ -574,8 +575,8 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
 
   Example:
     >>> import numpy as np
-    >>> from sparsify import quantization
-    >>> quantization.unpack_codes(np.array([108], np.uint8), 2, 3)
+    >>> from sparsify import quantize
+    >>> quantize.unpack_codes(np.array([108], np.uint8), 2, 3)
     array([1, 2, 3], dtype=int32)
   """
   if bits == 0:
@@ -622,15 +623,15 @@ def _per_layer(value, name, what):
 
 
 def pq_quantize(
-    params: base.Params,
+    params: types.Params,
     *,
     subspaces: int | Mapping[str, int],
     centroids: int | Mapping[str, int],
     key: jax.Array,
     where: str | Callable[[str, Any], bool] | None = None,
-    masks: base.Masks | None = None,
+    masks: types.Masks | None = None,
     iterations: int = 25,
-) -> tuple[base.Params, dict[str, PQCode]]:
+) -> tuple[types.Params, dict[str, PQCode]]:
   """Product-quantizes every selected kernel of a parameter pytree.
 
   Each selected leaf is replaced by ``pq_decode(pq_encode(leaf))`` (in the
@@ -684,12 +685,12 @@ def pq_quantize(
     networks using vector quantization", 2014; Soulie, Gripon & Robert,
     "Compression of deep neural networks on the fly", ICANN 2016.
   """
-  predicate = dense_kernel if where is None else base.path_predicate(where)
-  chosen = [(name, leaf) for name, leaf in base.named_leaves(params)
+  predicate = dense_kernel if where is None else paths.path_predicate(where)
+  chosen = [(name, leaf) for name, leaf in paths.named_leaves(params)
             if predicate(name, leaf)]
   if not chosen:
     raise ValueError(f"where: {where!r} selects no parameter")
-  mask_of = {} if masks is None else dict(base.named_leaves(masks))
+  mask_of = {} if masks is None else dict(paths.named_leaves(masks))
   codes = {}
   for (name, leaf), k in zip(chosen, jax.random.split(key, len(chosen))):
     try:
@@ -705,7 +706,7 @@ def pq_quantize(
       return leaf
     return pq_decode(codes[name], mask_of.get(name)).astype(leaf.dtype)
 
-  return base.map_with_name(replace, params), codes
+  return paths.map_with_name(replace, params), codes
 
 
 # --- weight sharing ---------------------------------------------------------
@@ -869,15 +870,15 @@ def shared_decode(code: SharedCode) -> jax.Array:
 
 
 def share_params(
-    params: base.Params,
+    params: types.Params,
     *,
     bits: int | Mapping[str, int],
     key: jax.Array | None = None,
     where: str | Callable[[str, Any], bool] | None = None,
-    masks: base.Masks | None = None,
+    masks: types.Masks | None = None,
     iterations: int = 25,
     init: str = "linear",
-) -> tuple[base.Params, dict[str, SharedCode]]:
+) -> tuple[types.Params, dict[str, SharedCode]]:
   """Weight sharing (`share_weights`) of every selected kernel of a pytree.
 
   The kept weights ``w_i`` of a layer are clustered by 1-D k-means into
@@ -926,15 +927,15 @@ def share_params(
   References:
     Han, Mao & Dally, "Deep Compression", ICLR 2016.
   """
-  predicate = dense_kernel if where is None else base.path_predicate(where)
-  chosen = [(name, leaf) for name, leaf in base.named_leaves(params)
+  predicate = dense_kernel if where is None else paths.path_predicate(where)
+  chosen = [(name, leaf) for name, leaf in paths.named_leaves(params)
             if predicate(name, leaf)]
   if not chosen:
     raise ValueError(f"where: {where!r} selects no parameter")
   if init == "kmeans++" and key is None:
     raise ValueError("key: got None; allowed: a JAX PRNG key, which "
                      "init='kmeans++' needs")
-  mask_of = {} if masks is None else dict(base.named_leaves(masks))
+  mask_of = {} if masks is None else dict(paths.named_leaves(masks))
   keys = [None] * len(chosen) if key is None else list(
       jax.random.split(key, len(chosen)))
   codes = {}
@@ -951,4 +952,4 @@ def share_params(
       return leaf
     return shared_decode(codes[name]).astype(leaf.dtype)
 
-  return base.map_with_name(replace, params), codes
+  return paths.map_with_name(replace, params), codes

@@ -1,6 +1,6 @@
 """Binary-search neuron pruning: how many neurons each hidden layer can lose.
 
-Neurons (Dense units, conv filters) are the `surgery.Unit` groups of a
+Neurons (Dense units, conv filters) are the `units.Unit` groups of a
 structure specification. Each neuron is scored by the norm of its incoming
 weights; in every hidden layer the number of lowest-scoring neurons that can
 be removed while the accuracy stays within a tolerance of the unpruned
@@ -18,15 +18,16 @@ from typing import Any, Literal, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from sparsify import base
-from sparsify import surgery
+from sparsify.core import paths
+from sparsify.core import types
+from sparsify.structure import units
 
 Norm = Literal["l1", "l2"]
 NORMS = ("l1", "l2")
 ORDERS = ("forward", "backward", "size")
 
 
-def _kernels(flat: Mapping[str, Any], unit: surgery.Unit) -> list[tuple[
+def _kernels(flat: Mapping[str, Any], unit: units.Unit) -> list[tuple[
     np.ndarray, int]]:
   """The unit's producer kernels present in ``flat``, with their unit axis."""
   out = [(np.asarray(flat[path]), axis) for path, axis in unit.producers
@@ -39,7 +40,7 @@ def _kernels(flat: Mapping[str, Any], unit: surgery.Unit) -> list[tuple[
   return out
 
 
-def neuron_scores(params: base.Params, spec: Sequence[surgery.Unit],
+def neuron_scores(params: types.Params, spec: Sequence[units.Unit],
                   norm: Norm = "l1") -> dict[str, np.ndarray]:
   r"""The norm of each neuron's incoming weights, per unit group.
 
@@ -84,7 +85,7 @@ def neuron_scores(params: base.Params, spec: Sequence[surgery.Unit],
   """
   if norm not in NORMS:
     raise ValueError(f"norm: got {norm!r}; allowed: {', '.join(NORMS)}")
-  flat = dict(base.named_leaves(params))
+  flat = dict(paths.named_leaves(params))
   scores = {}
   for unit in spec:
     total = None
@@ -139,9 +140,9 @@ def neuron_masks(scores: Mapping[str, np.ndarray],
   return masks
 
 
-def apply_neuron_masks(params: base.Params, spec: Sequence[surgery.Unit],
+def apply_neuron_masks(params: types.Params, spec: Sequence[units.Unit],
                        keep: Mapping[str, Any], *,
-                       consumers: bool = False) -> base.Params:
+                       consumers: bool = False) -> types.Params:
   """Zeroes the producer slices of the removed neurons.
 
   Every producer of a unit present in ``params`` (kernel slice, bias,
@@ -199,7 +200,7 @@ def apply_neuron_masks(params: base.Params, spec: Sequence[surgery.Unit],
       if k.ndim == 1 and k.size and x.shape[axis] != k.size and (
           x.shape[axis] % k.size == 0):
         # Flattened (positions, units) inputs, units innermost, as after
-        # flattening NHWC maps into a Dense layer (see `surgery.Unit`).
+        # flattening NHWC maps into a Dense layer (see `units.Unit`).
         k = jnp.tile(k, x.shape[axis] // k.size)
       if k.shape != (x.shape[axis],):
         raise ValueError(f"keep[{name!r}]: shape {k.shape}, but {path} has "
@@ -209,11 +210,11 @@ def apply_neuron_masks(params: base.Params, spec: Sequence[surgery.Unit],
       x = jnp.where(k.reshape(shape), x, jnp.zeros((), x.dtype))
     return x
 
-  return base.map_with_name(zero, params)
+  return paths.map_with_name(zero, params)
 
 
-def ungated_spec(spec: Sequence[surgery.Unit],
-                 params: base.Params) -> list[surgery.Unit]:
+def ungated_spec(spec: Sequence[units.Unit],
+                 params: types.Params) -> list[units.Unit]:
   """The specification with the gates that ``params`` lacks set to None.
 
   `surgery.spec_for` names the gates of gated models; for the same model
@@ -224,20 +225,20 @@ def ungated_spec(spec: Sequence[surgery.Unit],
     params: the parameters of the model actually trained.
 
   Returns:
-    A new list of `surgery.Unit`; units whose gate path is not a leaf of
+    A new list of `units.Unit`; units whose gate path is not a leaf of
     ``params`` get ``gate=None``.
 
   Example:
     >>> import jax.numpy as jnp
     >>> import sparsify
-    >>> from sparsify import neuron_search
+    >>> from sparsify.structure import neuron_search
     >>> params = {'fc1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
     ...           'head': {'kernel': jnp.ones((4, 1))}}
     >>> spec = sparsify.spec_for('mlp', hidden=(4,))
     >>> spec[0].gate, neuron_search.ungated_spec(spec, params)[0].gate
     ('fc1_gate/gate', None)
   """
-  names = {name for name, _ in base.named_leaves(params)}
+  names = {name for name, _ in paths.named_leaves(params)}
   return [u if u.gate in names else dataclasses.replace(u, gate=None)
           for u in spec]
 
@@ -271,12 +272,12 @@ class SearchResult(NamedTuple):
   keep: dict[str, np.ndarray]
   counts: dict[str, int]
   kept: dict[str, int]
-  params: base.Params
+  params: types.Params
   log: list[SearchStep]
   baseline: float
 
 
-def _visit_order(spec: Sequence[surgery.Unit], sizes: Mapping[str, int],
+def _visit_order(spec: Sequence[units.Unit], sizes: Mapping[str, int],
                  order: str, layers: Sequence[str] | None,
                  min_keep: int) -> list[str]:
   """Validates the options and returns the unit names in visiting order."""
@@ -309,16 +310,16 @@ def _visit_order(spec: Sequence[surgery.Unit], sizes: Mapping[str, int],
 
 
 def binary_search_prune(
-    params: base.Params,
-    evaluate: Callable[[base.Params], float],
+    params: types.Params,
+    evaluate: Callable[[types.Params], float],
     tolerance: float,
     *,
-    spec: Sequence[surgery.Unit],
+    spec: Sequence[units.Unit],
     norm: Norm = "l1",
     order: Literal["forward", "backward", "size"] = "forward",
     relative: bool = False,
-    finetune: Callable[[base.Params, dict[str, np.ndarray]],
-                       base.Params] | None = None,
+    finetune: Callable[[types.Params, dict[str, np.ndarray]],
+                       types.Params] | None = None,
     min_keep: int = 1,
     layers: Sequence[str] | None = None,
 ) -> SearchResult:
@@ -374,7 +375,7 @@ def binary_search_prune(
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import sparsify
-    >>> from sparsify import neuron_search
+    >>> from sparsify.structure import neuron_search
     >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
     ...                                        [1.0, 0.0, 0.5, -1.0]]),
     ...                   'bias': jnp.zeros(4)},
@@ -438,7 +439,7 @@ def binary_search_prune(
   return SearchResult(
       keep=keep,
       counts={n: int(np.sum(~k)) for n, k in keep.items()},
-      kept=surgery.count_kept(keep),
+      kept=units.count_kept(keep),
       params=current,
       log=log,
       baseline=baseline)

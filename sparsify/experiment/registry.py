@@ -10,10 +10,11 @@ from collections.abc import Callable
 import ml_collections
 import optax
 
-from sparsify import dat
-from sparsify import pruning
-from sparsify import regularizers
-from sparsify import sss
+from sparsify.transforms import dat
+from sparsify.transforms import magnitude
+from sparsify.transforms import penalties
+from sparsify.transforms import random as random_pruning
+from sparsify.transforms import sss
 
 Builder = Callable[[ml_collections.ConfigDict, int],
                    optax.GradientTransformation | None]
@@ -27,7 +28,7 @@ def _window(config: ml_collections.ConfigDict, total_steps: int):
 
 def _gmp(config, total_steps):
   begin, end = _window(config, total_steps)
-  return pruning.gradual_magnitude_pruning(
+  return magnitude.gradual_magnitude_pruning(
       config.sparsity, begin_step=begin, end_step=end,
       update_every=config.update_every, allocation=config.allocation,
       where=config.where)
@@ -35,7 +36,7 @@ def _gmp(config, total_steps):
 
 def _one_shot(config, total_steps):
   begin, _ = _window(config, total_steps)
-  return pruning.magnitude_pruning(
+  return magnitude.magnitude_pruning(
       config.sparsity, step=begin, allocation=config.allocation,
       where=config.where)
 
@@ -46,7 +47,7 @@ def _random(config, total_steps):
     raise ValueError("allocation: got 'global'; allowed for random sparsity:"
                      " erk, layerwise")
   allocation = "erk" if config.allocation == "erk" else "uniform"
-  return pruning.random_sparsity(config.sparsity, allocation=allocation,
+  return random_pruning.random_sparsity(config.sparsity, allocation=allocation,
                                  where=config.where)
 
 
@@ -104,13 +105,13 @@ def make_compression(
 # Penalties whose gradient is added before the optimizer.
 REGULARIZERS: dict[str, Builder] = {
     "none": lambda config, total_steps: None,
-    "binary": lambda c, n: regularizers.binary_attractor(c.strength,
+    "binary": lambda c, n: penalties.binary_attractor(c.strength,
                                                           where=c.where),
-    "kcentre": lambda c, n: regularizers.kcentre_attractor(
+    "kcentre": lambda c, n: penalties.kcentre_attractor(
         c.strength, centres=c.centres, refresh_every=c.refresh_every,
         where=c.where),
-    "l1": lambda c, n: regularizers.l1(c.strength, where=c.where),
-    "group_lasso": lambda c, n: regularizers.group_lasso(
+    "l1": lambda c, n: penalties.l1(c.strength, where=c.where),
+    "group_lasso": lambda c, n: penalties.group_lasso(
         c.strength, where=c.where),
     "slimming": lambda c, n: sss.network_slimming(c.strength),
 }

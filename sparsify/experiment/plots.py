@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from sparsify import base
+from sparsify.core import paths
+from sparsify.core import types
 
 METRICS_FILE = "metrics.jsonl"
 SCALAR_PREFIXES = ("scale/", "threshold/")
@@ -68,7 +69,7 @@ def weights_path(workdir: str, name: str) -> str:
   return os.path.join(workdir, f"weights_{name}.npz")
 
 
-def save_weights(workdir: str, params: base.Params, name: str, *,
+def save_weights(workdir: str, params: types.Params, name: str, *,
                  where: str | Callable[[str, Any], bool] | None = None
                  ) -> str:
   """Saves the selected kernels of ``params`` as ``weights_<name>.npz``.
@@ -96,7 +97,7 @@ def save_weights(workdir: str, params: base.Params, name: str, *,
     >>> import os, tempfile
     >>> import numpy as np
     >>> import sparsify
-    >>> from sparsify import plots
+    >>> from sparsify.experiment import plots
     >>> params = {'fc1': {'kernel': np.ones((4, 3)), 'bias': np.zeros(3)}}
     >>> with tempfile.TemporaryDirectory() as workdir:
     ...   path = sparsify.save_weights(workdir, params, 'before')
@@ -105,8 +106,8 @@ def save_weights(workdir: str, params: base.Params, name: str, *,
     ('weights_before.npz', {'fc1/kernel': (4, 3)})
   """
   path = weights_path(workdir, name)
-  chosen = base.path_predicate(where)
-  arrays = {n: np.asarray(leaf) for n, leaf in base.named_leaves(params)
+  chosen = paths.path_predicate(where)
+  arrays = {n: np.asarray(leaf) for n, leaf in paths.named_leaves(params)
             if chosen(n, leaf)}
   if not arrays:
     raise ValueError(f"where: got {where!r}, which selects no parameter; "

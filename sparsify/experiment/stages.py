@@ -1,7 +1,7 @@
 """What happens to a trained model after training: select, slim, quantize.
 
 ``config.post.stages`` names the stages run, in order, after
-`sparsify.train.train_and_evaluate` has trained and evaluated a model, e.g.
+`sparsify.experiment.trainer.train_and_evaluate` has trained and evaluated a model, e.g.
 ``'slim,finetune'`` for SSS, ``'search,finetune'`` for binary-search neuron
 pruning, ``'pq'`` for product quantization into a compressed file, ``'share'``
 for weight sharing of pruned layers (Deep Compression), ``'lct'``
@@ -28,18 +28,20 @@ import ml_collections
 import numpy as np
 import optax
 
-from sparsify import base
-from sparsify import compressed
 from sparsify import data as data_lib
-from sparsify import lct
-from sparsify import masking
 from sparsify import models
-from sparsify import neuron_search
-from sparsify import optim
-from sparsify import quantization
+from sparsify import quantize
 from sparsify import report as report_lib
-from sparsify import surgery
-from sparsify import train as train_lib
+from sparsify import spz
+from sparsify.core import masking
+from sparsify.core import paths
+from sparsify.experiment import optim
+from sparsify.experiment import trainer as trainer_lib
+from sparsify.structure import neuron_search
+from sparsify.structure import significance
+from sparsify.structure import surgery
+from sparsify.structure import units
+from sparsify.transforms import ternary
 
 log = logging.getLogger("sparsify")
 
@@ -196,12 +198,12 @@ class Context:
     if extra is not None:
       parts.append(extra)
     tx = optax.chain(*parts)
-    state = train_lib.TrainState.create(
+    state = trainer_lib.TrainState.create(
         apply_fn=model.module.apply,
         params=jax.tree.map(jnp.asarray, model.variables["params"]), tx=tx,
         batch_stats=model.variables.get("batch_stats", {}),
         rng=jax.random.key_data(jax.random.key(self.config.seed)))
-    step_fn = jax.jit(train_lib.train_step, donate_argnums=0)
+    step_fn = jax.jit(trainer_lib.train_step, donate_argnums=0)
     batches = data_lib.batches(
         self.dataset.train, batch_size=self.config.data.batch_size,
         seed=self.config.seed + 1, mean=self.dataset.mean,
@@ -269,7 +271,7 @@ def _full_masks(masks, params):
           m, bool), _kernel_masks(masks), params, is_leaf=lambda x: x is None)
 
 
-def _spec(model: Model) -> list[surgery.Unit]:
+def _spec(model: Model) -> list[units.Unit]:
   return surgery.spec_for(model.name, **model.kwargs)
 
 
@@ -320,7 +322,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     if not kwargs.get("channel_gates"):
       return model, record
   params = model.variables["params"]
-  flat = dict(base.named_leaves(params))
+  flat = dict(paths.named_leaves(params))
   # Units inside residual branches removed above are gone.
   spec = [u for u in _spec(model) if u.producers[0][0] in flat]
   if not spec:
@@ -328,7 +330,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   threshold = cfg.threshold
   gated = any(u.gate in flat for u in spec)
   if not gated and cfg.fraction > 0:  # Network Slimming: BN scales
-    from sparsify import sss  # pylint: disable=g-import-not-at-top
+    from sparsify.transforms import sss  # pylint: disable=g-import-not-at-top
     threshold = sss.slimming_threshold(params, cfg.fraction)
   keep = {}
   for u in spec:
@@ -349,7 +351,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     k[np.argsort(-g, kind="stable")[:want]] = True
     keep[u.name] = k
   out = _slimmed(model, spec, keep)
-  kept = surgery.count_kept(keep)
+  kept = units.count_kept(keep)
   full = {name: int(np.size(k)) for name, k in keep.items()}
   return out, {**record, "units_before": full, "units_after": kept}
 
@@ -393,7 +395,7 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
                      result.keep)
   full = {u.name: int(np.size(result.keep[u.name])) for u in spec}
   return slimmed, {
-      "units_before": full, "units_after": surgery.count_kept(result.keep),
+      "units_before": full, "units_after": units.count_kept(result.keep),
       "evaluations": len(result.log), "search_seconds": seconds,
       "validation_baseline": result.baseline,
       "log": [s._asdict() for s in result.log]}
@@ -442,10 +444,10 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   masks = jax.tree.map(lambda m, p: m if m is not None else
                        np.ones(np.shape(p), bool), masks, params,
                        is_leaf=lambda x: x is None)
-  selected = base.path_predicate(cfg.where or quantization.dense_kernel)
-  flat_masks = dict(base.named_leaves(masks))
+  selected = paths.path_predicate(cfg.where or quantize.dense_kernel)
+  flat_masks = dict(paths.named_leaves(masks))
   subspaces, centroids, layers = {}, {}, {}
-  for path, leaf in base.named_leaves(params):
+  for path, leaf in paths.named_leaves(params):
     if not selected(path, leaf):
       continue
     n, m = int(np.prod(np.shape(leaf)[:-1])), int(np.shape(leaf)[-1])
@@ -454,22 +456,22 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     d = max(x for x in range(1, min(cfg.dim, n) + 1) if n % x == 0)
     k = min(cfg.centroids, m)
     mask = np.asarray(flat_masks[path])
-    pq_bytes = -(-quantization.pq_storage_bits(m, n, n // d, k) // 8) + (
+    pq_bytes = -(-quantize.pq_storage_bits(m, n, n // d, k) // 8) + (
         0 if mask.all() else -(-mask.size // 8))
-    lossless = compressed.encode_leaf(np.where(mask, leaf, 0)).nbytes
+    lossless = spz.encode_leaf(np.where(mask, leaf, 0)).nbytes
     if pq_bytes >= lossless:  # e.g. a small head: its codebook is the layer
       continue
     subspaces[path], centroids[path], layers[path] = n // d, k, (d, k)
   chosen = lambda path, leaf: path in layers
   if not layers:
     return model, {"quantized_layers": {}}
-  quantized, codes = quantization.pq_quantize(
+  quantized, codes = quantize.pq_quantize(
       params, subspaces=subspaces, centroids=centroids,
       key=jax.random.key(ctx.config.seed), masks=masks, where=chosen)
   encodings = dict(model.encodings)
   for path, code in codes.items():
     mask = np.asarray(flat_masks[path])
-    encodings[f"params/{path}"] = compressed.pq_layer(
+    encodings[f"params/{path}"] = spz.pq_layer(
         *code, mask=None if mask.all() else mask)
   variables = {**model.variables, "params": jax.tree.map(np.asarray,
                                                          quantized)}
@@ -483,7 +485,7 @@ def share_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   """Weight sharing of the kept weights of the Dense kernels (Deep Compression).
 
   Each selected kernel's kept weights are clustered by 1-D k-means into
-  ``2 ** cfg.bits`` shared values (`sparsify.quantization.share_weights`)
+  ``2 ** cfg.bits`` shared values (`sparsify.quantize.share_weights`)
   and stored with relative sparse indices (the file's ``shared`` encoding).
 
   Args:
@@ -501,12 +503,12 @@ def share_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     masks = jax.tree.map(lambda m, p: m if m is not None else
                          np.ones(np.shape(p), bool), masks, params,
                          is_leaf=lambda x: x is None)
-  shared, codes = quantization.share_params(
+  shared, codes = quantize.share_params(
       params, bits=cfg.bits, masks=masks,
-      where=cfg.where or quantization.dense_kernel)
+      where=cfg.where or quantize.dense_kernel)
   encodings = dict(model.encodings)
   for path, code in codes.items():
-    encodings[f"params/{path}"] = compressed.shared_layer(*code)
+    encodings[f"params/{path}"] = spz.shared_layer(*code)
   variables = {**model.variables, "params": jax.tree.map(np.asarray, shared)}
   return dataclasses.replace(model, variables=variables,
                              encodings=encodings), {
@@ -534,7 +536,7 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     accuracies and per-layer decisions.
   """
   params = model.variables["params"]
-  sig = lct.layer_significance(params, sparsity=cfg.sparsity, by=cfg.by)
+  sig = significance.layer_significance(params, sparsity=cfg.sparsity, by=cfg.by)
   masks = jax.tree.map(np.asarray, sig.masks)
   pruned = dataclasses.replace(model, masks=masks, variables={
       **model.variables,
@@ -546,9 +548,9 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   current, chosen, decisions = pruned, [], []
   for layer in sig.order:
     trial = chosen + [layer]
-    tx = lct.ternary_constrained(trial, sigma=cfg.sigma,
+    tx = ternary.ternary_constrained(trial, sigma=cfg.sigma,
                                  sigma_learning_rate=cfg.sigma_learning_rate,
-                                 masks={p: m for p, m in base.named_leaves(
+                                 masks={p: m for p, m in paths.named_leaves(
                                      masks) if p in trial})
     variables = ctx.finetune(current, cfg.steps, cfg.learning_rate,
                              extra=tx, masks=masks)
@@ -565,9 +567,9 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   # Each ternary layer in the smaller of its two lossless layouts: a bitmask
   # or relative indices, plus a sign bit per nonzero and sigma.
   encodings = dict(current.encodings)
-  flat = dict(base.named_leaves(current.variables["params"]))
+  flat = dict(paths.named_leaves(current.variables["params"]))
   for layer in chosen:
-    encodings[f"params/{layer}"] = compressed.smallest_ternary(flat[layer])
+    encodings[f"params/{layer}"] = spz.smallest_ternary(flat[layer])
   return dataclasses.replace(current, encodings=encodings), {
       "order": list(sig.order), "significance": sig.scores,
       "validation_reference": reference, "pruned_test_accuracy": pruned_test,
@@ -599,10 +601,10 @@ def stage_names(config: ml_collections.ConfigDict) -> list[str]:
 
   Example:
     >>> import sparsify
-    >>> from sparsify import pipeline
+    >>> from sparsify.experiment import stages
     >>> config = sparsify.default_config()
     >>> config.post.stages = 'slim, finetune'
-    >>> pipeline.stage_names(config)
+    >>> stages.stage_names(config)
     ['slim', 'finetune']
   """
   names = [s.strip() for s in config.post.stages.split(",") if s.strip()]
@@ -650,7 +652,7 @@ def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   params = jax.tree.map(np.asarray, model.variables)
   if model.masks is not None:
     params["params"] = masking.apply_masks(params["params"], model.masks)
-  compressed.save(path, params, model.encodings, metadata={
+  spz.save(path, params, model.encodings, metadata={
       "model": {"name": model.name, "kwargs": model.kwargs},
       "dataset": config.data.name, "test_accuracy": accuracy,
       "stages": [r["stage"] for r in rows]})
@@ -678,7 +680,7 @@ def evaluate_file(path: str, dataset: data_lib.Dataset,
     ``{'path', 'bytes_on_disk', 'float32_bytes', 'recorded_accuracy',
     'decoded_accuracy'}``.
   """
-  variables, meta = compressed.load(path)
+  variables, meta = spz.load(path)
   spec = meta["model"]
   kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
             for k, v in spec["kwargs"].items()}
@@ -687,9 +689,9 @@ def evaluate_file(path: str, dataset: data_lib.Dataset,
       "eval_batch_size": eval_batch_size}, "post": {
           "validation_examples": 1}})
   measured = Context(config, dataset, os.path.dirname(path)).accuracy(model)
-  info = compressed.file_report(path)
+  info = spz.file_report(path)
   return {"path": path, "bytes_on_disk": info.file_bytes,
-          "float32_bytes": compressed.float32_bytes(variables["params"]),
+          "float32_bytes": spz.float32_bytes(variables["params"]),
           "recorded_accuracy": meta["test_accuracy"],
           "decoded_accuracy": measured}
 

@@ -10,8 +10,8 @@ rewrite) the final updates. SSS replaces the optimizer.
 import ml_collections
 import optax
 
-from sparsify import methods
-from sparsify import sss
+from sparsify.experiment import registry
+from sparsify.transforms import sss
 
 OPTIMIZERS = ("adam", "adamw", "momentum", "nesterov", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -35,7 +35,7 @@ def make_schedule(
 
   Example:
     >>> import sparsify
-    >>> from sparsify import optim
+    >>> from sparsify.experiment import optim
     >>> opt = sparsify.default_config().optimizer
     >>> opt.learning_rate, opt.schedule, opt.warmup_steps = 0.1, 'step', 10
     >>> schedule = optim.make_schedule(opt, total_steps=110)
@@ -112,10 +112,10 @@ def make_optimizer(
         make_schedule(opt, total_steps), gamma=comp.gamma,
         momentum=opt.momentum, weight_decay=opt.weight_decay)
   parts = [base_optimizer(opt, total_steps)]
-  penalty = methods.make_regularizer(comp, total_steps)
+  penalty = registry.make_regularizer(comp, total_steps)
   if penalty is not None:
     parts.insert(0, penalty)
-  compression = methods.make_compression(comp, total_steps)
+  compression = registry.make_compression(comp, total_steps)
   if compression is not None:
     parts.append(compression)
   return parts[0] if len(parts) == 1 else optax.chain(*parts)

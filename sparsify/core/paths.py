@@ -1,29 +1,27 @@
-"""Types and parameter-path helpers shared by every sparsify module.
+"""Parameter paths, and the selection of parameters by path (`paths.Where`).
 
 Parameters are addressed by their path in the pytree, joined with ``/``:
 ``{'Dense_0': {'kernel': w}}`` has one leaf named ``'Dense_0/kernel'``. Which
-parameters a method touches is decided from these names (a regex or a
-predicate), the way big_vision and optax masks select parameters.
+parameters a method touches is decided from these names, the way big_vision
+and optax masks select parameters: every factory takes one argument
+``where`` of type `paths.Where`, with one default (`DEFAULT_WHERE`).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 import re
 from typing import Any
 
 import jax
 
-Params = Any  # A pytree of arrays: the model's parameters.
-Masks = Any  # A pytree shaped like (part of) `Params`, with boolean leaves.
-Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
-ScalarOrSchedule = float | Schedule
+# What a method touches: None for the default, a regex searched in each
+# leaf's path name, a collection of exact path names, or a predicate
+# ``(name, leaf) -> bool``.
+Where = str | Collection[str] | Callable[[str, Any], bool] | None
 
 # Default: kernels of Dense and Conv layers (2-D or more). Biases, BatchNorm
 # scales and shifts, embeddings and gates do not match.
 DEFAULT_PRUNABLE = r"(^|/)kernel$"
-
-NO_PARAMS_MSG = ("this transform reads the current parameters: call "
-                 "`tx.update(updates, state, params)` with params")
-
+DEFAULT_WHERE = None  # kernels of rank >= 2: `DEFAULT_PRUNABLE`
 
 def key_name(key: Any) -> str:
   """Returns the name of one path entry (dict key, attribute or index).
@@ -79,6 +77,13 @@ def named_leaves(tree: Any) -> list[tuple[str, Any]]:
   Returns:
     A list of ``(path_name, leaf)`` pairs, one per leaf, in the order of
     `jax.tree.leaves`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import sparsify
+    >>> params = {'Dense_0': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+    >>> [(name, leaf.shape) for name, leaf in sparsify.named_leaves(params)]
+    [('Dense_0/bias', (2,)), ('Dense_0/kernel', (3, 2))]
   """
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   return [(path_name(path), leaf) for path, leaf in leaves]
@@ -100,32 +105,45 @@ def map_with_name(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
       lambda path, *xs: fn(path_name(path), *xs), tree, *rest)
 
 
-def path_predicate(
-    where: str | Callable[[str, Any], bool] | None = None,
-) -> Callable[[str, Any], bool]:
-  """Turns a regex or a ``(name, leaf) -> bool`` predicate into a predicate.
+def path_predicate(where: Where = None) -> Callable[[str, Any], bool]:
+  """Turns a `paths.Where` into a predicate ``(name, leaf) -> bool``.
 
   Args:
     where: ``None`` for the default (Dense and Conv kernels of rank >= 2), a
-      regular expression searched in the leaf's path name, or a callable
-      ``(name, leaf) -> bool``.
+      regular expression searched in the leaf's path name, a collection of
+      exact path names, or a callable ``(name, leaf) -> bool``.
 
   Returns:
     A callable ``(name, leaf) -> bool``.
+
+  Raises:
+    ValueError: ``where`` is a string that is not a valid regular
+      expression, or neither a string, a collection of strings nor a
+      callable.
   """
   if callable(where):
     return where
-  pattern = re.compile(DEFAULT_PRUNABLE if where is None else where)
   if where is None:
+    pattern = re.compile(DEFAULT_PRUNABLE)
     return lambda name, leaf: bool(pattern.search(name)) and jax.numpy.ndim(
         leaf) >= 2
-  return lambda name, leaf: bool(pattern.search(name))
+  if isinstance(where, str):
+    try:
+      pattern = re.compile(where)
+    except re.error as e:
+      raise ValueError(f"where: got {where!r}, not a regular expression "
+                       f"({e}); allowed: a regex searched in parameter "
+                       "paths, a collection of paths or a predicate") from e
+    return lambda name, leaf: bool(pattern.search(name))
+  if isinstance(where, Collection) and all(isinstance(w, str) for w in where):
+    names = frozenset(where)
+    return lambda name, leaf: name in names
+  raise ValueError(f"where: got {where!r}; allowed: None, a regex, a "
+                   "collection of parameter paths or a predicate "
+                   "(name, leaf) -> bool")
 
 
-def select(
-    params: Params,
-    where: str | Callable[[str, Any], bool] | None = None,
-) -> Any:
+def select(params: Any, where: Where = None) -> Any:
   """Returns a pytree of booleans marking the leaves chosen by ``where``.
 
   The result is what `optax.masked` expects as its ``mask`` argument.

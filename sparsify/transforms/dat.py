@@ -7,41 +7,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsify import masking
-from sparsify import pruning
+from sparsify.core import checks
+from sparsify.core import masking
+from sparsify.core import schedules
+from sparsify.core import topk
 
 TARGET_MODES = ("clamp", "solve", "global")
 
 
-def threshold_ramp(begin_step: int, end_step: int,
-                   power: float = 3.0) -> optax.Schedule:
-  r"""The dynamic factor :math:`f(t)`: 0 at ``begin_step``, 1 at ``end_step``.
-
-  :math:`f(t) = 1 - \left(1 - \mathrm{clip}\left(\frac{t - t_0}{t_1 - t_0},
-  0, 1\right)\right)^p`, fast at first and flat at the end, like the cubic
-  sparsity schedule of gradual pruning.
-
-  Args:
-    begin_step: :math:`t_0`, the step at which the factor leaves 0.
-    end_step: :math:`t_1`, the step from which the factor stays at 1.
-    power: the exponent :math:`p`.
-
-  Returns:
-    A schedule ``step -> f(step)`` (float32 in [0, 1]).
-
-  Example:
-    >>> from sparsify import dat
-    >>> f = dat.threshold_ramp(0, 10, power=2.0)
-    >>> [round(float(f(t)), 2) for t in (0, 5, 10, 20)]
-    [0.0, 0.75, 1.0, 1.0]
-  """
-  span = max(end_step - begin_step, 1)
-
-  def schedule(step):
-    progress = jnp.clip((step - begin_step) / span, 0.0, 1.0)
-    return 1.0 - (1.0 - progress) ** power
-
-  return schedule
 
 
 def layer_threshold(weights: jax.Array, mask: jax.Array,
@@ -62,7 +35,7 @@ def layer_threshold(weights: jax.Array, mask: jax.Array,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sparsify import dat
+    >>> from sparsify.transforms import dat
     >>> w = jnp.array([-1.0, 3.0, 0.5, -5.0])
     >>> float(dat.layer_threshold(w, jnp.array([True, True, False, True]), 0.0))
     3.0
@@ -187,7 +160,7 @@ def dynamic_adaptive_threshold(
     2016 (the hysteresis).
   """
   if target_sparsity is not None:
-    pruning.check_fraction("target_sparsity", target_sparsity)
+    checks.check_fraction("target_sparsity", target_sparsity)
   if statistics not in ("all", "surviving"):
     raise ValueError(f"statistics: got {statistics!r}; allowed: all, "
                      "surviving")
@@ -197,7 +170,7 @@ def dynamic_adaptive_threshold(
   if end_step < begin_step or begin_step < 0:
     raise ValueError(f"end_step: got begin_step={begin_step}, end_step="
                      f"{end_step}; allowed: 0 <= begin_step <= end_step")
-  ramp = threshold_ramp(begin_step, end_step, power)
+  ramp = schedules.threshold_ramp(begin_step, end_step, power)
   low, high = (prune_factor, revive_factor) if recovery else (1.0, 1.0)
 
   def layer_mask(step, w, m):
@@ -207,8 +180,8 @@ def dynamic_adaptive_threshold(
     tau = ramp(step) * layer_threshold(jnp.where(m, w, 0), population, c)
     if target_sparsity is not None:
       # q: smallest kept magnitude when a fraction s* of the layer is pruned.
-      keep = pruning.top_k_mask([magnitude],
-                                pruning.keep_count(w.size, target_sparsity))[0]
+      keep = topk.top_k_mask([magnitude],
+                                topk.keep_count(w.size, target_sparsity))[0]
       q = jnp.min(jnp.where(keep, magnitude, jnp.inf))
       q = jnp.where(jnp.isfinite(q), q, 0.0)
       tau = jnp.minimum(tau, q) if target_mode == "clamp" else ramp(step) * q
@@ -234,7 +207,7 @@ def dynamic_adaptive_threshold(
       base = layer_threshold(jnp.where(m, w, 0), population, c)
       scores.append(magnitude / jnp.where(base > 0, base, 1.0))
     total = sum(w.size for w in leaves)
-    keep = pruning.top_k_mask(scores, pruning.keep_count(total,
+    keep = topk.top_k_mask(scores, topk.keep_count(total,
                                                          target_sparsity))
     q = jnp.min(jnp.stack([jnp.min(jnp.where(k, s, jnp.inf))
                            for k, s in zip(keep, scores)]))

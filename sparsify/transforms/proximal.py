@@ -21,68 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsify import base
-
-
-
-def value_at(value: base.ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
-  """A hyper-parameter's value at ``count``: calls it if it is a schedule.
-
-  Args:
-    value: a constant or a schedule ``count -> value``.
-    count: the step count (possibly traced).
-
-  Returns:
-    ``value(count)`` for a schedule, otherwise ``value``.
-
-  Example:
-    >>> import optax
-    >>> from sparsify import proximal
-    >>> proximal.value_at(0.5, 3)
-    0.5
-    >>> float(proximal.value_at(optax.linear_schedule(0.0, 1.0, 10), 5))
-    0.5
-  """
-  return value(count) if callable(value) else value
-
-
-def counting_transform(state_cls, fn) -> optax.GradientTransformation:
-  """A transform whose state is a count: ``fn(updates, params, count)``.
-
-  Args:
-    state_cls: a NamedTuple class with a single field ``count``.
-    fn: ``(updates, params, count) -> updates``, jit-compatible; ``count``
-      is the number of updates seen before this one.
-
-  Returns:
-    An `optax.GradientTransformation` that needs ``params``.
-
-  Example:
-    >>> from typing import NamedTuple
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> from sparsify import proximal
-    >>> class State(NamedTuple):
-    ...   count: jax.Array
-    >>> tx = proximal.counting_transform(State, lambda u, p, c: u * (c + 1))
-    >>> state = tx.init(jnp.zeros(2))
-    >>> for _ in range(2):
-    ...   updates, state = tx.update(jnp.ones(2), state, jnp.zeros(2))
-    >>> updates, state.count
-    (Array([2., 2.], dtype=float32), Array(2, dtype=int32))
-  """
-
-  def init_fn(params):
-    del params
-    return state_cls(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
-    return fn(updates, params, state.count), state_cls(
-        count=optax.safe_increment(state.count))
-
-  return optax.GradientTransformation(init_fn, update_fn)
+from sparsify.core import checks
+from sparsify.core import counting
+from sparsify.core import paths
+from sparsify.core import schedules
+from sparsify.core import types
 
 
 def soft_threshold(x: Any, a: jax.typing.ArrayLike) -> Any:
@@ -119,9 +62,9 @@ class APGState(NamedTuple):
 
 
 def accelerated_proximal_gradient(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: types.ScalarOrSchedule,
     *,
-    gamma: base.ScalarOrSchedule,
+    gamma: types.ScalarOrSchedule,
     momentum: float = 0.9,
     nonnegative: bool = False,
 ) -> optax.GradientTransformation:
@@ -184,9 +127,9 @@ def accelerated_proximal_gradient(
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
-    lr = value_at(learning_rate, state.count)
-    threshold = lr * value_at(gamma, state.count)
+      raise ValueError(checks.NO_PARAMS_MSG)
+    lr = schedules.value_at(learning_rate, state.count)
+    threshold = lr * schedules.value_at(gamma, state.count)
     shrunk = jax.tree.map(lambda g, p: soft_threshold(p - lr * g, threshold),
                           updates, params)
     velocity = jax.tree.map(
@@ -208,9 +151,9 @@ class ProximalSGDState(NamedTuple):
 
 
 def proximal_sgd(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: types.ScalarOrSchedule,
     *,
-    l1: base.ScalarOrSchedule,
+    l1: types.ScalarOrSchedule,
 ) -> optax.GradientTransformation:
   r"""Proximal gradient descent on an L1 penalty (ISTA).
 
@@ -242,13 +185,13 @@ def proximal_sgd(
   """
 
   def step(updates, params, count):
-    lr = value_at(learning_rate, count)
-    threshold = lr * value_at(l1, count)
+    lr = schedules.value_at(learning_rate, count)
+    threshold = lr * schedules.value_at(l1, count)
     return jax.tree.map(
         lambda g, p: (soft_threshold(p - lr * g, threshold) - p).astype(
             p.dtype), updates, params)
 
-  return counting_transform(ProximalSGDState, step)
+  return counting.counting_transform(ProximalSGDState, step)
 
 
 class GroupLassoState(NamedTuple):
@@ -257,9 +200,9 @@ class GroupLassoState(NamedTuple):
 
 
 def group_lasso_prox(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: types.ScalarOrSchedule,
     *,
-    strength: base.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     axis: int = -1,
     scale_by_group_size: bool = True,
     where: str | Callable[[str, Any], bool] | None = None,
@@ -326,8 +269,8 @@ def group_lasso_prox(
     return (w * factor - p).astype(p.dtype)
 
   def step(updates, params, count):
-    threshold = value_at(learning_rate, count) * value_at(strength, count)
+    threshold = schedules.value_at(learning_rate, count) * schedules.value_at(strength, count)
     return jax.tree.map(lambda u, p: prox(u, p, threshold), updates, params)
 
-  return optax.masked(counting_transform(GroupLassoState, step),
-                      lambda params: base.select(params, where))
+  return optax.masked(counting.counting_transform(GroupLassoState, step),
+                      lambda params: paths.select(params, where))

@@ -15,8 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsify import base
-from sparsify import proximal
+from sparsify.core import counting
+from sparsify.core import paths
+from sparsify.core import schedules
+from sparsify.core import types
+from sparsify.transforms import proximal
 
 # Scaling factors of SSS: leaves (or modules) named ``gate`` and BatchNorm
 # scales, which play the role of per-channel factors when no gate is added.
@@ -26,7 +29,7 @@ GATES = r"(^|/)gate(/|$)"
 BN_SCALES = r"(^|/)scale$"
 
 
-def sss_labels(params: base.Params, scale_pattern: str | None = None) -> Any:
+def sss_labels(params: types.Params, scale_pattern: str | None = None) -> Any:
   """Labels ``'scales'`` (path matches ``scale_pattern``) or ``'weights'``.
 
   ``None`` picks the scaling factors from the parameters: the gates when the
@@ -43,7 +46,7 @@ def sss_labels(params: base.Params, scale_pattern: str | None = None) -> Any:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sparsify import sss
+    >>> from sparsify.transforms import sss
     >>> params = {'bn': {'scale': jnp.ones(2)}, 'gate': {'gate': jnp.ones(2)}}
     >>> sss.sss_labels(params)
     {'bn': {'scale': 'weights'}, 'gate': {'gate': 'scales'}}
@@ -52,10 +55,10 @@ def sss_labels(params: base.Params, scale_pattern: str | None = None) -> Any:
     {'bn': {'scale': 'scales'}, 'fc': {'kernel': 'weights'}}
   """
   if scale_pattern is None:
-    gated = any(re.search(GATES, n) for n, _ in base.named_leaves(params))
+    gated = any(re.search(GATES, n) for n, _ in paths.named_leaves(params))
     scale_pattern = GATES if gated else BN_SCALES
   pattern = re.compile(scale_pattern)
-  return base.map_with_name(
+  return paths.map_with_name(
       lambda name, _: "scales" if pattern.search(name) else "weights", params)
 
 
@@ -118,9 +121,9 @@ def sss_optimizer(
 
 
 def sparse_structure_selection(
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: types.ScalarOrSchedule,
     *,
-    gamma: base.ScalarOrSchedule,
+    gamma: types.ScalarOrSchedule,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     nonnegative: bool = True,
@@ -182,7 +185,7 @@ class NetworkSlimmingState(NamedTuple):
 
 
 def network_slimming(
-    l1: base.ScalarOrSchedule,
+    l1: types.ScalarOrSchedule,
     *,
     where: str | Callable[[str, Any], bool] = BN_SCALES,
 ) -> optax.GradientTransformation:
@@ -232,17 +235,17 @@ def network_slimming(
   """
 
   def step(updates, params, count):
-    strength = proximal.value_at(l1, count)
+    strength = schedules.value_at(l1, count)
     return jax.tree.map(
         lambda g, p: (g + strength * jnp.sign(p)).astype(g.dtype), updates,
         params)
 
-  return optax.masked(proximal.counting_transform(NetworkSlimmingState, step),
-                      lambda params: base.select(params, where))
+  return optax.masked(counting.counting_transform(NetworkSlimmingState, step),
+                      lambda params: paths.select(params, where))
 
 
 def slimming_threshold(
-    params: base.Params,
+    params: types.Params,
     fraction: float,
     where: str | Callable[[str, Any], bool] = BN_SCALES,
 ) -> float:
@@ -283,7 +286,7 @@ def slimming_threshold(
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"fraction: got {fraction}; allowed: a fraction in "
                      "[0, 1)")
-  chosen = base.select(params, where)
+  chosen = paths.select(params, where)
   values = [np.abs(np.asarray(p)).ravel()
             for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(chosen))
             if keep]

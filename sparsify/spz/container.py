@@ -404,10 +404,10 @@ def smallest_ternary(kernel: Any) -> TernaryLayer | SharedLayer:
 
   Example:
     >>> import numpy as np
-    >>> from sparsify import compressed
+    >>> from sparsify import spz
     >>> kernel = np.zeros((100, 10), np.float32)
     >>> kernel[::50, 0], kernel[25, 3] = 0.5, -0.5
-    >>> layer = compressed.smallest_ternary(kernel)
+    >>> layer = spz.smallest_ternary(kernel)
     >>> type(layer).__name__, np.array_equal(layer.decode(), kernel)
     ('SharedLayer', True)
   """
@@ -495,10 +495,10 @@ def choose_encoding(value: Any) -> str:
 
   Example:
     >>> import numpy as np
-    >>> from sparsify import compressed
-    >>> compressed.choose_encoding(np.ones((2, 300)))
+    >>> from sparsify import spz
+    >>> spz.choose_encoding(np.ones((2, 300)))
     'dense'
-    >>> compressed.choose_encoding(np.zeros((2, 300)))
+    >>> spz.choose_encoding(np.zeros((2, 300)))
     'csr'
   """
   sizes = _sizes(_leaf_array(value))
@@ -1158,9 +1158,9 @@ def float32_bytes(params: Any) -> int:
 
   Example:
     >>> import numpy as np
-    >>> from sparsify import compressed
+    >>> from sparsify import spz
     >>> params = {'fc': {'kernel': np.zeros((3, 2)), 'b': np.zeros(2)}}
-    >>> compressed.float32_bytes(params)
+    >>> spz.float32_bytes(params)
     32
   """
   return 4 * sum(math.prod(np.shape(leaf)) for _, leaf in _flatten(params))

@@ -27,18 +27,19 @@ import numpy as np
 import optax
 import tqdm
 
-from sparsify import base
-from sparsify import checkpoint
-from sparsify import config as config_lib
 from sparsify import data as data_lib
-from sparsify import masking
-from sparsify import metrics as metrics_lib
 from sparsify import models
-from sparsify import optim
-from sparsify import pipeline
-from sparsify import plots
 from sparsify import report as report_lib
-from sparsify import sss
+from sparsify.core import masking
+from sparsify.core import paths
+from sparsify.core import types
+from sparsify.experiment import checkpoint
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import metrics as metrics_lib
+from sparsify.experiment import optim
+from sparsify.experiment import plots
+from sparsify.experiment import stages
+from sparsify.transforms import sss
 
 log = logging.getLogger("sparsify")
 
@@ -114,7 +115,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]):
           "count": mask.sum()}
 
 
-def scales_per_layer(params: base.Params) -> dict[str, float]:
+def scales_per_layer(params: types.Params) -> dict[str, float]:
   """Mean magnitude of each gate and BatchNorm scale vector, by path.
 
   Args:
@@ -124,25 +125,25 @@ def scales_per_layer(params: base.Params) -> dict[str, float]:
     ``{'scale/<path>': mean(|leaf|)}`` for every leaf that `sss.SSS_SCALES`
     selects; empty for a model without gates or BatchNorm.
   """
-  chosen = base.path_predicate(sss.SSS_SCALES)
+  chosen = paths.path_predicate(sss.SSS_SCALES)
   return {f"scale/{name}": float(np.mean(np.abs(np.asarray(leaf))))
-          for name, leaf in base.named_leaves(params) if chosen(name, leaf)}
+          for name, leaf in paths.named_leaves(params) if chosen(name, leaf)}
 
 
-def sparsity_per_layer(params: base.Params, where=None) -> dict[str, float]:
+def sparsity_per_layer(params: types.Params, where=None) -> dict[str, float]:
   """Fraction of exact zeros of each prunable parameter, by path.
 
   Args:
     params: the model's parameters.
-    where: which leaves, as `base.path_predicate` takes it; ``None`` for
+    where: which leaves, as `paths.path_predicate` takes it; ``None`` for
       Dense and Conv kernels.
 
   Returns:
     ``{'sparsity/<path>': fraction of zeros}``, each in [0, 1].
   """
-  chosen = base.path_predicate(where)
+  chosen = paths.path_predicate(where)
   return {f"sparsity/{name}": float(np.mean(np.asarray(leaf) == 0))
-          for name, leaf in base.named_leaves(params) if chosen(name, leaf)}
+          for name, leaf in paths.named_leaves(params) if chosen(name, leaf)}
 
 
 class Trainer:
@@ -174,8 +175,8 @@ class Trainer:
     except ValueError as e:  # e.g. a source that does not hold the dataset
       raise config_lib.ConfigError(str(e)) from e
     self.validation = None
-    if pipeline.holds_out(config):  # selection must not see its own data
-      self.dataset, self.validation = pipeline.split_validation(
+    if stages.holds_out(config):  # selection must not see its own data
+      self.dataset, self.validation = stages.split_validation(
           self.dataset, config.post.validation_examples)
     self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                               axis_types=(jax.sharding.AxisType.Auto,))
@@ -281,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains, evaluates and reports one run; resumes from ``workdir``.
 
   Args:
-    config: an experiment config (see `sparsify.config.default_config`).
+    config: an experiment config (see `sparsify.experiment.config.default_config`).
     workdir: where checkpoints, TensorBoard events, ``metrics.jsonl``,
       ``report.json`` and ``results.json`` are written.
 
@@ -400,12 +401,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              "method": config.compression.method,
              "report": report.to_dict()}
   if config.post.stages:
-    post = pipeline.run(
+    post = stages.run(
         config, trainer.dataset, workdir,
         jax.device_get(_variables(state.params, state.batch_stats)),
         jax.device_get(masking.find_masks(state.opt_state)),
         trainer.validation)
-    print("\n" + pipeline.table(post))
+    print("\n" + stages.table(post))
     results["post"] = post
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=str)

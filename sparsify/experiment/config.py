@@ -243,7 +243,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   Example:
     >>> import sparsify
-    >>> from sparsify import config as config_lib
+    >>> from sparsify.experiment import config as config_lib
     >>> config = sparsify.default_config()
     >>> config.data.batch_size = 0
     >>> try:
@@ -254,9 +254,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   # Imported here: the registries import this module's ConfigError.
   from sparsify import data  # pylint: disable=g-import-not-at-top
-  from sparsify import methods  # pylint: disable=g-import-not-at-top
   from sparsify import models  # pylint: disable=g-import-not-at-top
-  from sparsify import optim  # pylint: disable=g-import-not-at-top
+  from sparsify.experiment import optim  # pylint: disable=g-import-not-at-top
+  from sparsify.experiment import registry  # pylint: disable=g-import-not-at-top
 
   _one_of("model.name", config.model.name, models.MODELS)
   _one_of("data.name", config.data.name, data.DATASETS)
@@ -274,7 +274,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _in_range("optimizer.warmup_steps", opt.warmup_steps, 0, integer=True)
 
   comp = config.compression
-  _one_of("compression.method", comp.method, methods.METHODS)
+  _one_of("compression.method", comp.method, registry.METHODS)
   _in_range("compression.sparsity", comp.sparsity, 0, 1)
   _in_range("compression.begin", comp.begin, 0, 1, high_open=False)
   _in_range("compression.end", comp.end, comp.begin, 1, high_open=False)
@@ -287,15 +287,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
           ("clamp", "global", "solve"))
   _one_of("compression.statistics", comp.statistics, ("all", "surviving"))
   _in_range("compression.gamma", comp.gamma, 0)
-  _one_of("compression.regularizer", comp.regularizer, methods.REGULARIZERS)
+  _one_of("compression.regularizer", comp.regularizer, registry.REGULARIZERS)
   _in_range("compression.strength", comp.strength, 0)
   _in_range("compression.centres", comp.centres, 1, integer=True)
   _in_range("compression.refresh_every", comp.refresh_every, 1, integer=True)
 
   post = config.post
-  from sparsify import pipeline  # pylint: disable=g-import-not-at-top
+  from sparsify.experiment import stages  # pylint: disable=g-import-not-at-top
   try:
-    pipeline.stage_names(config)
+    stages.stage_names(config)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   _in_range("post.validation_examples", post.validation_examples, 1,

@@ -24,10 +24,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsify import base
+from sparsify.core import checks
+from sparsify.core import paths
+from sparsify.core import types
 
-InitMasks = Callable[[base.Params], base.Masks]
-UpdateMasks = Callable[[jax.Array, base.Params, base.Masks], base.Masks]
+InitMasks = Callable[[types.Params], types.Masks]
+UpdateMasks = Callable[[jax.Array, types.Params, types.Masks], types.Masks]
 
 
 class MaskState(NamedTuple):
@@ -41,11 +43,11 @@ class MaskState(NamedTuple):
       tuple otherwise.
   """
   count: jax.Array
-  masks: base.Masks
-  dense: base.Params = ()
+  masks: types.Masks
+  dense: types.Params = ()
 
 
-def all_true(params: base.Params) -> base.Masks:
+def all_true(params: types.Params) -> types.Masks:
   """Masks that keep every weight.
 
   Args:
@@ -56,7 +58,7 @@ def all_true(params: base.Params) -> base.Masks:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sparsify import masking
+    >>> from sparsify.core import masking
     >>> masking.all_true({'fc': {'kernel': jnp.zeros((2, 3))}})['fc']['kernel']
     Array([[ True,  True,  True],
            [ True,  True,  True]], dtype=bool)
@@ -65,7 +67,7 @@ def all_true(params: base.Params) -> base.Masks:
 
 
 def enforce(
-    updates: optax.Updates, params: base.Params, masks: base.Masks
+    updates: optax.Updates, params: types.Params, masks: types.Masks
 ) -> optax.Updates:
   """Rewrites ``updates`` so that ``params + updates`` is zero where masked.
 
@@ -82,7 +84,7 @@ def enforce(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sparsify import masking
+    >>> from sparsify.core import masking
     >>> masking.enforce(jnp.array([0.5, 0.5]), jnp.array([1.0, 2.0]),
     ...                 jnp.array([True, False]))
     Array([ 0.5, -2. ], dtype=float32)
@@ -164,15 +166,15 @@ def mask_updates(
 
   def init_fn(params):
     dense = jax.tree.map(jnp.copy, params) if keep_pruned else ()  # own buffers
-    given = dict(base.named_leaves(init_masks(params)))
-    masks = base.map_with_name(
+    given = dict(paths.named_leaves(init_masks(params)))
+    masks = paths.map_with_name(
         lambda name, p: given[name] if name in given else jnp.ones(
             jnp.shape(p), bool), params)
     return MaskState(count=jnp.zeros([], jnp.int32), masks=masks, dense=dense)
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
+      raise ValueError(checks.NO_PARAMS_MSG)
     old = state.masks
     # The policy sees the current weights; with keep_pruned, pruned ones at
     # the values they trained to. Using values already in memory (not
@@ -203,10 +205,10 @@ def mask_updates(
     return updates, MaskState(count=count, masks=masks, dense=dense)
 
   inner = optax.GradientTransformation(init_fn, update_fn)
-  return optax.masked(inner, lambda params: base.select(params, where))
+  return optax.masked(inner, lambda params: paths.select(params, where))
 
 
-def find_masks(opt_state: optax.OptState) -> base.Masks | None:
+def find_masks(opt_state: optax.OptState) -> types.Masks | None:
   """Returns the masks held anywhere in an optimizer state, or ``None``.
 
   Leaves that are not masked are `optax.MaskedNode()`; the report and
@@ -248,7 +250,7 @@ def find_masks(opt_state: optax.OptState) -> base.Masks | None:
   return found[0].masks
 
 
-def apply_masks(params: base.Params, masks: base.Masks | None) -> base.Params:
+def apply_masks(params: types.Params, masks: types.Masks | None) -> types.Params:
   """Returns ``params`` with masked entries set to zero.
 
   Args:

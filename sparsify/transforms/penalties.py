@@ -21,17 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsify import base
-from sparsify import proximal
-from sparsify import quantization
+from sparsify import quantize
+from sparsify.core import checks
+from sparsify.core import counting
+from sparsify.core import paths
+from sparsify.core import schedules
+from sparsify.core import types
 
 Where = str | Callable[[str, Any], bool] | None
 
 
-def _selector(where: Where):
-  predicate = (quantization.dense_kernel if where is None
-               else base.path_predicate(where))
-  return lambda params: base.select(params, predicate)
+def _selector(where: paths.Where):
+  predicate = (quantize.dense_kernel if where is None
+               else paths.path_predicate(where))
+  return lambda params: paths.select(params, predicate)
 
 
 def _check_nonnegative(value, what):
@@ -45,12 +48,12 @@ def _penalty(state_cls, gradient, strength, where):
   _check_nonnegative(strength, "strength")
 
   def step(updates, params, count):
-    lam = proximal.value_at(strength, count)
+    lam = schedules.value_at(strength, count)
     return jax.tree.map(
         lambda g, p: (g + lam * gradient(p, count)).astype(g.dtype), updates,
         params)
 
-  return optax.masked(proximal.counting_transform(state_cls, step),
+  return optax.masked(counting.counting_transform(state_cls, step),
                       _selector(where))
 
 
@@ -60,9 +63,9 @@ class BinaryAttractorState(NamedTuple):
 
 
 def binary_attractor(
-    strength: base.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     *,
-    alpha: base.ScalarOrSchedule | None = None,
+    alpha: types.ScalarOrSchedule | None = None,
     where: Where = None,
 ) -> optax.GradientTransformation:
   r"""Adds the gradient of a penalty that pulls weights to :math:`\pm\alpha`.
@@ -117,7 +120,7 @@ def binary_attractor(
 
   def gradient(w, count):
     a = (jnp.mean(jnp.abs(w)) if alpha is None
-         else proximal.value_at(alpha, count))
+         else schedules.value_at(alpha, count))
     return 4.0 * w * (jnp.square(w) - jnp.square(a))
 
   return _penalty(BinaryAttractorState, gradient, strength, where)
@@ -135,7 +138,7 @@ class KCentreAttractorState(NamedTuple):
 
 
 def kcentre_attractor(
-    strength: base.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     *,
     centres: int = 2,
     refresh_every: int = 100,
@@ -151,7 +154,7 @@ def kcentre_attractor(
     j^*(i) = \arg\min_j |w_i - c_j|
 
   (the lowest :math:`j` on a tie), with centres :math:`c` per layer held in
-  the state. `init` sets them by 1-D `quantization.kmeans` of the layer's
+  the state. `init` sets them by 1-D `quantize.kmeans` of the layer's
   weights (k-means++ seeding with key ``jax.random.split(key(seed), L)[i]``
   for the ``i``-th of ``L`` selected leaves, then ``iterations`` Lloyd
   updates). At every step :math:`t` with :math:`t \bmod T = 0`
@@ -207,11 +210,11 @@ def kcentre_attractor(
       raise ValueError(f"centres: got {centres}; a selected parameter of "
                        f"shape {jnp.shape(w)} has {jnp.size(w)} weights; "
                        f"allowed: 1 to {jnp.size(w)}")
-    return quantization.kmeans(column(w), centres, key=key,
+    return quantize.kmeans(column(w), centres, key=key,
                                iterations=iterations)[0][:, 0]
 
   def refresh(w, c):
-    return quantization.lloyd(column(w), c[:, None],
+    return quantize.lloyd(column(w), c[:, None],
                               iterations=iterations)[0][:, 0]
 
   def gradient(w, c):
@@ -228,13 +231,13 @@ def kcentre_attractor(
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
+      raise ValueError(checks.NO_PARAMS_MSG)
     count = state.count
     kept = state.centres
     new_centres = jax.lax.cond(
         count % refresh_every == 0,
         lambda: jax.tree.map(refresh, params, kept), lambda: kept)
-    lam = proximal.value_at(strength, count)
+    lam = schedules.value_at(strength, count)
     updates = jax.tree.map(
         lambda g, p, c: (g + lam * gradient(p, c)).astype(g.dtype), updates,
         params, new_centres)
@@ -250,7 +253,7 @@ class L1PenaltyState(NamedTuple):
   count: jax.Array  # int32
 
 
-def l1(strength: base.ScalarOrSchedule, *,
+def l1(strength: types.ScalarOrSchedule, *,
        where: Where = None) -> optax.GradientTransformation:
   r"""Adds the L1 subgradient :math:`\lambda_t \operatorname{sign}(w)`.
 
@@ -290,7 +293,7 @@ class GroupLassoPenaltyState(NamedTuple):
 
 
 def group_lasso(
-    strength: base.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     *,
     axis: int = -1,
     scale_by_group_size: bool = False,

@@ -36,11 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsify import base
-from sparsify import proximal
-from sparsify import pruning
+from sparsify.core import checks
+from sparsify.core import paths
+from sparsify.core import schedules
+from sparsify.core import types
 
-SIGNIFICANCE = ("quantization", "size", "sparsity")
 SIGMA_MODES = ("learned", "mean")
 ENCODINGS = ("base3", "bitmask", "two_bit")
 SIGMA_BITS = 16  # significant bits of the σ written into a ternary layer
@@ -48,21 +48,6 @@ SIGMA_BITS = 16  # significant bits of the σ written into a ternary layer
 Where = str | Callable[[str, Any], bool] | None
 
 
-class Significance(NamedTuple):
-  """Result of `layer_significance`.
-
-  Attributes:
-    order: the selected parameter paths, least significant first.
-    scores: the measure each layer was sorted by, by path: its sparsity
-      after the global prune (``by='sparsity'``), its number of weights
-      (``'size'``) or the accuracy drop when it alone is ternarized
-      (``'quantization'``).
-    masks: a pytree shaped like the parameters; the global magnitude masks on
-      the selected kernels, all-`True` arrays on the other leaves.
-  """
-  order: tuple[str, ...]
-  scores: dict[str, float]
-  masks: base.Masks
 
 
 def sigma_of(w: jax.typing.ArrayLike, mask: jax.typing.ArrayLike) -> jax.Array:
@@ -214,113 +199,6 @@ def ternary_bits(mask: Any, *, encoding: str = "bitmask") -> int:
   return total
 
 
-def layer_significance(
-    params: base.Params,
-    *,
-    sparsity: float,
-    by: str = "sparsity",
-    evaluate: Callable[[base.Params], float] | None = None,
-    where: Where = None,
-) -> Significance:
-  r"""Global magnitude pruning, then the layers sorted by significance.
-
-  The selected kernels are pruned together: the fraction ``sparsity`` of
-  smallest magnitudes over all of them is removed (one threshold
-  :math:`\tau`), so each layer :math:`l` ends with its own sparsity
-
-  .. math::
-    s_l = 1 - \frac{|\{i : |W_{l,i}| \ge \tau\}|}{|W_l|}.
-
-  Layers are then ordered from the least to the most significant:
-
-  * ``'sparsity'`` (LCT): by :math:`s_l`, highest first; a layer the global
-    threshold emptied most carries the least information.
-  * ``'size'``: by number of weights :math:`|W_l|`, largest first; the
-    biggest layers are the most redundant and gain the most storage when
-    constrained.
-  * ``'quantization'``: by the accuracy drop
-    :math:`a_0 - a_l` when layer :math:`l` alone is ternarized
-    (``ternarize(W_l, M_l, sigma_of(W_l, M_l))``) in the pruned network of
-    accuracy :math:`a_0`, smallest first. ``evaluate`` is called once on the
-    pruned network and once per layer.
-
-  Ties keep the parameters' tree order.
-
-  Args:
-    params: the trained parameters.
-    sparsity: the global fraction of selected weights to prune, in [0, 1).
-    by: ``'sparsity'``, ``'size'`` or ``'quantization'``.
-    evaluate: ``params -> accuracy`` (higher is better); needed by
-      ``'quantization'``.
-    where: which parameters are layers: ``None`` for Dense and Conv kernels,
-      a regex searched in the path, or a predicate ``(path, leaf) -> bool``.
-
-  Returns:
-    A `Significance` ``(order, scores, masks)``; the pruned network is
-    ``apply_masks(params, masks)``.
-
-  Example:
-    Pruning a quarter of 16 weights removes 2 of ``fc1``'s 12 and 2 of
-    ``fc2``'s 4, so ``fc2`` (sparsity 0.5) is the least significant:
-
-    >>> import jax.numpy as jnp
-    >>> import sparsify
-    >>> params = {'fc1': {'kernel': jnp.arange(10.0, 130.0, 10.0)
-    ...                             .reshape(3, 4)},
-    ...           'fc2': {'kernel': jnp.array([[1.0], [2.0], [50.0], [60.0]])}}
-    >>> sig = sparsify.layer_significance(params, sparsity=0.25)
-    >>> sig.order
-    ('fc2/kernel', 'fc1/kernel')
-    >>> {n: round(s, 3) for n, s in sig.scores.items()}
-    {'fc1/kernel': 0.167, 'fc2/kernel': 0.5}
-    >>> sig.masks['fc2']['kernel'].ravel()
-    Array([False, False,  True,  True], dtype=bool)
-
-  References:
-    Grimaldi, Tenace & Calimera, "Layer-wise compressive training for
-    convolutional neural networks", Future Internet 11(1):7, 2019.
-  """
-  if by not in SIGNIFICANCE:
-    raise ValueError(f"by: got {by!r}; allowed: {', '.join(SIGNIFICANCE)}")
-  if (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
-      or not 0.0 <= sparsity < 1.0):
-    raise ValueError(f"sparsity: got {sparsity!r}; allowed: a fraction in "
-                     "[0, 1)")
-  if by == "quantization" and evaluate is None:
-    raise ValueError("evaluate: got None; allowed: a callable params -> "
-                     "accuracy, needed by by='quantization'")
-  chosen = base.path_predicate(where)
-  kernels = {name: jnp.asarray(w) for name, w in base.named_leaves(params)
-             if chosen(name, w)}
-  if not kernels:
-    raise ValueError(f"where: got {where!r}, which selects no parameter; "
-                     "allowed: a regex or predicate matching at least one")
-  kept = jax.jit(pruning.select_by_score, static_argnums=2)(
-      {name: jnp.abs(w) for name, w in kernels.items()}, sparsity, "global")
-  masks = base.map_with_name(
-      lambda name, p: kept[name] if name in kept else jnp.ones(
-          jnp.shape(p), jnp.bool_), params)
-  names = list(kernels)
-  if by == "sparsity":
-    scores = {n: 1.0 - float(jnp.mean(kept[n])) for n in names}
-    order = sorted(names, key=lambda n: -scores[n])
-  elif by == "size":
-    scores = {n: float(kernels[n].size) for n in names}
-    order = sorted(names, key=lambda n: -scores[n])
-  else:
-    pruned = base.map_with_name(
-        lambda name, p: jnp.where(kept[name], p, 0) if name in kept else p,
-        params)
-    reference = float(evaluate(pruned))
-    scores = {}
-    for n in names:
-      w = jnp.where(kept[n], kernels[n], 0)
-      t = ternarize(w, kept[n], sigma_of(w, kept[n]))
-      trial = base.map_with_name(
-          lambda name, p, n=n, t=t: t if name == n else p, pruned)
-      scores[n] = reference - float(evaluate(trial))
-    order = sorted(names, key=lambda n: scores[n])
-  return Significance(order=tuple(order), scores=scores, masks=masks)
 
 
 class TernaryState(NamedTuple):
@@ -335,17 +213,17 @@ class TernaryState(NamedTuple):
       `ternarize`).
   """
   count: jax.Array
-  latent: base.Params
-  masks: base.Masks
-  sigma: base.Params
+  latent: types.Params
+  masks: types.Masks
+  sigma: types.Params
 
 
-def _layer_predicate(layers: Any, where: Where) -> Callable[[str, Any], bool]:
-  candidate = base.path_predicate(where)
+def _layer_predicate(layers: Any, where: paths.Where) -> Callable[[str, Any], bool]:
+  candidate = paths.path_predicate(where)
   if layers is None:
     return candidate
   if isinstance(layers, str) or callable(layers):
-    picked = base.path_predicate(layers)
+    picked = paths.path_predicate(layers)
     return lambda name, leaf: candidate(name, leaf) and picked(name, leaf)
   names = frozenset(layers)
   return lambda name, leaf: candidate(name, leaf) and name in names
@@ -355,9 +233,9 @@ def ternary_constrained(
     layers: Sequence[str] | str | Callable[[str, Any], bool] | None = None,
     *,
     sigma: str = "mean",
-    sigma_learning_rate: base.ScalarOrSchedule = 1.0,
-    threshold: base.ScalarOrSchedule = 0.0,
-    masks: base.Masks | None = None,
+    sigma_learning_rate: types.ScalarOrSchedule = 1.0,
+    threshold: types.ScalarOrSchedule = 0.0,
+    masks: types.Masks | None = None,
     where: Where = None,
 ) -> optax.GradientTransformation:
   r"""σ-constrained SGD: chosen layers stay ternary on a fixed mask.
@@ -474,17 +352,17 @@ def ternary_constrained(
     if not all(isinstance(n, str) for n in layers):
       raise ValueError(f"layers: got {layers!r}; allowed: parameter paths "
                        "(str), a regex or a predicate")
-  given = None if masks is None else dict(base.named_leaves(masks))
+  given = None if masks is None else dict(paths.named_leaves(masks))
   chosen = _layer_predicate(layers, where)
 
   def selection(tree):
-    flags = base.map_with_name(chosen, tree)
+    flags = paths.map_with_name(chosen, tree)
     if isinstance(layers, tuple):
-      picked = {n for n, f in base.named_leaves(flags) if f}
+      picked = {n for n, f in paths.named_leaves(flags) if f}
       missing = sorted(set(layers) - picked)
       if missing:
-        available = sorted(n for n, leaf in base.named_leaves(tree)
-                           if base.path_predicate(where)(n, leaf))
+        available = sorted(n for n, leaf in paths.named_leaves(tree)
+                           if paths.path_predicate(where)(n, leaf))
         raise ValueError(f"layers: {missing} not found among the candidate "
                          f"parameters; allowed: {available}")
     return flags
@@ -499,7 +377,7 @@ def ternary_constrained(
     return jnp.asarray(p) != 0
 
   def init_fn(params):
-    fixed = base.map_with_name(init_mask, params)
+    fixed = paths.map_with_name(init_mask, params)
     latent = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, fixed)
     sigmas = jax.tree.map(sigma_of, params, fixed)
     return TernaryState(count=jnp.zeros([], jnp.int32), latent=latent,
@@ -518,15 +396,15 @@ def ternary_constrained(
       s = mean
     t = ternarize(latent, m, s, theta * mean).astype(p.dtype)
     step = (t - p).astype(p.dtype)
-    # Where float32 cannot land on t from p (first step only), land on 0.
+    # paths.Where float32 cannot land on t from p (first step only), land on 0.
     step = jnp.where(p + step == t, step, -p)
     return step, latent, jnp.asarray(s, jnp.float32)
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
-    theta = proximal.value_at(threshold, state.count)
-    lr_sigma = proximal.value_at(sigma_learning_rate, state.count)
+      raise ValueError(checks.NO_PARAMS_MSG)
+    theta = schedules.value_at(threshold, state.count)
+    lr_sigma = schedules.value_at(sigma_learning_rate, state.count)
     leaves, treedef = jax.tree.flatten(updates)
     others = [treedef.flatten_up_to(x) for x in (params, state.latent,
                                                  state.masks, state.sigma)]

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from sparsify.config import ConfigError
+from sparsify.experiment.config import ConfigError
 
 _IDENTITY_FIELDS = ("model.name", "model.kwargs", "data.name",
                     "optimizer.name", "compression.method")

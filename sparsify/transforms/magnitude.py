@@ -1,0 +1,149 @@
+"""Magnitude pruning: gradual (GMP) and one-shot, on the shared mask mechanism.
+
+Scores are weight magnitudes; the selection of the largest is the sort-free
+radix selection of `sparsify.core.topk`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparsify.core import checks
+from sparsify.core import masking
+from sparsify.core import topk
+
+
+def gradual_magnitude_pruning(
+    sparsity: float,
+    *,
+    begin_step: int,
+    end_step: int,
+    update_every: int = 100,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+    allocation: topk.Allocation = "layerwise",
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> optax.GradientTransformation:
+  r"""Gradual magnitude pruning with the polynomial (cubic) schedule.
+
+  Every ``update_every`` steps between ``begin_step`` (:math:`t_0`) and
+  ``end_step`` (:math:`t_1`) the weights of smallest magnitude are masked so
+  that the sparsity follows
+
+  .. math::
+    s_t = s_f + (s_i - s_f)\left(1 - \frac{t - t_0}{t_1 - t_0}\right)^3,
+
+  and stays at :math:`s_f` after :math:`t_1`. Masks only grow: a pruned
+  weight has magnitude zero and is never chosen again.
+
+  Args:
+    sparsity: final sparsity :math:`s_f` in [0, 1).
+    begin_step: first pruning step :math:`t_0`.
+    end_step: last pruning step :math:`t_1 \ge t_0`.
+    update_every: steps between mask updates (:math:`\Delta t`).
+    initial_sparsity: :math:`s_i`.
+    power: exponent of the schedule (3 in the paper).
+    allocation: ``'layerwise'`` (every layer reaches :math:`s_t`) or
+      ``'global'`` (one threshold over all selected layers).
+    where: which parameters to prune (see `masking.mask_updates`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it last in the chain.
+
+  Example:
+    With ``power=1`` the sparsity ramps linearly to 0.75 over steps 0 to 2;
+    the zeros of a 4x4 kernel after each step:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.arange(1.0, 17.0).reshape(4, 4)}}
+    >>> grads = {'fc': {'kernel': jnp.zeros((4, 4))}}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsify.gradual_magnitude_pruning(
+    ...     0.75, begin_step=0, end_step=2, update_every=1, power=1.0))
+    >>> state, update = tx.init(params), jax.jit(tx.update)
+    >>> for _ in range(3):
+    ...   updates, state = update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(int((params['fc']['kernel'] == 0).sum()))
+    0
+    6
+    12
+
+  References:
+    Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
+    pruning for model compression", 2017. https://arxiv.org/abs/1710.01878
+  """
+  checks.check_fraction("sparsity", sparsity)
+  checks.check_fraction("initial_sparsity", initial_sparsity)
+  if end_step < begin_step or begin_step < 0:
+    raise ValueError(f"end_step: got begin_step={begin_step}, end_step="
+                     f"{end_step}; allowed: 0 <= begin_step <= end_step")
+  schedule = optax.polynomial_schedule(
+      init_value=initial_sparsity, end_value=sparsity, power=power,
+      transition_steps=max(end_step - begin_step, 1),
+      transition_begin=begin_step)
+  if end_step == begin_step:
+    schedule = lambda step: jnp.asarray(sparsity, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+
+  def update_masks(step, weights, masks):
+    scores = jax.tree.map(lambda w, m: jnp.abs(jnp.where(m, w, 0)), weights,
+                          masks)
+    return topk.select_by_score(scores, schedule(step), allocation)
+
+  return masking.mask_updates(
+      update_masks=update_masks, update_every=update_every,
+      begin_step=begin_step, end_step=end_step, where=where)
+
+def magnitude_pruning(
+    sparsity: float,
+    *,
+    step: int = 0,
+    allocation: topk.Allocation = "layerwise",
+    where: str | Callable[[str, Any], bool] | None = None,
+) -> optax.GradientTransformation:
+  """One-shot magnitude pruning: at ``step``, drop the smallest weights.
+
+  At ``step`` each selected layer (or, with ``'global'``, all of them
+  pooled) keeps the weights whose magnitude is at least ``q``, that of its
+  ``k``-th largest weight::
+
+    mask = |W| >= q,    k = size - round(sparsity * size)
+
+  The masks are then kept fixed for the rest of training (the pruned
+  weights stay exactly zero, the others keep training).
+
+  Args:
+    sparsity: fraction of weights to remove, in [0, 1).
+    step: the step at which to prune.
+    allocation: ``'layerwise'`` or ``'global'``.
+    where: which parameters to prune (see `masking.mask_updates`).
+
+  Returns:
+    An `optax.GradientTransformation`; place it last in the chain.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import sparsify
+    >>> params = {'fc': {'kernel': jnp.array([[0.1, -2.0], [3.0, -0.4]])}}
+    >>> tx = optax.chain(optax.sgd(0.1), sparsify.magnitude_pruning(0.5))
+    >>> grads = {'fc': {'kernel': jnp.zeros((2, 2))}}
+    >>> updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)['fc']['kernel']
+    Array([[ 0., -2.],
+           [ 3.,  0.]], dtype=float32)
+
+  References:
+    Han, Pool, Tran & Dally, "Learning both weights and connections for
+    efficient neural networks", NeurIPS 2015.
+  """
+  return gradual_magnitude_pruning(
+      sparsity, begin_step=step, end_step=step, initial_sparsity=sparsity,
+      update_every=1, allocation=allocation, where=where)
+
