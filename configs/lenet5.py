@@ -25,8 +25,9 @@ def get_config(preset=None):
   config.model.name = "lenet5"
   config.optimizer.learning_rate = 0.02
   config = with_method(config, preset)
-  if config.compression.method == "dat":
-    # Every layer to the target: sharing one budget by the layers'
-    # statistics (the preset's 'global') over-prunes the small conv1 here.
-    config.compression.target_mode = "solve"
+  for entry in config.compression:
+    if entry.name == "dat":
+      # Every layer to the target: sharing one budget by the layers'
+      # statistics (the preset's 'global') over-prunes the small conv1 here.
+      entry.kwargs.target_mode = "solve"
   return config

@@ -10,6 +10,7 @@ cores:
 """
 
 from sparsify.experiment.config import default_config
+from sparsify.experiment.config import method
 
 
 def get_config():
@@ -21,10 +22,7 @@ def get_config():
   config.train.epochs = 30
   config.train.log_every = 250
   config.train.eval_every_epochs = 5
-  config.compression.method = "gmp"
-  config.compression.sparsity = 0.95
-  config.compression.begin = 0.1
-  config.compression.end = 0.7
-  config.compression.update_every = 50
+  config.compression = [
+      method("gmp", begin=0.1, end=0.7, sparsity=0.95, update_every=50)]
   config.post.stages = "share"
   return config

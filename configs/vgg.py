@@ -19,7 +19,7 @@ the largest of their layer, ``slimming`` is Network Slimming
 ``search`` is binary-search filter pruning, each followed by fine-tuning:
 
   python -m experiments.main --config configs/vgg.py:sss --workdir /tmp/vgg_sss \
-      --config.compression.gamma=0.01 --config.model.kwargs.width=0.25
+      --config.optimizer.kwargs.strength=0.01 --config.model.kwargs.width=0.25
 """
 
 from sparsify.experiment.config import default_config

@@ -2,7 +2,7 @@ r"""Trains one config and prints its compression report.
 
   python -m experiments.main --config configs/lenet_300_100.py --workdir /tmp/run
   python -m experiments.main --config configs/quickstart.py --workdir /tmp/qs \
-      --config.train.epochs=3 --config.compression.sparsity=0.9
+      --config.train.epochs=3 --config.compression[0].kwargs.sparsity=0.9
 
 A run resumes from the latest checkpoint in ``--workdir``. A bad config value
 or missing data stops the run with one line on stderr (exit status 2) before
@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from sparsify.experiment import trainer as trainer_lib
+from sparsify.experiment import run as run_lib
 from sparsify.experiment.config import ConfigError
 from sparsify.data import MissingDataError
 
@@ -29,7 +29,7 @@ def main(argv):
   del argv
   cli.quiet_logging()
   try:
-    trainer_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    run_lib.run(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, MissingDataError) as e:
     cli.fail(str(e), teardown=False)
 

@@ -1,13 +1,14 @@
 r"""Runs a grid of configs one after the other and collects their results.
 
   python -m experiments.sweep --config configs/lenet_300_100.py:dat --workdir /tmp/sweep \
-      --grid compression.sparsity=0.8,0.9,0.95 --grid compression.c=1,3 \
+      --grid 'compression[0].kwargs.target_sparsity=0.8,0.9,0.95' \
+      --grid 'compression[0].kwargs.c=1,3' \
       --set data.name=fashion_mnist --set train.epochs=2
 
 Every point of the Cartesian product of the ``--grid`` values (the last
-``--grid`` varying fastest) trains through `sparsify.experiment.trainer.train_and_evaluate`
+``--grid`` varying fastest) trains through `sparsify.run`
 in ``<workdir>/<field=value,...>``, e.g.
-``compression.sparsity=0.9,compression.c=3.0``. ``--set FIELD=VALUE`` (and
+``compression_0_.kwargs.target_sparsity=0.9,...`` (made safe, with a hash). ``--set FIELD=VALUE`` (and
 ``--config.FIELD=VALUE``) changes every run. A run whose ``results.json``
 exists is skipped, so a sweep started again carries on where it stopped; a
 run that was interrupted resumes from its latest checkpoint. Each run's
@@ -23,8 +24,8 @@ with post-training stages, the compressed file's bytes on disk and decoded
 accuracy) and ``pareto.png`` (eval accuracy against compression ratio, the
 Pareto front highlighted).
 
-From Python: ``rows = run_sweep(config, workdir, {'compression.sparsity':
-[0.8, 0.9]})``.
+From Python: ``rows = run_sweep(config, workdir,
+{'compression[0].kwargs.sparsity': [0.8, 0.9]})``.
 """
 
 import ast
@@ -42,27 +43,42 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from ml_collections.config_flags import config_path
 
 from experiments import cli
 from sparsify.experiment import config as config_lib
 from sparsify import models
-from sparsify.experiment import trainer as trainer_lib
+from sparsify.experiment import run as run_lib
 
 # Groups whose keys are free (a model's keyword arguments): a new key may be
 # added there; anywhere else an unknown field is an error.
 OPEN_GROUPS = ("model.kwargs",)
+_INDEX = re.compile(r"\[(\d+)\]")
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 _MAX_NAME = 200
 
 
+def _entries(value: Any) -> bool:
+  """Whether a field holds a list of groups (like ``compression``)."""
+  return isinstance(value, (list, tuple)) and bool(value) and all(
+      isinstance(v, ml_collections.ConfigDict) for v in value)
+
+
 def config_fields(config: ml_collections.ConfigDict, prefix: str = ""
                   ) -> list[str]:
-  """Every leaf field of ``config`` as a dotted path, in config order."""
+  """Every leaf field of ``config`` as a path, in config order.
+
+  Groups join with ``.``, entries of a list of groups with ``[i]``, e.g.
+  ``compression[0].kwargs.sparsity``.
+  """
   out = []
   for key, value in config.items():
     path = f"{prefix}{key}"
     if isinstance(value, ml_collections.ConfigDict):
       out.extend(config_fields(value, f"{path}."))
+    elif _entries(value):
+      for i, entry in enumerate(value):
+        out.extend(config_fields(entry, f"{path}[{i}]."))
     else:
       out.append(path)
   return out
@@ -93,20 +109,35 @@ def _locate(config: ml_collections.ConfigDict, field: str):
   """The group holding ``field`` and the field's last name, or an error."""
   if not isinstance(field, str) or not field:
     raise config_lib.ConfigError(f"grid: got field {field!r}; allowed: a "
-                                 "dotted config field, e.g. "
-                                 "compression.sparsity")
-  *parents, leaf = field.split(".")
-  node = config
+                                 "config field, e.g. "
+                                 "compression[0].kwargs.sparsity")
+  try:
+    *parents, leaf = config_path.split(field)
+  except (ValueError, SyntaxError) as e:
+    raise _unknown(config, field) from e
+  node, group = config, []
   for part in parents:
-    child = node.get(part) if isinstance(node,
-                                         ml_collections.ConfigDict) else None
-    if not isinstance(child, ml_collections.ConfigDict):
+    if isinstance(part, int):
+      ok = _entries(node) and -len(node) <= part < len(node)
+      child = node[part] if ok else None
+    elif isinstance(node, ml_collections.ConfigDict):
+      child = node.get(part)
+    else:
+      child = None
+    if not (isinstance(child, ml_collections.ConfigDict) or _entries(child)):
       raise _unknown(config, field)
     node = child
-  if leaf not in node and ".".join(parents) not in OPEN_GROUPS:
+    group.append(str(part))
+  if isinstance(leaf, int) or not isinstance(node, ml_collections.ConfigDict):
     raise _unknown(config, field)
-  if isinstance(node.get(leaf), ml_collections.ConfigDict):
-    inner = config_fields(node[leaf], f"{field}.")
+  if leaf not in node and ".".join(group) not in OPEN_GROUPS:
+    raise _unknown(config, field)
+  value = node.get(leaf)
+  if isinstance(value, ml_collections.ConfigDict) or _entries(value):
+    inner = (config_fields(value, f"{field}.") if isinstance(
+        value, ml_collections.ConfigDict) else
+             config_fields(ml_collections.ConfigDict({leaf: value}),
+                           field[:-len(leaf)]))
     raise config_lib.ConfigError(
         f"{field}: a group of fields, not a field; allowed: one of "
         f"{', '.join(inner) or 'its fields'}")
@@ -126,7 +157,7 @@ def parse_value(config: ml_collections.ConfigDict, field: str,
 
   Args:
     config: the config that has the field.
-    field: a dotted field, e.g. ``'compression.sparsity'``.
+    field: a field, e.g. ``'compression[0].kwargs.sparsity'``.
     value: text from the command line (``'0.9'``, ``'true'``, ``'(64,)'``)
       or a Python value.
 
@@ -222,7 +253,7 @@ def split_values(text: str) -> list[str]:
 def parse_assignment(text: str, *, several: bool) -> tuple[str, Any]:
   """``'field=value'`` (``several``: ``'field=v1,v2'``) -> (field, text)."""
   if "=" not in text:
-    flag, example = (("--grid", "compression.sparsity=0.8,0.9") if several
+    flag, example = (("--grid", "compression[0].kwargs.sparsity=0.8,0.9") if several
                      else ("--set", "train.epochs=2"))
     raise config_lib.ConfigError(f"{flag}: got {text!r}; allowed: FIELD=VALUE"
                                  f"{',VALUE...' if several else ''}, e.g. "
@@ -241,6 +272,10 @@ def _token(value: Any) -> str:
   return str(value)
 
 
+def _dot(match: re.Match[str]) -> str:
+  return "." + match.group(1)
+
+
 def run_name(values: Mapping[str, Any]) -> str:
   """The directory name of one run: ``field=value,...`` made safe.
 
@@ -248,7 +283,9 @@ def run_name(values: Mapping[str, Any]) -> str:
   when anything was replaced, or the name is long, a short hash of the exact
   values is appended so that different runs never share a directory.
   """
-  exact = ",".join(f"{f}={_token(v)}" for f, v in values.items())
+  # An entry of a list of groups, ``compression[0].x``, reads ``compression.0.x``.
+  exact = ",".join(f"{_INDEX.sub(_dot, f)}={_token(v)}"
+                   for f, v in values.items())
   name = _SAFE.sub("_", exact)
   if name != exact or len(name) > _MAX_NAME:
     digest = hashlib.sha1(exact.encode()).hexdigest()[:8]
@@ -425,7 +462,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid,
 
   Example:
     >>> rows = run_sweep(config, '/tmp/sweep',
-    ...                  {'compression.sparsity': [0.8, 0.9, 0.95]})
+    ...                  {'compression[0].kwargs.sparsity': [0.8, 0.9, 0.95]})
   """
   runs = plan(config, grid, overrides)
   os.makedirs(workdir, exist_ok=True)
@@ -441,7 +478,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid,
       os.makedirs(run_dir, exist_ok=True)
       with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(run_config.to_json(indent=2))
-      trainer_lib.train_and_evaluate(run_config, run_dir)
+      run_lib.run(run_config, run_dir)
     with open(results_path) as f:
       rows.append(_row(name, values, json.load(f)))
   write_csv(rows, os.path.join(workdir, "results.csv"))

@@ -25,7 +25,8 @@ from sparsify.experiment.plots import pareto
 from sparsify.experiment.plots import pareto_front
 from sparsify.experiment.plots import plot_run
 from sparsify.experiment.plots import save_weights
-from sparsify.experiment.trainer import train_and_evaluate
+from sparsify.experiment.run import run
+from sparsify.experiment.run import train_and_evaluate
 from sparsify.experiment.trainer import TrainState
 from sparsify.quantize import kmeans
 from sparsify.quantize import pq_compression_rate
@@ -148,6 +149,7 @@ __all__ = (
     "pq_storage_bits",
     "proximal_sgd",
     "random_sparsity",
+    "run",
     "save_compressed",
     "save_weights",
     "select",

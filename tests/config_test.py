@@ -7,9 +7,12 @@ import sys
 import pytest
 
 from sparsify.experiment import config as config_lib
+from sparsify.experiment import registry
+from sparsify.experiment import run as run_lib
 from sparsify.experiment import trainer as trainer_lib
 from sparsify.data import MissingDataError
 from train_test import ROOT
+from train_test import set_fields
 from train_test import tiny_config
 
 
@@ -17,28 +20,30 @@ from train_test import tiny_config
     ("model.name", "resnet9000", "lenet5, lenet_300_100, mlp, resnet, vgg"),
     ("data.name", "imagenet", "cifar10, embedded_mnist, fashion_mnist, mnist"),
     ("data.source", "ftp", "auto, embedded, idx, tfds"),
-    ("compression.method", "prune_it_all",
-     "dat, gmp, magnitude, none, random, sss"),
-    ("compression.regularizer", "l3",
-     "binary, group_lasso, kcentre, l1, none, slimming"),
+    ("compression[0].name", "prune_it_all",
+     "binary, dat, gmp, group_lasso, kcentre, l1, magnitude, random, "
+     "slimming"),
     ("post.search.order", "random", "backward, forward, size"),
     ("post.share.bits", 17, "an integer >= 1 and <= 16"),
-    ("optimizer.name", "rmsprop", "adam, adamw, momentum, nesterov, sgd"),
+    ("optimizer.name", "rmsprop",
+     "adam, adamw, momentum, nesterov, sgd, sss"),
     ("optimizer.schedule", "linear", "constant, cosine, step"),
     ("optimizer.learning_rate", -0.1, "a number > 0"),
     ("optimizer.learning_rate", 0.0, "a number > 0"),
     ("optimizer.momentum", 1.0, "a number >= 0 and < 1"),
-    ("compression.sparsity", 1.0, "a number >= 0 and < 1"),
-    ("compression.sparsity", -0.1, "a number >= 0 and < 1"),
-    ("compression.begin", 1.5, "a number >= 0 and <= 1"),
-    ("compression.update_every", 0, "an integer >= 1"),
+    ("compression[0].kwargs.sparsity", 1.0, "a fraction in [0, 1)"),
+    ("compression[0].kwargs.sparsity", -0.1, "a fraction in [0, 1)"),
+    ("compression[0].begin", 1.5, "a fraction of training in [0, 1]"),
+    ("compression[0].kwargs.update_every", 0, "an integer >= 1"),
+    ("post.lct.by", "speed", "quantization, size, sparsity"),
     ("data.batch_size", 0, "an integer >= 1"),
     ("train.epochs", -1.0, "a number > 0"),
     ("seed", -3, "an integer >= 0"),
 ])
 def test_bad_value_names_field_value_and_allowed(field, value, allowed,
                                                  tmp_path):
-  config = tiny_config(**{field: value})
+  config = tiny_config(compression=[config_lib.method("gmp", sparsity=0.5)])
+  set_fields(config, {field: value})
   with pytest.raises(config_lib.ConfigError) as info:
     trainer_lib.Trainer(config, str(tmp_path))
   assert str(info.value) == f"{field}: got {value!r}; allowed: {allowed}"
@@ -82,7 +87,7 @@ def test_missing_data_names_dataset_and_place(tmp_path):
 
 
 def test_workdir_of_another_model_is_refused_and_kept(tmp_path):
-  trainer_lib.train_and_evaluate(tiny_config(), str(tmp_path))
+  run_lib.run(tiny_config(), str(tmp_path))
   before = sorted(os.listdir(tmp_path / "checkpoints"))
   with open(tmp_path / "run.json") as f:
     run_json = f.read()
@@ -97,7 +102,7 @@ def test_workdir_of_another_model_is_refused_and_kept(tmp_path):
 
 
 def test_broken_checkpoint_is_refused_and_kept(tmp_path):
-  trainer_lib.train_and_evaluate(tiny_config(), str(tmp_path))
+  run_lib.run(tiny_config(), str(tmp_path))
   ckpt = tmp_path / "checkpoints"
   last = max(int(p) for p in os.listdir(ckpt) if p.isdigit())
   files = [p for p in (ckpt / str(last)).rglob("*")
@@ -107,7 +112,7 @@ def test_broken_checkpoint_is_refused_and_kept(tmp_path):
     with open(path, "r+b") as f:
       f.truncate(max(os.path.getsize(path) // 2, 1))
   with pytest.raises(config_lib.ConfigError, match=f"checkpoint: got .*{last}"):
-    trainer_lib.train_and_evaluate(tiny_config(**{"train.epochs": 0.5}),
+    run_lib.run(tiny_config(**{"train.epochs": 0.5}),
                              str(tmp_path))
   assert os.path.exists(ckpt / str(last))
 
@@ -115,12 +120,13 @@ def test_broken_checkpoint_is_refused_and_kept(tmp_path):
 def test_cli_prints_one_line_and_exits_2(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.main", "--config",
-       os.path.join(ROOT, "configs", "lenet_300_100.py"), "--workdir",
-       str(tmp_path), "--config.compression.sparsity=1.5"],
+       os.path.join(ROOT, "configs", "lenet_300_100.py:gmp"), "--workdir",
+       str(tmp_path), "--config.compression[0].kwargs.sparsity=1.5"],
       cwd=ROOT, capture_output=True, text=True, check=False)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
-      "error: compression.sparsity: got 1.5; allowed: a number >= 0 and < 1"]
+      "error: compression[0].kwargs.sparsity: got 1.5; allowed: a fraction "
+      "in [0, 1)"]
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
@@ -156,6 +162,18 @@ def test_cli_bad_config_argument_is_one_line(config_arg, expected, tmp_path):
 def test_presets_validate(preset):
   config = config_lib.with_method(config_lib.default_config(), preset)
   config_lib.validate(config)
-  assert config.compression.method == config_lib.METHOD_PRESETS[preset][
-      "method"]
-  assert config.post.stages == config_lib.PRESET_STAGES.get(preset, "")
+  # Every entry is a registered method, built as the trainer builds it.
+  for i, entry in enumerate(config.compression):
+    assert entry.name in registry.METHODS
+    position, tx = registry.build_method(entry, 100, field=f"[{i}]")
+    assert position in ("mask", "penalty") and callable(tx.update)
+  names = {"dense": [], "gmp": ["gmp"], "magnitude": ["magnitude"],
+           "random": ["random"], "dat": ["dat"], "sss": [],
+           "slimming": ["slimming"], "search": [], "pq": [],
+           "dat_pq": ["dat"], "lct": [], "deep_compression": ["dat"]}
+  stages = {"sss": "slim,finetune", "slimming": "slim,finetune",
+            "search": "search,finetune", "pq": "pq", "dat_pq": "pq",
+            "lct": "lct", "deep_compression": "share"}
+  assert [e.name for e in config.compression] == names[preset]
+  assert config.post.stages == stages.get(preset, "")
+  assert (config.optimizer.name == "sss") == (preset == "sss")

@@ -6,10 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from train_test import set_fields
+
 from sparsify import spz
 from sparsify.experiment import config as config_lib
 from sparsify.experiment import stages
-from sparsify.experiment import trainer as trainer_lib
+from sparsify.experiment import run as run_lib
 
 
 def _config(preset, **overrides):
@@ -25,7 +27,7 @@ def _config(preset, **overrides):
   config.train.checkpoint_every = 1000
   config.post.validation_examples = 800
   config.post.finetune.epochs = 0.25
-  config.update_from_flattened_dict(overrides)
+  set_fields(config, overrides)
   return config
 
 
@@ -41,11 +43,11 @@ def _file_matches_record(results, workdir):
 
 @pytest.mark.parametrize("multiple", [1, 8])
 def test_sss_slim_keeps_the_function_and_removes_units(multiple, tmp_path):
-  config = _config("sss", **{"compression.gamma": 0.3,
+  config = _config("sss", **{"optimizer.kwargs.strength": 0.3,
                              "post.stages": "slim",
                              "post.slim.multiple": multiple})
   assert config.model.kwargs.gates  # the preset switches gates on
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   trained, slim = results["post"]["stages"]
   assert sum(slim["units_after"].values()) < 48  # APG zeroed some gates
   assert slim["params"] < trained["params"]
@@ -63,12 +65,12 @@ def test_sss_slim_keeps_the_function_and_removes_units(multiple, tmp_path):
 
 
 def test_resnet_blocks_and_channels_slimmed_exactly(tmp_path):
-  config = _config("sss", **{"compression.gamma": 2.0, "post.stages": "slim",
+  config = _config("sss", **{"optimizer.kwargs.strength": 2.0, "post.stages": "slim",
                              "train.epochs": 0.25})
   config.model.name = "resnet"
   config.model.kwargs = {"depth": 8, "width": 4, "block_gates": True,
                          "channel_gates": True}
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   trained, slim = results["post"]["stages"]
   assert slim["params"] < trained["params"]
   assert slim["test_accuracy"] == pytest.approx(trained["test_accuracy"],
@@ -79,7 +81,7 @@ def test_resnet_blocks_and_channels_slimmed_exactly(tmp_path):
 
 def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
   config = _config("search", **{"post.search.tolerance": 0.02})
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   trained, search, tuned = results["post"]["stages"]
   bound = sum(math.ceil(math.log2(n)) + 1 for n in (32, 16))
   assert search["evaluations"] <= bound + 1  # plus the baseline
@@ -96,7 +98,7 @@ def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
 
 def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
   config = _config("pq", **{"post.pq.dim": 4, "post.pq.centroids": 8})
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   _file_matches_record(results, str(tmp_path))
   params, meta = spz.load(os.path.join(str(tmp_path), "model.spz"))
   assert meta["stages"] == ["trained", "pq"]
@@ -119,7 +121,7 @@ def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
 def test_lct_leaves_ternary_layers_in_the_file(tmp_path):
   config = _config("lct", **{"post.lct.steps": 20, "post.lct.prune_steps": 20,
                              "post.lct.budget": 1.0})
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   lct = results["post"]["stages"][-1]
   # With the whole budget every layer is accepted, least significant first.
   assert lct["ternary_layers"] == lct["order"]
@@ -136,13 +138,13 @@ def test_unknown_stage_is_named(tmp_path):
   config = _config(None, **{"post.stages": "slim,prune"})
   with pytest.raises(config_lib.ConfigError,
                      match="post.stages: got 'prune'; allowed: .*finetune"):
-    trainer_lib.train_and_evaluate(config, str(tmp_path))
+    run_lib.run(config, str(tmp_path))
 
 
 def test_deep_compression_shares_values_of_the_surviving_weights(tmp_path):
-  config = _config("deep_compression", **{"compression.sparsity": 0.9,
+  config = _config("deep_compression", **{"compression[0].kwargs.target_sparsity": 0.9,
                                           "post.share.bits": 3})
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   _file_matches_record(results, str(tmp_path))
   params, _ = spz.load(os.path.join(str(tmp_path), "model.spz"))
   report = spz.file_report(os.path.join(str(tmp_path), "model.spz"))
@@ -163,7 +165,7 @@ def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
                                 "post.validation_examples": 400,
                                 "train.epochs": 0.25})
   config.model.name, config.model.kwargs = "lenet5", {}
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   trained, search = results["post"]["stages"]
   c1, c2, h = (search["units_after"][n] for n in ("conv1", "conv2", "fc1"))
   # LeNet-5 with c1, c2 filters and h hidden units, counted by hand.
@@ -176,11 +178,11 @@ def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
 
 
 def test_stages_run_later_on_a_finished_run(tmp_path):
-  config = _config("dat", **{"compression.sparsity": 0.8})
-  first = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  config = _config("dat", **{"compression[0].kwargs.target_sparsity": 0.8})
+  first = run_lib.run(config, str(tmp_path))
   assert "post" not in first
   config.post.stages = "share"  # the same run, compressed afterwards
-  again = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  again = run_lib.run(config, str(tmp_path))
   assert again["steps"] == first["steps"]  # nothing left to train
   trained = again["post"]["stages"][0]
   assert trained["test_accuracy"] == pytest.approx(first["eval_accuracy"],
@@ -215,7 +217,7 @@ def test_vgg_search_cuts_channels_with_their_batchnorm(tmp_path):
                                 "train.epochs": 0.1})
   config.model.name = "vgg"
   config.model.kwargs = {"stages": ((8,), (16,)), "width": 1.0}
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   trained, search = results["post"]["stages"]
   c1, c2 = (search["units_after"][n] for n in ("block1_0", "block2_0"))
   # 3x3 convs with BatchNorm (scale, bias), then the head on pooled c2.

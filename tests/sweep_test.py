@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from sparsify.experiment import config as config_lib
-from sparsify.experiment import trainer as trainer_lib
+from sparsify.experiment import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `experiments` is a folder of the repository
@@ -25,29 +25,32 @@ def tiny_config():
   config.data.batch_size = 32
   config.train.epochs = 0.1  # 25 steps of the 8,000 training digits
   config.train.log_every = 5
-  config.compression.method = "gmp"
-  config.compression.end = 0.8  # masks at steps 0, 5, ..., 20
-  config.compression.update_every = 5
+  # Masks at steps 0, 5, ..., 20.
+  config.compression = [config_lib.method("gmp", end=0.8, update_every=5)]
   return config
 
 
-GRID = {"compression.sparsity": ["0.5", "0.8"],
-        "compression.allocation": ["layerwise"]}
-NAMES = ["compression.sparsity=0.5,compression.allocation=layerwise",
-         "compression.sparsity=0.8,compression.allocation=layerwise"]
+SPARSITY = "compression[0].kwargs.sparsity"
+ALLOCATION = "compression[0].kwargs.allocation"
+GRID = {SPARSITY: ["0.5", "0.8"], ALLOCATION: ["layerwise"]}
+NAMES = [
+    "compression.0.kwargs.sparsity=0.5,compression.0.kwargs.allocation="
+    "layerwise",
+    "compression.0.kwargs.sparsity=0.8,compression.0.kwargs.allocation="
+    "layerwise"]
 
 
 @pytest.fixture
 def calls(monkeypatch):
   """Counts calls of train_and_evaluate (which still trains)."""
-  real = trainer_lib.train_and_evaluate
+  real = run_lib.run
   seen = []
 
   def counting(config, workdir):
     seen.append(workdir)
     return real(config, workdir)
 
-  monkeypatch.setattr(trainer_lib, "train_and_evaluate", counting)
+  monkeypatch.setattr(run_lib, "run", counting)
   return seen
 
 
@@ -56,7 +59,7 @@ def test_sweep_runs_collects_and_resumes(tmp_path, calls):
   rows = sweep.run_sweep(tiny_config(), workdir, GRID)
   assert calls == [os.path.join(workdir, n) for n in NAMES]
   assert [r["run"] for r in rows] == NAMES
-  assert [r["compression.sparsity"] for r in rows] == [0.5, 0.8]
+  assert [r[SPARSITY] for r in rows] == [0.5, 0.8]
 
   with open(tmp_path / "results.csv") as f:
     table = list(csv.DictReader(f))
@@ -71,8 +74,8 @@ def test_sweep_runs_collects_and_resumes(tmp_path, calls):
     assert int(line["nonzeros"]) == total["nonzeros"]
     assert int(line["params"]) == total["params"] == kernels + biases
     assert float(line["compression_ratio"]) == total["compression_ratio"]
-    assert float(line["compression.sparsity"]) == sparsity
-    assert line["compression.allocation"] == "layerwise"
+    assert float(line[SPARSITY]) == sparsity
+    assert line[ALLOCATION] == "layerwise"
     assert line["bytes_on_disk"] == "" and row["bytes_on_disk"] is None
     # Layer-wise GMP: every kernel at the target; biases stay nonzero.
     expected = (round((1 - sparsity) * 784 * 16) +
@@ -81,10 +84,10 @@ def test_sweep_runs_collects_and_resumes(tmp_path, calls):
     assert row["nonzeros"] == expected
     assert 0.1 < results["eval_accuracy"] <= 1.0
     with open(tmp_path / name / "config.json") as f:
-      assert json.load(f)["compression"]["sparsity"] == sparsity
+      assert json.load(f)["compression"][0]["kwargs"]["sparsity"] == sparsity
 
   md = (tmp_path / "results.md").read_text().splitlines()
-  assert len(md) == 4 and md[0].startswith("| compression.sparsity |")
+  assert len(md) == 4 and md[0].startswith(f"| {SPARSITY} |")
   with open(tmp_path / "pareto.png", "rb") as f:
     assert f.read(8) == PNG_SIGNATURE
 
@@ -101,23 +104,28 @@ def test_sweep_runs_collects_and_resumes(tmp_path, calls):
 
 
 @pytest.mark.parametrize("grid,match", [
-    ({"compression.sparsty": [0.5]},
-     r"compression.sparsty: no such config field; close matches: "
-     r"compression.sparsity"),
+    ({"compression[0].kwargs.sparsty": [0.5]},
+     r"compression\[0\].kwargs.sparsty: no such config field; close "
+     r"matches: compression\[0\].kwargs.sparsity"),
+    ({"compression[3].kwargs.sparsity": [0.5]},
+     r"compression\[3\].kwargs.sparsity: no such config field"),
     ({"train.epoch": [1]}, r"close matches: train.epochs"),
     ({"nothing.like.this": [1]}, r"no such config field; allowed"),
-    ({"compression": [1]}, r"a group of fields.*compression.sparsity"),
-    ({"compression.sparsity": ["abc"]},
-     r"compression.sparsity: got 'abc'; allowed: a finite number"),
-    ({"compression.update_every": ["2.5"]},
-     r"compression.update_every: got '2.5'; allowed: an integer"),
-    ({"compression.recovery": ["maybe"]}, r"allowed: true or false"),
-    ({"compression.sparsity": ["1.5"]},
-     r"compression.sparsity: got 1.5; allowed: a number >= 0 and < 1"),
-    ({"compression.method": ["gmp", "nope"]},
-     r"compression.method: got 'nope'; allowed: .*gmp"),
-    ({"compression.sparsity": ["0.5", "0.50"]}, r"distinct values"),
-    ({"compression.sparsity": []}, r"got no values"),
+    ({"compression[0].kwargs": [1]},
+     r"a group of fields.*compression\[0\].kwargs.sparsity"),
+    ({SPARSITY: ["abc"]},
+     r"compression\[0\].kwargs.sparsity: got 'abc'; allowed: a finite "
+     r"number"),
+    ({"compression[0].kwargs.update_every": ["2.5"]},
+     r"compression\[0\].kwargs.update_every: got '2.5'; allowed: an "
+     r"integer"),
+    ({SPARSITY: ["1.5"]},
+     r"compression\[0\].kwargs.sparsity: got 1.5; allowed: a fraction in "
+     r"\[0, 1\)"),
+    ({"compression[0].name": ["gmp", "nope"]},
+     r"compression\[0\].name: got 'nope'; allowed: .*gmp"),
+    ({SPARSITY: ["0.5", "0.50"]}, r"distinct values"),
+    ({SPARSITY: []}, r"got no values"),
     ({"model.kwargs.hiden": ["(8,)"]},
      r"model.kwargs: unknown argument\(s\) 'hiden' for model 'mlp'"),
     ({}, r"got no field"),
@@ -154,15 +162,20 @@ def test_row_reads_the_report_and_the_compressed_file():
 
 def test_values_take_the_type_of_the_field():
   config = tiny_config()
-  assert sweep.parse_value(config, "compression.c", "3") == 3.0
-  assert isinstance(sweep.parse_value(config, "compression.c", "3"), float)
+  config.compression = [config_lib.method("dat")]
+  c, recovery = "compression[0].kwargs.c", "compression[0].kwargs.recovery"
+  where = "compression[0].kwargs.where"
+  assert sweep.parse_value(config, c, "3") == 3.0
+  assert isinstance(sweep.parse_value(config, c, "3"), float)
   assert sweep.parse_value(config, "train.log_every", " 7 ") == 7
-  assert sweep.parse_value(config, "compression.recovery", "True") is True
-  assert sweep.parse_value(config, "compression.recovery", "0") is False
+  assert sweep.parse_value(config, recovery, "True") is True
+  assert sweep.parse_value(config, recovery, "0") is False
+  with pytest.raises(config_lib.ConfigError, match="true or false"):
+    sweep.parse_value(config, recovery, "maybe")
   assert sweep.parse_value(config, "data.name", "fashion_mnist") == (
       "fashion_mnist")
-  assert sweep.parse_value(config, "compression.where", "none") is None
-  assert sweep.parse_value(config, "compression.where", "fc1") == "fc1"
+  assert sweep.parse_value(config, where, "none") is None
+  assert sweep.parse_value(config, where, "fc1") == "fc1"
   assert sweep.parse_value(config, "model.kwargs.hidden", "(32, 8)") == (
       32, 8)
   # A model's keyword arguments are open: a new one is read as a literal.
@@ -177,8 +190,8 @@ def test_split_values_and_run_names():
   assert sweep.split_values("0.8, 0.9,0.95") == ["0.8", "0.9", "0.95"]
   assert sweep.split_values("(64,),(32, 16)") == ["(64,)", "(32, 16)"]
   assert sweep.split_values("'a,b',c") == ["'a,b'", "c"]
-  assert sweep.run_name({"compression.c": 1.0, "seed": 2}) == (
-      "compression.c=1.0,seed=2")
+  assert sweep.run_name({"compression[1].kwargs.c": 1.0, "seed": 2}) == (
+      "compression.1.kwargs.c=1.0,seed=2")
   a = sweep.run_name({"model.kwargs.hidden": (64,)})
   b = sweep.run_name({"model.kwargs.hidden": (64, 32)})
   assert a != b
@@ -192,10 +205,10 @@ def test_command_line_reports_a_bad_field_in_one_line(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "experiments.sweep", "--config",
        "configs/lenet_300_100.py:dat", "--workdir", str(tmp_path),
-       "--grid", "compression.sparsity=0.8,0.9",
-       "--grid", "compression.cc=1,3"],
+       "--grid", "compression[0].kwargs.target_sparsity=0.8,0.9",
+       "--grid", "compression[0].kwargs.cc=1,3"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      "error: compression.cc: no such config field; close matches: "
-      "compression.c"]
+      "error: compression[0].kwargs.cc: no such config field; close matches: "
+      "compression[0].kwargs.c"]

@@ -10,11 +10,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from ml_collections.config_flags import config_path
 
 from sparsify.core import paths
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
 from sparsify import data as data_lib
+from sparsify.experiment import run as run_lib
 from sparsify.experiment import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,8 +29,14 @@ def tiny_config(**overrides):
   config.train.epochs = 0.25
   config.train.log_every = 20
   config.train.checkpoint_every = 20
-  config.update_from_flattened_dict(overrides)
+  set_fields(config, overrides)
   return config
+
+
+def set_fields(config, values):
+  """Sets fields by path, e.g. ``compression[0].kwargs.sparsity``."""
+  for path, value in values.items():
+    config_path.set_value(path, config, value)
 
 
 @pytest.mark.parametrize("model,kwargs", [
@@ -59,11 +67,10 @@ def test_train_step_lowers_loss_on_a_fixed_batch(model, kwargs, tmp_path):
 
 
 def test_same_config_and_seed_give_the_same_parameters(tmp_path):
-  config = tiny_config(**{"compression.method": "gmp",
-                          "compression.sparsity": 0.8,
-                          "compression.update_every": 10})
-  a = trainer_lib.train_and_evaluate(config, str(tmp_path / "a"))
-  b = trainer_lib.train_and_evaluate(config, str(tmp_path / "b"))
+  config = tiny_config(compression=[config_lib.method(
+      "gmp", sparsity=0.8, update_every=10)])
+  a = run_lib.run(config, str(tmp_path / "a"))
+  b = run_lib.run(config, str(tmp_path / "b"))
   pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
   assert a["eval_accuracy"] == b["eval_accuracy"]
@@ -75,20 +82,20 @@ def test_same_config_and_seed_give_the_same_parameters(tmp_path):
 
 
 def test_seed_changes_the_result(tmp_path):
-  trainer_lib.train_and_evaluate(tiny_config(seed=0), str(tmp_path / "a"))
-  trainer_lib.train_and_evaluate(tiny_config(seed=1), str(tmp_path / "b"))
+  run_lib.run(tiny_config(seed=0), str(tmp_path / "a"))
+  run_lib.run(tiny_config(seed=1), str(tmp_path / "b"))
   pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
   assert not np.array_equal(pa["fc1"]["kernel"], pb["fc1"]["kernel"])
 
 
 def _cli(workdir, *flags):
   return [sys.executable, "-m", "experiments.main",
-          "--config", os.path.join(ROOT, "configs", "lenet_300_100.py"),
+          "--config", os.path.join(ROOT, "configs", "lenet_300_100.py:gmp"),
           "--workdir", str(workdir), "--config.data.batch_size=32",
           "--config.train.epochs=1", "--config.train.checkpoint_every=25",
-          "--config.train.log_every=50", "--config.compression.method=gmp",
-          "--config.compression.sparsity=0.9",
-          "--config.compression.update_every=20", *flags]
+          "--config.train.log_every=50",
+          "--config.compression[0].kwargs.sparsity=0.9",
+          "--config.compression[0].kwargs.update_every=20", *flags]
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
@@ -122,9 +129,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 
 
 def _sharded_config():
-  config = tiny_config(**{"model.name": "vgg", "compression.method": "gmp",
-                          "compression.sparsity": 0.5,
-                          "compression.update_every": 2})
+  config = tiny_config(**{"model.name": "vgg", "compression": [
+      config_lib.method("gmp", sparsity=0.5, update_every=2)]})
   config.model.kwargs.stages = ((8,), (16,))
   config.train.epochs = 10 / 250  # ten steps of 32 examples
   return config
@@ -132,10 +138,11 @@ def _sharded_config():
 
 _SHARDED_RUN = """
 import sys, jax
+from sparsify.experiment import run as run_lib
 from sparsify.experiment import trainer as trainer_lib
 sys.path.insert(0, {tests!r})
 from train_test import _sharded_config
-trainer_lib.train_and_evaluate(_sharded_config(), sys.argv[1])
+run_lib.run(_sharded_config(), sys.argv[1])
 print("devices", jax.device_count())
 """
 
@@ -176,24 +183,23 @@ def test_eight_devices_match_one_device(tmp_path):
 
 @pytest.mark.parametrize("preset,extra", [
     ("magnitude", {}), ("random", {}), ("dat", {}),
-    ("dat", {"compression.recovery": True}),
-    ("dat", {"compression.target_mode": "solve"}),
+    ("dat", {"recovery": True}),
+    ("dat", {"target_mode": "solve"}),
 ], ids=["magnitude", "random", "dat", "dat_recovery", "dat_solve"])
 def test_every_preset_trains_and_reports(preset, extra, tmp_path):
   config = config_lib.with_method(tiny_config(), preset)
-  config.compression.update_every = 10
-  config.compression.sparsity = 0.8
-  for key, value in extra.items():
-    config.compression[key.split(".")[1]] = value
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  kwargs = config.compression[0].kwargs
+  kwargs.update_every = 10
+  kwargs["target_sparsity" if preset == "dat" else "sparsity"] = 0.8
+  kwargs.update(extra)
+  results = run_lib.run(config, str(tmp_path))
   kernels = [l for l in results["report"]["layers"]
              if l["name"].endswith("kernel")]
   zeros = sum(l["params"] - l["nonzeros"] for l in kernels)
   total = sum(l["params"] for l in kernels)
   assert 0 < zeros <= round(0.8 * total) + len(kernels)  # never past target
   # The hysteresis band closes at the last update: recovery meets it too.
-  if config.compression.method == "dat" and (
-      config.compression.target_mode == "global"):  # one budget, shared
+  if preset == "dat" and kwargs.target_mode == "global":  # one budget
     assert zeros == round(0.8 * total)
   else:
     assert zeros == sum(round(0.8 * l["params"]) for l in kernels)
@@ -207,7 +213,7 @@ def test_configs_train_on_tfds_mnist(config_file, preset, mock_tfds, tmp_path):
   config.data.name, config.data.source = "mnist", "tfds"
   config.data.batch_size = config.data.eval_batch_size = 16
   config.train.epochs = 2.0
-  results = trainer_lib.train_and_evaluate(config, str(tmp_path))
+  results = run_lib.run(config, str(tmp_path))
   assert results["steps"] == 2 * 64 // 16
   assert results["dataset"] == "mnist" and results["method"] == preset
   assert 0.0 <= results["eval_accuracy"] <= 1.0

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from sparsify.experiment.config import ConfigError
 
 _IDENTITY_FIELDS = ("model.name", "model.kwargs", "data.name",
-                    "optimizer.name", "compression.method")
+                    "optimizer.name", "compression")
 
 
 def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -28,8 +28,8 @@ def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     value = config
     for part in field.split("."):
       value = value[part]
-    if isinstance(value, ml_collections.ConfigDict):
-      value = json.loads(value.to_json())
+    if isinstance(value, (ml_collections.ConfigDict, list, tuple)):
+      value = json.loads(ml_collections.ConfigDict({"v": value}).to_json())["v"]
     out[field] = value
   return out
 

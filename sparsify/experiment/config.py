@@ -6,8 +6,10 @@ changes what it needs, so all configs share one schema:
 * ``model``: ``name`` plus the model's keyword arguments (``model.kwargs``).
 * ``data``: dataset ``name``, ``source``, ``data_dir``, batch sizes.
 * ``optimizer``: the optax optimizer and its learning-rate schedule.
-* ``compression``: the compression ``method`` appended to the optimizer chain,
-  with its hyper-parameters.
+* ``compression``: a list of methods, each ``method(name, begin=, end=,
+  **kwargs)``: a name of `sparsify.experiment.registry.METHODS`, the
+  fractions of training its schedule spans, and the keyword arguments handed
+  to its factory. They compose into the optax chain in order.
 * ``train``: epochs, logging, evaluation and checkpoint intervals.
 
 `validate` checks names and ranges before anything is loaded or trained and
@@ -19,6 +21,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
+
+from sparsify import data
+from sparsify import models
+from sparsify.experiment import optim
+from sparsify.experiment import registry
+from sparsify.structure import significance
+
+# Steps of the nominal run that validation builds every factory for, before
+# the data (and so the run's length) is known.
+_NOMINAL_STEPS = 1000
 
 
 class ConfigError(ValueError):
@@ -48,11 +60,13 @@ def default_config() -> ml_collections.ConfigDict:
 
   Example:
     >>> import sparsify
+    >>> from sparsify.experiment.config import method
     >>> config = sparsify.default_config()
-    >>> config.model.name, config.data.name, config.compression.method
-    ('lenet_300_100', 'embedded_mnist', 'none')
-    >>> config.compression.method = 'gmp'
-    >>> config.compression.sparsity = 0.9
+    >>> config.model.name, config.data.name, config.compression
+    ('lenet_300_100', 'embedded_mnist', [])
+    >>> config.compression = [method('gmp', begin=0.1, end=0.7, sparsity=0.9)]
+    >>> config.compression[0].kwargs.sparsity
+    0.9
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -75,30 +89,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = 0
+  # Further arguments of the optimizer, e.g. `strength` for 'sss'.
+  c.optimizer.kwargs = ml_collections.ConfigDict()
 
-  c.compression = ml_collections.ConfigDict()
-  c.compression.method = "none"
-  c.compression.sparsity = 0.0
-  c.compression.begin = 0.0  # fraction of training where pruning starts
-  c.compression.end = 0.75  # fraction of training where pruning ends
-  c.compression.update_every = 100
-  c.compression.allocation = "layerwise"
-  c.compression.where = ml_collections.config_dict.placeholder(str)
-  # DAT: threshold = ramp(step) * (mean + c * std) of surviving magnitudes;
-  # `sparsity` > 0 is its target, used as `target_mode` says.
-  c.compression.c = 1.0
-  c.compression.power = 3.0
-  c.compression.target_mode = "clamp"
-  c.compression.recovery = False
-  c.compression.statistics = "surviving"
-  # SSS (method 'sss'): L1 strength on the scaling factors, solved by APG.
-  c.compression.gamma = 0.0
-  # A penalty whose gradient is added before the optimizer: none, binary,
-  # kcentre, l1, group_lasso, slimming (L1 on BatchNorm scales).
-  c.compression.regularizer = "none"
-  c.compression.strength = 0.0
-  c.compression.centres = 2  # kcentre
-  c.compression.refresh_every = 100  # kcentre: k-means of the centres
+  # Compression: a list of entries `method(name, begin=, end=, **kwargs)`,
+  # composed into the optax chain in order: penalties before the optimizer,
+  # masks after it (see `sparsify.experiment.registry.METHODS`).
+  c.compression = []
 
   # After training (`sparsify.pipeline`): comma-separated stages out of
   # slim, search, finetune, pq, share, lct; each has its own fields below.
@@ -112,8 +109,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.post.search = ml_collections.ConfigDict(
       {"tolerance": 0.005, "norm": "l1", "order": "forward",
        "relative": False, "finetune_steps": 0})
+  # Fine-tuning uses the training optimizer, or the one named here.
   c.post.finetune = ml_collections.ConfigDict(
-      {"epochs": 1.0, "learning_rate": 0.01})
+      {"epochs": 1.0, "learning_rate": 0.01,
+       "optimizer": ml_collections.config_dict.placeholder(str)})
   c.post.pq = ml_collections.ConfigDict(
       {"dim": 4, "centroids": 16,
        "where": ml_collections.config_dict.placeholder(str)})
@@ -133,50 +132,151 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# What a config string like ``configs/lenet5.py:dat`` selects: the method and
-# the schedule shared by the gradual methods (10 % -> 70 % of training, masks
-# recomputed every 100 steps). Sparsity defaults to 95 %; override it with
-# ``--config.compression.sparsity``.
+def _placeholder(annotation: Any) -> Any:
+  """An unset field that the command line can set, typed from a signature."""
+  text = str(annotation)
+  for kind in (float, int, str):
+    if kind.__name__ in text or (kind is str and "Where" in text):
+      return ml_collections.config_dict.placeholder(kind)
+  return None
+
+
+def method(name: str, *, begin: float | None = None, end: float | None = None,
+           **kwargs: Any) -> ml_collections.ConfigDict:
+  """One entry of ``config.compression``: a method by name and its arguments.
+
+  The entry holds every keyword argument of the method's factory, the given
+  ones set and the others at their defaults (unset optional ones as typed
+  placeholders), so that any of them can be changed from the command line,
+  e.g. ``--config.compression[0].kwargs.sparsity=0.9``. ``begin`` and
+  ``end`` are fractions of training, turned into the factory's step
+  arguments when the run knows its length (`registry.build_method`).
+
+  Args:
+    name: one of `sparsify.experiment.registry.METHODS`.
+    begin: the fraction of training where the method's schedule starts
+      (default 0 for methods with a schedule).
+    end: where it ends (default 0.75 for methods with an end).
+    **kwargs: arguments of the method's factory.
+
+  Returns:
+    A `ml_collections.ConfigDict` ``{name, begin, end, kwargs}``.
+
+  Raises:
+    ConfigError: ``name`` is not a method, or a keyword is not one of its
+      factory's arguments.
+
+  Example:
+    >>> from sparsify.experiment.config import method
+    >>> entry = method('gmp', begin=0.1, end=0.7, sparsity=0.95)
+    >>> entry.name, entry.begin, entry.end, entry.kwargs.sparsity
+    ('gmp', 0.1, 0.7, 0.95)
+    >>> entry.kwargs.update_every  # the factory's default
+    100
+  """
+  if name not in registry.METHODS:
+    raise ConfigError("compression: method name", name,
+                      ", ".join(sorted(registry.METHODS)))
+  import inspect  # pylint: disable=g-import-not-at-top
+  window = registry.METHODS[name].window
+  params = inspect.signature(registry.METHODS[name].factory).parameters
+  unknown = sorted(set(kwargs) - set(params) - set(window))
+  if unknown:
+    raise ConfigError(f"compression: {name} argument(s)", unknown,
+                      ", ".join(sorted(set(params) - set(window))))
+  fields = {}
+  for arg, p in params.items():
+    if arg in window or p.kind not in (p.KEYWORD_ONLY,
+                                       p.POSITIONAL_OR_KEYWORD):
+      continue
+    if arg in kwargs:
+      value = kwargs[arg]
+      if value is None:
+        value = _placeholder(p.annotation)
+    elif p.default is None:
+      value = _placeholder(p.annotation)
+    elif p.default is p.empty or callable(p.default):
+      continue
+    else:
+      value = p.default
+    if value is not None:
+      fields[arg] = value
+  entry = ml_collections.ConfigDict({"name": name})
+  entry.begin = (0.0 if begin is None else float(begin)) if window[0] else (
+      ml_collections.config_dict.placeholder(float))
+  entry.end = (0.75 if end is None else float(end)) if window[1] else (
+      ml_collections.config_dict.placeholder(float))
+  entry.kwargs = ml_collections.ConfigDict(fields)
+  return entry
+
+
+# What a config string like ``configs/lenet5.py:dat`` selects. The gradual
+# methods share one schedule (10 % -> 70 % of training, masks recomputed
+# every 100 steps) and 95 % sparsity; change any argument from the command
+# line, e.g. ``--config.compression[0].kwargs.sparsity=0.9``. Each preset is
+# a function of the config, applied in place by `with_method`.
+def _compress(*entries):
+  def apply(config):
+    config.compression = [method(**e) for e in entries]
+  return apply
+
+
+def _stages(stages, then=None):
+  def apply(config):
+    config.post.stages = stages
+    if then is not None:
+      then(config)
+  return apply
+
+
+def _sss(config):
+  # SSS is an optimizer: Nesterov SGD on the weights, APG on the gates (or
+  # BatchNorm scales). With a decaying learning rate, gates still on their
+  # way to zero stop at tiny values: below 1e-4 they count as zero.
+  if config.optimizer.name != "sss":  # fine-tuning keeps the plain one
+    config.post.finetune.optimizer = config.optimizer.name
+  config.optimizer.name = "sss"
+  config.optimizer.kwargs = ml_collections.ConfigDict({"strength": 0.01})
+  config.post.stages = "slim,finetune"
+  config.post.slim.threshold = 1e-4
+  for switch in ("gates", "channel_gates"):
+    if switch in config.model.kwargs:
+      config.model.kwargs[switch] = True
+
+
+def _slimming(config):
+  _compress(dict(name="slimming", strength=1e-4))(config)
+  config.post.stages = "slim,finetune"
+  config.post.slim.fraction = 0.5
+
+
+_GMP = dict(name="gmp", begin=0.1, end=0.7, sparsity=0.95, update_every=100)
+# DAT shares the budget across layers by their statistics (c = 3 weighs the
+# spread of each layer's magnitudes): see `dynamic_adaptive_threshold`.
+_DAT = dict(name="dat", begin=0.1, end=0.7, target_sparsity=0.95,
+            update_every=100, c=3.0, target_mode="global")
+
 METHOD_PRESETS = {
-    "dense": dict(method="none", sparsity=0.0),
-    "gmp": dict(method="gmp", sparsity=0.95, begin=0.1, end=0.7,
-                update_every=100),
-    "magnitude": dict(method="magnitude", sparsity=0.95, begin=0.5),
-    "random": dict(method="random", sparsity=0.95),
-    # DAT shares the budget across layers by their statistics (c = 3 weighs
-    # the spread of each layer's magnitudes): see `dynamic_adaptive_threshold`.
-    "dat": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
-                update_every=100, c=3.0, target_mode="global"),
-    "sss": dict(method="sss", gamma=0.01),
-    "slimming": dict(method="none", regularizer="slimming", strength=1e-4),
-    "search": dict(method="none"),
-    "pq": dict(method="none"),
-    "dat_pq": dict(method="dat", sparsity=0.9, begin=0.1, end=0.7,
-                   update_every=100, c=3.0, target_mode="global"),
-    "lct": dict(method="none"),
+    "dense": lambda config: None,
+    "gmp": _compress(_GMP),
+    "magnitude": _compress(dict(name="magnitude", begin=0.5, sparsity=0.95)),
+    "random": _compress(dict(name="random", sparsity=0.95)),
+    "dat": _compress(_DAT),
+    "sss": _sss,
+    "slimming": _slimming,
+    "search": _stages("search,finetune"),
+    "pq": _stages("pq"),
+    "dat_pq": _stages("pq", _compress({**_DAT, "target_sparsity": 0.9})),
+    "lct": _stages("lct"),
     # Deep Compression's recipe with DAT: prune while training, then share
     # the surviving weights' values (5 bits) with relative sparse indices.
-    "deep_compression": dict(method="dat", sparsity=0.95, begin=0.1, end=0.7,
-                             update_every=100, c=3.0, target_mode="global"),
+    "deep_compression": _stages("share", _compress(_DAT)),
 }
-
-# What else a preset sets: the stages after training (`sparsify.pipeline`).
-# SSS also switches on the model's gates (see `with_method`).
-PRESET_STAGES = {
-    "sss": "slim,finetune",
-    "slimming": "slim,finetune",
-    "search": "search,finetune",
-    "pq": "pq",
-    "dat_pq": "pq",
-    "lct": "lct",
-    "deep_compression": "share",
-}
-_GATE_SWITCHES = ("gates", "channel_gates")
 
 
 def with_method(config: ml_collections.ConfigDict,
                 preset: str | None) -> ml_collections.ConfigDict:
-  """Sets ``config.compression`` from a preset name (``None``: dense).
+  """Applies a preset (``None``: dense): compression, optimizer, stages.
 
   Args:
     config: a config from `default_config`, changed in place.
@@ -188,23 +288,37 @@ def with_method(config: ml_collections.ConfigDict,
 
   Raises:
     ConfigError: ``preset`` is not one of `METHOD_PRESETS`.
+
+  Example:
+    >>> import sparsify
+    >>> from sparsify.experiment.config import with_method
+    >>> config = with_method(sparsify.default_config(), 'gmp')
+    >>> [(e.name, e.begin, e.end, e.kwargs.sparsity)
+    ...  for e in config.compression]
+    [('gmp', 0.1, 0.7, 0.95)]
   """
   preset = preset or "dense"
   if preset not in METHOD_PRESETS:
     raise ConfigError("config preset (after ':' in --config)", preset,
                       ", ".join(sorted(METHOD_PRESETS)))
-  config.compression.update(METHOD_PRESETS[preset])
-  config.post.stages = PRESET_STAGES.get(preset, "")
-  if preset == "sss":
-    # With a decaying learning rate, gates still on their way to zero stop
-    # at tiny values: below 1e-4 they count as zero.
-    config.post.slim.threshold = 1e-4
-    for switch in _GATE_SWITCHES:
-      if switch in config.model.kwargs:
-        config.model.kwargs[switch] = True
-  if preset == "slimming":
-    config.post.slim.fraction = 0.5
+  METHOD_PRESETS[preset](config)
   return config
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """A short name of a run's method: its entries' names joined with ``+``.
+
+  Args:
+    config: an experiment config.
+
+  Returns:
+    E.g. ``'gmp'``, ``'dat+binary'``, ``'sss'`` (the optimizer) or
+    ``'none'``.
+  """
+  names = [e.name for e in config.compression]
+  if config.optimizer.name == "sss":
+    names.insert(0, "sss")
+  return "+".join(names) or "none"
 
 
 def _one_of(field: str, value: Any, allowed: Iterable[str]) -> None:
@@ -252,12 +366,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ...   print(e)
     data.batch_size: got 0; allowed: an integer >= 1
   """
-  # Imported here: the registries import this module's ConfigError.
-  from sparsify import data  # pylint: disable=g-import-not-at-top
-  from sparsify import models  # pylint: disable=g-import-not-at-top
-  from sparsify.experiment import optim  # pylint: disable=g-import-not-at-top
-  from sparsify.experiment import registry  # pylint: disable=g-import-not-at-top
-
   _one_of("model.name", config.model.name, models.MODELS)
   _one_of("data.name", config.data.name, data.DATASETS)
   _one_of("data.source", config.data.source, data.SOURCES)
@@ -266,36 +374,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
             integer=True)
 
   opt = config.optimizer
-  _one_of("optimizer.name", opt.name, optim.OPTIMIZERS)
+  _one_of("optimizer.name", opt.name, registry.OPTIMIZERS)
   _one_of("optimizer.schedule", opt.schedule, optim.SCHEDULES)
   _in_range("optimizer.learning_rate", opt.learning_rate, 0, low_open=True)
   _in_range("optimizer.momentum", opt.momentum, 0, 1)
   _in_range("optimizer.weight_decay", opt.weight_decay, 0)
   _in_range("optimizer.warmup_steps", opt.warmup_steps, 0, integer=True)
 
-  comp = config.compression
-  _one_of("compression.method", comp.method, registry.METHODS)
-  _in_range("compression.sparsity", comp.sparsity, 0, 1)
-  _in_range("compression.begin", comp.begin, 0, 1, high_open=False)
-  _in_range("compression.end", comp.end, comp.begin, 1, high_open=False)
-  _in_range("compression.update_every", comp.update_every, 1, integer=True)
-  _one_of("compression.allocation", comp.allocation,
-          ("erk", "global", "layerwise"))
-  _in_range("compression.c", comp.c, 0)
-  _in_range("compression.power", comp.power, 0, low_open=True)
-  _one_of("compression.target_mode", comp.target_mode,
-          ("clamp", "global", "solve"))
-  _one_of("compression.statistics", comp.statistics, ("all", "surviving"))
-  _in_range("compression.gamma", comp.gamma, 0)
-  _one_of("compression.regularizer", comp.regularizer, registry.REGULARIZERS)
-  _in_range("compression.strength", comp.strength, 0)
-  _in_range("compression.centres", comp.centres, 1, integer=True)
-  _in_range("compression.refresh_every", comp.refresh_every, 1, integer=True)
+  try:
+    registry.make_optimizer(opt, _NOMINAL_STEPS)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  if not isinstance(config.compression, (list, tuple)):
+    raise ConfigError("compression", config.compression,
+                      "a list of entries `method(name, **kwargs)`")
+  for i, entry in enumerate(config.compression):
+    if not isinstance(entry, (dict, ml_collections.ConfigDict)):
+      raise ConfigError(f"compression[{i}]", entry,
+                        "an entry `method(name, **kwargs)`")
+    try:  # each factory refuses its own bad arguments, naming them
+      registry.build_method(entry, _NOMINAL_STEPS, field=f"compression[{i}]")
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
 
   post = config.post
-  from sparsify.experiment import stages  # pylint: disable=g-import-not-at-top
   try:
-    stages.stage_names(config)
+    registry.stage_names(config.post.stages)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   _in_range("post.validation_examples", post.validation_examples, 1,
@@ -309,6 +413,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
           ("backward", "forward", "size"))
   _in_range("post.search.finetune_steps", post.search.finetune_steps, 0,
             integer=True)
+  if post.finetune.optimizer is not None:
+    _one_of("post.finetune.optimizer", post.finetune.optimizer,
+            set(registry.OPTIMIZERS) - {"sss"})
   _in_range("post.finetune.epochs", post.finetune.epochs, 0)
   _in_range("post.finetune.learning_rate", post.finetune.learning_rate, 0,
             low_open=True)
@@ -317,7 +424,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _in_range("post.share.bits", post.share.bits, 1, 16, high_open=False,
             integer=True)
   _in_range("post.lct.sparsity", post.lct.sparsity, 0, 1)
-  _one_of("post.lct.by", post.lct.by, ("size", "sparsity"))
+  _one_of("post.lct.by", post.lct.by, significance.SIGNIFICANCE)
   _one_of("post.lct.sigma", post.lct.sigma, ("learned", "mean"))
   for name in ("steps", "prune_steps"):
     _in_range(f"post.lct.{name}", post.lct[name], 0, integer=True)

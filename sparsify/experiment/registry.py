@@ -1,138 +1,250 @@
-"""Compression methods by name, as used by the config system.
+"""Methods and optimizers by name, as configs name them.
 
-Each entry turns ``config.compression`` (and the number of training steps)
-into an `optax.GradientTransformation` appended to the optimizer chain. A new
-method registers itself by adding one entry to `METHODS`.
+A config's ``compression`` is a list of entries ``{name, kwargs, begin,
+end}`` (big_vision's way: a name and keyword arguments handed straight to
+the factory). `METHODS` maps each name to its factory and says where its
+transform goes in the optax chain: a *penalty* adds its gradient before the
+optimizer, a *mask* rewrites the optimizer's updates after it. The fractions
+``begin`` and ``end`` of training become the factory's step arguments (for
+example ``begin_step`` and ``end_step``). Adding a method is one factory and
+one line here.
+
+`OPTIMIZERS` maps ``config.optimizer.name`` to the optax optimizer; SSS is one
+of them (Nesterov SGD on the weights, APG on the scales).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+import inspect
+from typing import Any, Literal
 
-import ml_collections
 import optax
 
+from sparsify.experiment import optim
+from sparsify.experiment import stages
 from sparsify.transforms import dat
 from sparsify.transforms import magnitude
 from sparsify.transforms import penalties
-from sparsify.transforms import random as random_pruning
+from sparsify.transforms import random
 from sparsify.transforms import sss
 
-Builder = Callable[[ml_collections.ConfigDict, int],
-                   optax.GradientTransformation | None]
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A compression method the config can name.
+
+  Attributes:
+    factory: returns the `optax.GradientTransformation`, called with the
+      entry's ``kwargs`` and the step arguments of ``window``.
+    position: ``'mask'`` (after the optimizer: rewrites its updates) or
+      ``'penalty'`` (before it: adds a gradient).
+    window: the factory's arguments that receive the entry's ``begin`` and
+      ``end`` as steps (``None``: that fraction is not used).
+  """
+  factory: Callable[..., optax.GradientTransformation]
+  position: Literal["mask", "penalty"] = "mask"
+  window: tuple[str | None, str | None] = (None, None)
 
 
-def _window(config: ml_collections.ConfigDict, total_steps: int):
-  begin = int(round(config.begin * total_steps))
-  end = max(int(round(config.end * total_steps)), begin)
-  return begin, end
-
-
-def _gmp(config, total_steps):
-  begin, end = _window(config, total_steps)
-  return magnitude.gradual_magnitude_pruning(
-      config.sparsity, begin_step=begin, end_step=end,
-      update_every=config.update_every, allocation=config.allocation,
-      where=config.where)
-
-
-def _one_shot(config, total_steps):
-  begin, _ = _window(config, total_steps)
-  return magnitude.magnitude_pruning(
-      config.sparsity, step=begin, allocation=config.allocation,
-      where=config.where)
-
-
-def _random(config, total_steps):
-  del total_steps
-  if config.allocation == "global":
-    raise ValueError("allocation: got 'global'; allowed for random sparsity:"
-                     " erk, layerwise")
-  allocation = "erk" if config.allocation == "erk" else "uniform"
-  return random_pruning.random_sparsity(config.sparsity, allocation=allocation,
-                                 where=config.where)
-
-
-def _dat(config, total_steps):
-  begin, end = _window(config, total_steps)
-  return dat.dynamic_adaptive_threshold(
-      config.c, begin_step=begin, end_step=end,
-      update_every=config.update_every, power=config.power,
-      target_sparsity=config.sparsity or None,
-      target_mode=config.target_mode, recovery=config.recovery,
-      statistics=config.statistics,
-      where=config.where)
-
-
-METHODS: dict[str, Builder] = {
-    "dat": _dat,
-    "none": lambda config, total_steps: None,
-    "sss": lambda config, total_steps: None,  # replaces the optimizer
-    "gmp": _gmp,
-    "magnitude": _one_shot,
-    "random": _random,
+METHODS: dict[str, Method] = {
+    "dat": Method(dat.dynamic_adaptive_threshold,
+                  window=("begin_step", "end_step")),
+    "gmp": Method(magnitude.gradual_magnitude_pruning,
+                  window=("begin_step", "end_step")),
+    "magnitude": Method(magnitude.magnitude_pruning, window=("step", None)),
+    "random": Method(random.random_sparsity),
+    "binary": Method(penalties.binary_attractor, "penalty"),
+    "kcentre": Method(penalties.kcentre_attractor, "penalty"),
+    "l1": Method(penalties.l1, "penalty"),
+    "group_lasso": Method(penalties.group_lasso, "penalty"),
+    "slimming": Method(sss.network_slimming, "penalty"),
 }
 
 
-def _build(registry: dict[str, Builder], field: str,
-           config: ml_collections.ConfigDict, total_steps: int):
-  name = config[field]
-  if name not in registry:
-    raise ValueError(f"compression.{field}: got {name!r}; allowed: "
-                     f"{', '.join(sorted(registry))}")
-  return registry[name](config, total_steps)
+# Post-training stages by name (`sparsify.experiment.stages`).
+STAGES = stages.STAGES
+stage_names = stages.stage_names
+holds_out = stages.holds_out
 
 
-def make_compression(
-    config: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation | None:
-  """The compression transform named by ``config.method`` (None for none).
+def steps(fraction: float | None, total_steps: int) -> int | None:
+  """A fraction of training as a step, rounded (``None`` stays ``None``).
 
   Args:
-    config: the ``compression`` section of a config (`default_config`).
-    total_steps: the number of training steps; the fractions
-      ``config.begin`` and ``config.end`` are converted to steps with it.
+    fraction: a number in [0, 1], or None.
+    total_steps: the number of training steps.
 
   Returns:
-    The `optax.GradientTransformation` of the method in `METHODS`, or
-    ``None`` for ``'none'`` and ``'sss'`` (SSS replaces the optimizer).
+    ``round(fraction * total_steps)``, or None.
+
+  Example:
+    >>> from sparsify.experiment import registry
+    >>> registry.steps(0.7, 1000), registry.steps(None, 1000)
+    (700, None)
+  """
+  return None if fraction is None else int(round(fraction * total_steps))
+
+
+def method_arguments(name: str) -> dict[str, Any]:
+  """The keyword arguments of a method's factory and their defaults.
+
+  Args:
+    name: one of `METHODS`.
+
+  Returns:
+    ``{argument: default}`` for every argument the factory takes except the
+    step arguments filled from ``begin`` and ``end``; an argument without a
+    default maps to `inspect.Parameter.empty`.
+  """
+  entry = METHODS[name]
+  params = inspect.signature(entry.factory).parameters
+  return {n: p.default for n, p in params.items() if n not in entry.window}
+
+
+def _call(field: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
+          allowed: Sequence[str]) -> Any:
+  """Calls ``factory(**kwargs)``; errors name ``field`` and what is allowed."""
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(f"{field}: unknown argument(s) "
+                     f"{', '.join(map(repr, unknown))}; allowed: "
+                     f"{', '.join(sorted(allowed))}")
+  try:
+    return factory(**kwargs)
+  except TypeError as e:  # a required argument is missing
+    raise ValueError(f"{field}: {e}; allowed: {', '.join(sorted(allowed))}"
+                     ) from e
+  except ValueError as e:  # the factory's own "arg: got v; allowed: ..."
+    raise ValueError(f"{field}.{e}") from e
+
+
+def build_method(entry: Mapping[str, Any], total_steps: int, *,
+                 field: str = "compression[0]"
+                 ) -> tuple[str, optax.GradientTransformation]:
+  """Builds one compression entry: ``(position, transform)``.
+
+  Args:
+    entry: ``{'name': ..., 'kwargs': {...}, 'begin': ..., 'end': ...}``;
+      ``begin`` and ``end`` are optional fractions of training.
+    total_steps: the number of training steps.
+    field: the entry's place in the config, for error messages.
+
+  Returns:
+    ``(position, transform)``: ``'mask'`` or ``'penalty'``, and the
+    `optax.GradientTransformation`.
 
   Raises:
-    ValueError: ``config.method`` is not one of `METHODS`, or its settings
-      do not fit it.
+    ValueError: an unknown name or argument, or a value the factory refuses;
+      one line that starts with the field, e.g. ``compression[0].kwargs.
+      sparsity: got 1.5; allowed: a fraction in [0, 1)``.
+
+  Example:
+    >>> from sparsify.experiment import registry
+    >>> position, tx = registry.build_method(
+    ...     {'name': 'gmp', 'kwargs': {'sparsity': 0.9},
+    ...      'begin': 0.1, 'end': 0.7}, total_steps=1000)
+    >>> position
+    'mask'
   """
-  return _build(METHODS, "method", config, total_steps)
+  name = entry.get("name")
+  if name not in METHODS:
+    raise ValueError(f"{field}.name: got {name!r}; allowed: "
+                     f"{', '.join(sorted(METHODS))}")
+  method = METHODS[name]
+  kwargs = {k: v for k, v in dict(entry.get("kwargs") or {}).items()}
+  for key, arg in zip(("begin", "end"), method.window):
+    fraction = entry.get(key)
+    if arg is None or fraction is None:
+      continue
+    if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
+      raise ValueError(f"{field}.{key}: got {fraction!r}; allowed: a "
+                       "fraction of training in [0, 1]")
+    kwargs[arg] = steps(fraction, total_steps)
+  if method.window == ("begin_step", "end_step") and "end_step" in kwargs:
+    kwargs["end_step"] = max(kwargs["end_step"], kwargs.get("begin_step", 0))
+  allowed = list(inspect.signature(method.factory).parameters)
+  return method.position, _call(f"{field}.kwargs", method.factory, kwargs,
+                                allowed)
 
 
-# Penalties whose gradient is added before the optimizer.
-REGULARIZERS: dict[str, Builder] = {
-    "none": lambda config, total_steps: None,
-    "binary": lambda c, n: penalties.binary_attractor(c.strength,
-                                                          where=c.where),
-    "kcentre": lambda c, n: penalties.kcentre_attractor(
-        c.strength, centres=c.centres, refresh_every=c.refresh_every,
-        where=c.where),
-    "l1": lambda c, n: penalties.l1(c.strength, where=c.where),
-    "group_lasso": lambda c, n: penalties.group_lasso(
-        c.strength, where=c.where),
-    "slimming": lambda c, n: sss.network_slimming(c.strength),
+def make_chain(entries: Sequence[Mapping[str, Any]],
+               optimizer: optax.GradientTransformation,
+               total_steps: int) -> optax.GradientTransformation:
+  """``[penalties] -> optimizer -> [masks]``, each group in entry order.
+
+  Args:
+    entries: the config's ``compression`` list.
+    optimizer: the optimizer the entries compose with.
+    total_steps: the number of training steps.
+
+  Returns:
+    The optax chain (``optimizer`` itself when there are no entries).
+
+  Raises:
+    ValueError: an entry that `build_method` refuses.
+  """
+  before, after = [], []
+  for i, entry in enumerate(entries):
+    position, tx = build_method(entry, total_steps,
+                                field=f"compression[{i}]")
+    (before if position == "penalty" else after).append(tx)
+  parts = [*before, optimizer, *after]
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def _sss(opt: Mapping[str, Any], learning_rate: optax.ScalarOrSchedule,
+         kwargs: Mapping[str, Any]) -> optax.GradientTransformation:
+  allowed = [n for n in inspect.signature(
+      sss.sparse_structure_selection).parameters
+             if n not in ("learning_rate", "momentum", "weight_decay")]
+  return _call("optimizer.kwargs", lambda **kw: sss.sparse_structure_selection(
+      learning_rate, momentum=opt["momentum"],
+      weight_decay=opt["weight_decay"], **kw), kwargs, allowed)
+
+
+# Optimizers by name: (optimizer section, learning rate or schedule) -> tx.
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    **{name: lambda opt, lr, kwargs, name=name: optim.base_optimizer(
+        name, lr, momentum=opt["momentum"],
+        weight_decay=opt["weight_decay"], **kwargs)
+       for name in optim.OPTIMIZERS},
+    "sss": _sss,
 }
 
 
-def make_regularizer(
-    config: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation | None:
-  """The penalty named by ``config.regularizer`` (None for none).
+def make_optimizer(opt: Mapping[str, Any], total_steps: int, *,
+                   learning_rate: float | None = None,
+                   schedule: str | None = None,
+                   warmup_steps: int | None = None
+                   ) -> optax.GradientTransformation:
+  """The optimizer of a config's ``optimizer`` section, with its schedule.
+
+  The keyword arguments override the section's fields without copying it
+  (the post-training stages fine-tune with a cosine schedule over their own
+  steps from their own learning rate).
 
   Args:
-    config: the ``compression`` section of a config (`default_config`);
-      ``config.strength`` weighs the penalty.
-    total_steps: the number of training steps (unused by the penalties of
-      `REGULARIZERS`, which take the same arguments as `METHODS`).
+    opt: the ``optimizer`` section: ``name``, ``learning_rate``,
+      ``schedule``, ``warmup_steps``, ``momentum``, ``weight_decay`` and
+      ``kwargs`` (passed to the optimizer, e.g. SSS's ``strength``).
+    total_steps: the number of steps the schedule spans.
+    learning_rate: overrides ``opt['learning_rate']``.
+    schedule: overrides ``opt['schedule']``.
+    warmup_steps: overrides ``opt['warmup_steps']``.
 
   Returns:
-    An `optax.GradientTransformation` that adds the penalty's gradient to
-    the updates, or ``None`` for ``'none'``.
+    An `optax.GradientTransformation`.
 
   Raises:
-    ValueError: ``config.regularizer`` is not one of `REGULARIZERS`.
+    ValueError: an unknown optimizer name or argument.
   """
-  return _build(REGULARIZERS, "regularizer", config, total_steps)
+  name = opt["name"]
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name: got {name!r}; allowed: "
+                     f"{', '.join(sorted(OPTIMIZERS))}")
+  lr = optim.make_schedule(
+      opt["learning_rate"] if learning_rate is None else learning_rate,
+      opt["schedule"] if schedule is None else schedule,
+      opt["warmup_steps"] if warmup_steps is None else warmup_steps,
+      total_steps)
+  return OPTIMIZERS[name](opt, lr, dict(opt.get("kwargs") or {}))

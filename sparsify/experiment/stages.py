@@ -1,7 +1,7 @@
 """What happens to a trained model after training: select, slim, quantize.
 
 ``config.post.stages`` names the stages run, in order, after
-`sparsify.experiment.trainer.train_and_evaluate` has trained and evaluated a model, e.g.
+`sparsify.experiment.run.run` has trained and evaluated a model, e.g.
 ``'slim,finetune'`` for SSS, ``'search,finetune'`` for binary-search neuron
 pruning, ``'pq'`` for product quantization into a compressed file, ``'share'``
 for weight sharing of pruned layers (Deep Compression), ``'lct'``
@@ -11,7 +11,9 @@ records what it measured; the run ends with a table of accuracy, parameters,
 FLOPs and bytes after each stage, written to ``post.json``.
 
 A stage is a plain function ``(context, model, stage_config) -> (model,
-record)``; adding one means adding an entry to `STAGES`.
+record)``; adding one means adding an entry to `STAGES`. Stages evaluate and
+fine-tune with the run's `Trainer`: its jitted steps, its fit loop and its
+optimizer chain, never a copy of them.
 """
 
 import dataclasses
@@ -24,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -35,12 +36,11 @@ from sparsify import report as report_lib
 from sparsify import spz
 from sparsify.core import masking
 from sparsify.core import paths
-from sparsify.experiment import optim
-from sparsify.experiment import trainer as trainer_lib
 from sparsify.structure import neuron_search
 from sparsify.structure import significance
 from sparsify.structure import surgery
 from sparsify.structure import units
+from sparsify.transforms import sss
 from sparsify.transforms import ternary
 
 log = logging.getLogger("sparsify")
@@ -69,10 +69,10 @@ class Model:
     """The Flax module, ``models.get_model(name, **kwargs)``."""
     return models.get_model(self.name, **self.kwargs)
 
-  @functools.cached_property
-  def eval_step(self):
-    """``(variables, batch) -> (correct, count)``, jitted once per model."""
-    return jax.jit(functools.partial(_eval_step, self.module.apply))
+  @property
+  def apply_fn(self):
+    """The module's ``apply``, as the trainer's evaluation takes it."""
+    return self.module.apply
 
 
 # Stages that select with a validation accuracy: with one of them in
@@ -80,65 +80,28 @@ class Model:
 SELECTING = ("lct", "search")
 
 
-def holds_out(config: ml_collections.ConfigDict) -> bool:
-  """Whether a run holds validation examples out of its training split.
-
-  Args:
-    config: the experiment config.
-
-  Returns:
-    True if ``config.post.stages`` has a stage of `SELECTING`.
-
-  Raises:
-    ValueError: ``config.post.stages`` names an unknown stage.
-  """
-  return any(s in SELECTING for s in stage_names(config))
-
-
-def split_validation(dataset: data_lib.Dataset, n: int) -> tuple[
-    data_lib.Dataset, data_lib.Split]:
-  """The dataset without its last ``n`` training examples, and those.
-
-  Args:
-    dataset: the dataset to split.
-    n: how many training examples to hold out; at most all but one.
-
-  Returns:
-    ``(dataset, held)``: ``dataset`` with the shortened training split (its
-    mean and std unchanged), and the held-out examples as a `Split`.
-  """
-  n = min(n, len(dataset.train.labels) - 1)
-  train = data_lib.Split(dataset.train.images[:-n], dataset.train.labels[:-n])
-  held = data_lib.Split(dataset.train.images[-n:], dataset.train.labels[-n:])
-  return dataclasses.replace(dataset, train=train), held
-
-
 class Context:
-  """The data, config and compiled evaluation shared by the stages.
+  """What the stages share: the run's trainer and the validation examples.
 
   Args:
-    config: the experiment config.
-    dataset: the dataset the model was trained on.
-    workdir: the run's directory.
-    validation: the examples that selection stages evaluate on; ``None``
-      for the last ``config.post.validation_examples`` training examples.
+    trainer: the run's `Trainer` (its data, config, steps and loop).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               dataset: data_lib.Dataset, workdir: str,
-               validation: data_lib.Split | None = None):
-    self.config = config
-    self.dataset = dataset
-    self.workdir = workdir
-    self.num_classes = dataset.num_classes
+  def __init__(self, trainer: Any):
+    self.trainer = trainer
+    self.config = trainer.config
+    self.dataset = trainer.dataset
+    self.num_classes = trainer.dataset.num_classes
     # Model selection (search, LCT decisions) never looks at the test split
     # that the final accuracy reports: it uses the examples the trainer held
     # out, or, for a run trained without holding any out, its last training
     # examples.
+    validation = trainer.validation
     if validation is None:
-      n = min(config.post.validation_examples, len(dataset.train.labels))
-      validation = data_lib.Split(dataset.train.images[-n:],
-                                  dataset.train.labels[-n:])
+      n = min(self.config.post.validation_examples,
+              len(self.dataset.train.labels))
+      validation = data_lib.Split(self.dataset.train.images[-n:],
+                                  self.dataset.train.labels[-n:])
     self.validation = validation
 
   def accuracy(self, model: Model, variables=None, split=None) -> float:
@@ -154,24 +117,17 @@ class Context:
       The fraction of examples classified correctly, in [0, 1].
     """
     variables = model.variables if variables is None else variables
-    split = self.dataset.eval if split is None else split
-    step = model.eval_step
-    correct = count = 0.0
-    for batch in data_lib.eval_batches(
-        split, batch_size=self.config.data.eval_batch_size,
-        mean=self.dataset.mean, std=self.dataset.std):
-      c, n = step(variables, batch)
-      correct, count = correct + float(c), count + float(n)
-    return correct / count
+    return self.trainer.evaluate(model, split, variables)["eval/accuracy"]
 
   def finetune(self, model: Model, steps: int, learning_rate: float,
                extra: optax.GradientTransformation | None = None,
                masks: Any = None) -> dict[str, Any]:
     """Trains ``model`` for ``steps`` steps; returns its new variables.
 
-    The optimizer is the config's, with a cosine schedule over ``steps``
-    from ``learning_rate``; ``masks`` (if any) stay enforced, and ``extra``
-    is appended after them (e.g. a ternary constraint).
+    The trainer's optimizer (``post.finetune.optimizer`` if set), with a
+    cosine schedule over ``steps`` from ``learning_rate``, the trainer's
+    step and loop; ``masks`` (if any) stay enforced, and ``extra`` is
+    appended after them (e.g. a ternary constraint).
 
     Args:
       model: the model to train, from its current variables.
@@ -187,33 +143,19 @@ class Context:
     """
     if steps <= 0:
       return model.variables
-    opt = ml_collections.ConfigDict(self.config.optimizer.to_dict())
-    opt.learning_rate, opt.schedule, opt.warmup_steps = (learning_rate,
-                                                         "cosine", 0)
-    parts = [optim.base_optimizer(opt, steps)]
-    if masks is not None:
-      full = _full_masks(masks, model.variables["params"])
-      parts.append(masking.mask_updates(lambda _: full,
-                                        where=lambda name, leaf: True))
-    if extra is not None:
-      parts.append(extra)
-    tx = optax.chain(*parts)
-    state = trainer_lib.TrainState.create(
-        apply_fn=model.module.apply,
-        params=jax.tree.map(jnp.asarray, model.variables["params"]), tx=tx,
-        batch_stats=model.variables.get("batch_stats", {}),
-        rng=jax.random.key_data(jax.random.key(self.config.seed)))
-    step_fn = jax.jit(trainer_lib.train_step, donate_argnums=0)
-    batches = data_lib.batches(
-        self.dataset.train, batch_size=self.config.data.batch_size,
-        seed=self.config.seed + 1, mean=self.dataset.mean,
-        std=self.dataset.std)
-    for _ in range(steps):
-      state, _ = step_fn(state, next(batches))
+    full = None if masks is None else _full_masks(masks,
+                                                  model.variables["params"])
+    tx = self.trainer.make_tx(
+        steps, learning_rate=learning_rate, compression=False,
+        optimizer=self.config.post.finetune.optimizer, masks=full,
+        extra=extra)
+    state = self.trainer.state_for(model.module, model.variables, tx)
+    state = self.trainer.fit(state, steps, seed=self.config.seed + 1,
+                             desc="finetune")
     out = {"params": state.params}
     if state.batch_stats:
       out["batch_stats"] = state.batch_stats
-    return jax.tree.map(np.asarray, out)
+    return jax.tree.map(np.asarray, jax.device_get(out))
 
   def epochs_to_steps(self, epochs: float) -> int:
     """Converts a number of epochs into training steps.
@@ -247,12 +189,6 @@ class Context:
             "nonzeros": rep.nonzeros, "flops": rep.flops_dense,
             "flops_effective": rep.flops_effective,
             "bytes_sparse": rep.bytes_sparse}
-
-
-def _eval_step(apply_fn, variables, batch):
-  logits = apply_fn(variables, batch["image"], train=False)
-  correct = (logits.argmax(-1) == batch["label"]) * batch["mask"]
-  return correct.sum(), batch["mask"].sum()
 
 
 def _kernel_masks(masks):
@@ -330,7 +266,6 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   threshold = cfg.threshold
   gated = any(u.gate in flat for u in spec)
   if not gated and cfg.fraction > 0:  # Network Slimming: BN scales
-    from sparsify.transforms import sss  # pylint: disable=g-import-not-at-top
     threshold = sss.slimming_threshold(params, cfg.fraction)
   keep = {}
   for u in spec:
@@ -536,7 +471,13 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     accuracies and per-layer decisions.
   """
   params = model.variables["params"]
-  sig = significance.layer_significance(params, sparsity=cfg.sparsity, by=cfg.by)
+  rest = {k: v for k, v in model.variables.items() if k != "params"}
+  evaluate = None
+  if cfg.by == "quantization":  # the accuracy drop of each layer alone
+    evaluate = lambda p: ctx.accuracy(model, {"params": p, **rest},
+                                      ctx.validation)
+  sig = significance.layer_significance(params, sparsity=cfg.sparsity,
+                                        by=cfg.by, evaluate=evaluate)
   masks = jax.tree.map(np.asarray, sig.masks)
   pruned = dataclasses.replace(model, masks=masks, variables={
       **model.variables,
@@ -587,11 +528,11 @@ STAGES = {
 }
 
 
-def stage_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The stages of ``config.post.stages`` (comma-separated), checked.
+def stage_names(stages: str) -> list[str]:
+  """The stages of a ``post.stages`` string (comma-separated), checked.
 
   Args:
-    config: the experiment config.
+    stages: e.g. ``'slim, finetune'``.
 
   Returns:
     The stage names, in order, without blanks.
@@ -600,14 +541,11 @@ def stage_names(config: ml_collections.ConfigDict) -> list[str]:
     ValueError: a name is not one of `STAGES`.
 
   Example:
-    >>> import sparsify
     >>> from sparsify.experiment import stages
-    >>> config = sparsify.default_config()
-    >>> config.post.stages = 'slim, finetune'
-    >>> stages.stage_names(config)
+    >>> stages.stage_names('slim, finetune')
     ['slim', 'finetune']
   """
-  names = [s.strip() for s in config.post.stages.split(",") if s.strip()]
+  names = [s.strip() for s in stages.split(",") if s.strip()]
   for s in names:
     if s not in STAGES:
       raise ValueError(f"post.stages: got {s!r}; allowed: a comma-separated "
@@ -615,31 +553,43 @@ def stage_names(config: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
-def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
-        workdir: str, variables: dict[str, Any], masks: Any,
-        validation: data_lib.Split | None = None) -> dict[str, Any]:
+def holds_out(stages: str) -> bool:
+  """Whether a run with these stages holds validation examples out of training.
+
+  Args:
+    stages: a ``post.stages`` string.
+
+  Returns:
+    True if it names a stage of `SELECTING`.
+
+  Raises:
+    ValueError: it names an unknown stage.
+  """
+  return any(s in SELECTING for s in stage_names(stages))
+
+
+def run_stages(trainer: Any, variables: dict[str, Any],
+               masks: Any) -> dict[str, Any]:
   """Runs ``config.post.stages`` on a trained model; writes the results.
 
   Args:
-    config: the experiment config.
-    dataset: its dataset.
-    workdir: where ``post.json`` and ``model.spz`` (the compressed file) go.
+    trainer: the run's `Trainer`.
     variables: the trained variables.
     masks: the trained keep-masks (from the optimizer state), or None.
-    validation: the examples that selection stages evaluate on (None: the
-      last ``post.validation_examples`` of ``dataset.train``).
 
   Returns:
     ``{'stages': [...], 'file': {...}}``: per stage its measurements and
     record; the compressed file's bytes on disk and the accuracy of the
-    model decoded from it.
+    model decoded from it. Also written to ``post.json``, the file to
+    ``model.spz``, both in the trainer's workdir.
   """
+  config, workdir = trainer.config, trainer.workdir
   os.makedirs(workdir, exist_ok=True)
-  ctx = Context(config, dataset, workdir, validation)
+  ctx = Context(trainer)
   model = Model(config.model.name, config.model.kwargs.to_dict(),
                 jax.tree.map(np.asarray, variables), masks)
   rows = [{"stage": "trained", **ctx.measure(model)}]
-  for name in stage_names(config):
+  for name in stage_names(config.post.stages):
     t = time.perf_counter()
     model, record = STAGES[name](ctx, model, config.post[name])
     row = {"stage": name, **ctx.measure(model),
@@ -656,25 +606,23 @@ def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
       "model": {"name": model.name, "kwargs": model.kwargs},
       "dataset": config.data.name, "test_accuracy": accuracy,
       "stages": [r["stage"] for r in rows]})
-  file_info = evaluate_file(path, dataset, config.data.eval_batch_size)
+  file_info = evaluate_file(trainer, path)
   results = {"stages": rows, "file": file_info}
   with open(os.path.join(workdir, "post.json"), "w") as f:
     json.dump(results, f, indent=2, default=_jsonable)
   return results
 
 
-def evaluate_file(path: str, dataset: data_lib.Dataset,
-                  eval_batch_size: int = 1000) -> dict[str, Any]:
+def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
   """Loads a compressed file, rebuilds its model and evaluates it.
 
   Returns bytes on disk, the float32 size, the accuracy recorded at save
-  time and the accuracy measured now on ``dataset``'s eval split.
+  time and the accuracy measured now by ``trainer`` on its eval split.
 
   Args:
-    path: a file written by `run` (its metadata names the model and its
-      arguments, and records ``test_accuracy``).
-    dataset: the dataset whose eval split to evaluate on.
-    eval_batch_size: examples per evaluation batch.
+    trainer: a `Trainer` (its dataset and evaluation).
+    path: a file written by `run_stages` (its metadata names the model and
+      its arguments, and records ``test_accuracy``).
 
   Returns:
     ``{'path', 'bytes_on_disk', 'float32_bytes', 'recorded_accuracy',
@@ -685,10 +633,7 @@ def evaluate_file(path: str, dataset: data_lib.Dataset,
   kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
             for k, v in spec["kwargs"].items()}
   model = Model(spec["name"], kwargs, variables)
-  config = ml_collections.ConfigDict({"data": {
-      "eval_batch_size": eval_batch_size}, "post": {
-          "validation_examples": 1}})
-  measured = Context(config, dataset, os.path.dirname(path)).accuracy(model)
+  measured = trainer.evaluate(model, variables=variables)["eval/accuracy"]
   info = spz.file_report(path)
   return {"path": path, "bytes_on_disk": info.file_bytes,
           "float32_bytes": spz.float32_bytes(variables["params"]),

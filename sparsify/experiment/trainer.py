@@ -1,8 +1,11 @@
-"""Training and evaluation of a Flax model with a compression transform.
+"""The trainer: a Flax model, its optax chain, the jitted steps and the fit loop.
 
-`train_and_evaluate(config, workdir)` is the library entry point that the
-command line, notebooks and benchmarks call. The step functions are pure and
-jitted once; logging, evaluation and checkpoints live in the outer loop.
+`Trainer` holds what one run needs (data, model, optimizer, mesh, jitted
+steps) and offers the pieces every phase of a run is made of: `init_state`,
+`fit` (the one training loop: training, and fine-tuning in the
+post-training stages), `evaluate` and `report`. `sparsify.experiment.run`
+puts them together. The step functions are pure and jitted once; logging,
+evaluation and checkpoints live in the caller's callback.
 
 Data parallelism: a one-axis `jax.sharding.Mesh` over all local devices;
 batches are sharded along ``'data'``, parameters, optimizer state (masks
@@ -10,11 +13,10 @@ included) and BatchNorm statistics are replicated, and one jitted step
 computes the global-batch gradient (XLA inserts the all-reduce).
 """
 
+from collections.abc import Callable
+import dataclasses
 import functools
-import importlib.util
-import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -35,10 +37,7 @@ from sparsify.core import paths
 from sparsify.core import types
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
-from sparsify.experiment import metrics as metrics_lib
-from sparsify.experiment import optim
-from sparsify.experiment import plots
-from sparsify.experiment import stages
+from sparsify.experiment import registry
 from sparsify.transforms import sss
 
 log = logging.getLogger("sparsify")
@@ -60,6 +59,18 @@ class TrainState(train_state.TrainState):
 def _variables(params, batch_stats):
   return {"params": params, **({"batch_stats": batch_stats}
                                if batch_stats else {})}
+
+
+def variables_of(state: TrainState) -> dict[str, Any]:
+  """``{'params': ..., 'batch_stats': ...}`` of a state (no empty stats).
+
+  Args:
+    state: a `TrainState`.
+
+  Returns:
+    The variables ``state.apply_fn`` takes.
+  """
+  return _variables(state.params, state.batch_stats)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -93,11 +104,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]):
   return state, {"loss": loss, "accuracy": accuracy}
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]):
+def eval_step(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
+              batch: dict[str, jax.Array]):
   """Sums of loss and correct predictions over the real examples of a batch.
 
   Args:
-    state: the state to evaluate (BatchNorm uses its running statistics).
+    apply_fn: the model's ``apply``.
+    variables: its variables (BatchNorm uses the running statistics).
     batch: ``{'image': (B, H, W, C), 'label': (B,), 'mask': (B,)}`` as
       `data.eval_batches` gives it; ``mask`` is 0 for padding.
 
@@ -105,8 +118,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]):
     ``{'loss', 'correct', 'count'}``: the summed cross-entropy, the number
     of correct predictions and the number of real examples, each a scalar.
   """
-  logits = state.apply_fn(_variables(state.params, state.batch_stats),
-                          batch["image"], train=False)
+  logits = apply_fn(variables, batch["image"], train=False)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits,
                                                          batch["label"])
   correct = logits.argmax(-1) == batch["label"]
@@ -146,11 +158,32 @@ def sparsity_per_layer(params: types.Params, where=None) -> dict[str, float]:
           for name, leaf in paths.named_leaves(params) if chosen(name, leaf)}
 
 
+def split_validation(dataset: data_lib.Dataset, n: int) -> tuple[
+    data_lib.Dataset, data_lib.Split]:
+  """The dataset without its last ``n`` training examples, and those.
+
+  Args:
+    dataset: the dataset to split.
+    n: how many training examples to hold out; at most all but one.
+
+  Returns:
+    ``(dataset, held)``: ``dataset`` with the shortened training split (its
+    mean and std unchanged), and the held-out examples as a `Split`.
+  """
+  n = min(n, len(dataset.train.labels) - 1)
+  train = data_lib.Split(dataset.train.images[:-n], dataset.train.labels[:-n])
+  held = data_lib.Split(dataset.train.images[-n:], dataset.train.labels[-n:])
+  return dataclasses.replace(dataset, train=train), held
+
+
 class Trainer:
   """Holds what one run needs: data, model, optimizer, jitted steps, mesh.
 
   Building it validates the config and loads the data, so every bad input is
-  reported before any training starts.
+  reported before any training starts. When a post-training stage selects
+  by accuracy (`registry.holds_out`), the last
+  ``config.post.validation_examples`` training examples are held out of
+  training as ``validation``.
 
   Args:
     config: the experiment config.
@@ -175,8 +208,8 @@ class Trainer:
     except ValueError as e:  # e.g. a source that does not hold the dataset
       raise config_lib.ConfigError(str(e)) from e
     self.validation = None
-    if stages.holds_out(config):  # selection must not see its own data
-      self.dataset, self.validation = stages.split_validation(
+    if registry.holds_out(config.post.stages):  # selection must not see it
+      self.dataset, self.validation = split_validation(
           self.dataset, config.post.validation_examples)
     self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                               axis_types=(jax.sharding.AxisType.Auto,))
@@ -203,17 +236,59 @@ class Trainer:
       message = str(e).removeprefix("model: ")
       raise config_lib.ConfigError(f"model.kwargs: {message}") from e
     try:
-      self.tx = optim.make_optimizer(config, self.total_steps)
+      self.tx = self.make_tx(self.total_steps)
     except ValueError as e:
-      raise config_lib.ConfigError("compression", config.compression.method,
-                                   str(e)) from e
+      raise config_lib.ConfigError(str(e)) from e
     checkpoint.check_workdir(config, workdir)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    self.eval_step = jax.jit(
-        eval_step, in_shardings=(self.replicated, self.sharded),
-        out_shardings=self.replicated)
+
+  def make_tx(self, steps: int, *, learning_rate: float | None = None,
+              optimizer: str | None = None,
+              masks: types.Masks | None = None,
+              extra: optax.GradientTransformation | None = None,
+              compression: bool = True) -> optax.GradientTransformation:
+    """The config's optax chain for ``steps`` steps.
+
+    Training uses it as the config says; fine-tuning overrides the learning
+    rate (then with a cosine schedule over ``steps``, no warm-up) and the
+    optimizer, keeps fixed ``masks`` and appends ``extra``.
+
+    Args:
+      steps: the number of steps the schedules span.
+      learning_rate: overrides ``optimizer.learning_rate`` (and switches to
+        a cosine schedule without warm-up).
+      optimizer: overrides ``optimizer.name``.
+      masks: keep-masks; masked-out weights get no updates.
+      extra: a transform appended after the masks (e.g. a ternary
+        constraint).
+      compression: whether to compose the config's ``compression`` list.
+
+    Returns:
+      An `optax.GradientTransformation`.
+
+    Raises:
+      ValueError: an argument the optimizer or a method refuses.
+    """
+    opt = self.config.optimizer.to_dict()
+    if optimizer:
+      opt["name"] = optimizer
+      if optimizer != self.config.optimizer.name:
+        opt["kwargs"] = {}
+    fine = learning_rate is not None
+    tx = registry.make_optimizer(
+        opt, steps, learning_rate=learning_rate,
+        schedule="cosine" if fine else None, warmup_steps=0 if fine else None)
+    if compression:
+      tx = registry.make_chain(self.config.compression, tx, steps)
+    parts = [tx]
+    if masks is not None:
+      parts.append(masking.mask_updates(lambda _: masks,
+                                        where=lambda name, leaf: True))
+    if extra is not None:
+      parts.append(extra)
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
   def init_state(self) -> TrainState:
     """Fresh parameters, optimizer state and RNG from ``config.seed``.
@@ -226,27 +301,100 @@ class Trainer:
     dummy = np.zeros((1, *self.dataset.input_shape), np.float32)
     variables = jax.jit(functools.partial(self.model.init, train=False))(
         init_rng, dummy)
-    state = TrainState.create(
-        apply_fn=self.model.apply, params=variables["params"], tx=self.tx,
-        batch_stats=variables.get("batch_stats", {}),
-        rng=jax.random.key_data(state_rng))
-    return jax.device_put(state, self.replicated)
+    return self.state_for(self.model, variables, self.tx, state_rng)
 
-  def evaluate(self, state: TrainState) -> dict[str, float]:
-    """Loss and accuracy on the whole eval split.
+  def state_for(self, module: Any, variables: dict[str, Any],
+                tx: optax.GradientTransformation,
+                rng: jax.Array | None = None) -> TrainState:
+    """A `TrainState` of ``module`` at ``variables``, replicated on the mesh.
 
     Args:
-      state: the state to evaluate.
+      module: a Flax module (the run's model, or a slimmed one).
+      variables: ``{'params': ..., 'batch_stats': ...}``.
+      tx: the optimizer chain.
+      rng: a `jax.random.key`; by default the one of ``config.seed``.
+
+    Returns:
+      The state at step 0.
+    """
+    rng = jax.random.key(self.config.seed) if rng is None else rng
+    state = TrainState.create(
+        apply_fn=module.apply,
+        params=jax.tree.map(jax.numpy.asarray, variables["params"]), tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+        rng=jax.random.key_data(rng))
+    return jax.device_put(state, self.replicated)
+
+  def fit(self, state: TrainState, steps: int, *, start: int = 0,
+          seed: int | None = None,
+          callback: Callable[[int, TrainState, Any, float], None]
+          | None = None, desc: str = "train") -> TrainState:
+    """The training loop: steps ``start`` to ``steps`` of ``train_step``.
+
+    Batches are drawn by `data.batches` from ``seed`` (``config.seed`` by
+    default) at the position ``start``, prefetched and placed on the mesh.
+
+    Args:
+      state: the state to train.
+      steps: the step to stop at.
+      start: the step the state is at (batches resume there).
+      seed: the seed of the batch order.
+      callback: called after every step as ``callback(step, state, metrics,
+        input_seconds)`` (``step`` counts the steps done, ``input_seconds``
+        the time spent fetching and placing that batch).
+      desc: the progress bar's label.
+
+    Returns:
+      The state after the last step.
+    """
+    cfg, ds = self.config, self.dataset
+    batches = data_lib.prefetch(data_lib.batches(
+        ds.train, batch_size=cfg.data.batch_size,
+        seed=cfg.seed if seed is None else seed, start_step=start,
+        mean=ds.mean, std=ds.std),
+        put=lambda b: jax.device_put(b, self.sharded))
+    try:
+      for step in tqdm.trange(start, steps, desc=desc, unit="step",
+                              leave=False, disable=None):
+        t = time.perf_counter()
+        batch = next(batches)
+        waited = time.perf_counter() - t
+        state, metrics = self.train_step(state, batch)
+        if callback is not None:
+          callback(step + 1, state, metrics, waited)
+    finally:
+      batches.close()
+    return state
+
+  @functools.lru_cache(maxsize=16)
+  def _eval_step(self, apply_fn):
+    return jax.jit(functools.partial(eval_step, apply_fn),
+                   in_shardings=(self.replicated, self.sharded),
+                   out_shardings=self.replicated)
+
+  def evaluate(self, state: Any, split: data_lib.Split | None = None,
+               variables: dict[str, Any] | None = None) -> dict[str, float]:
+    """Loss and accuracy of a state (or of other variables) on a split.
+
+    Args:
+      state: a `TrainState`, or anything with an ``apply_fn`` (a stage's
+        model gives its module's ``apply``).
+      split: the examples; the dataset's eval split by default.
+      variables: variables to evaluate instead of the state's own.
 
     Returns:
       ``{'eval/loss': mean cross-entropy, 'eval/accuracy': fraction
-      correct}`` over every example of the eval split.
+      correct}`` over every example of the split.
     """
+    if variables is None:
+      variables = _variables(state.params, state.batch_stats)
+    step = self._eval_step(state.apply_fn)
+    split = self.dataset.eval if split is None else split
     sums = None
     for batch in data_lib.eval_batches(
-        self.dataset.eval, batch_size=self.config.data.eval_batch_size,
+        split, batch_size=self.config.data.eval_batch_size,
         mean=self.dataset.mean, std=self.dataset.std):
-      out = self.eval_step(state, jax.device_put(batch, self.sharded))
+      out = step(variables, jax.device_put(batch, self.sharded))
       sums = out if sums is None else jax.tree.map(np.add, sums, out)
     sums = jax.device_get(sums)
     return {"eval/loss": float(sums["loss"] / sums["count"]),
@@ -269,149 +417,3 @@ class Trainer:
     return report_lib.compression_report(
         jax.device_get(state.params), masking.find_masks(state.opt_state),
         output_shapes=shapes)
-
-
-def _checkpointable(state: TrainState) -> dict[str, Any]:
-  return {"params": state.params, "opt_state": state.opt_state,
-          "batch_stats": state.batch_stats, "step": state.step,
-          "rng": state.rng, "data_step": state.step}
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
-  """Trains, evaluates and reports one run; resumes from ``workdir``.
-
-  Args:
-    config: an experiment config (see `sparsify.experiment.config.default_config`).
-    workdir: where checkpoints, TensorBoard events, ``metrics.jsonl``,
-      ``report.json`` and ``results.json`` are written.
-
-  Returns:
-    The final results: eval accuracy and loss, steps, timings, and the
-    compression report as a dict.
-
-  Raises:
-    ConfigError: a field of the config is invalid, ``workdir`` holds a run of
-      another model, or its checkpoint cannot be restored.
-    MissingDataError: the dataset is not on this machine.
-
-  Example:
-    A smoke test, one step of 128 images; the report table and a summary
-    line are printed:
-
-    >>> import tempfile
-    >>> import sparsify
-    >>> config = sparsify.default_config()
-    >>> config.model.name = 'mlp'
-    >>> config.model.kwargs.hidden = (32,)
-    >>> config.train.epochs = 0.02
-    >>> with tempfile.TemporaryDirectory() as workdir:
-    ...   results = sparsify.train_and_evaluate(config, workdir)
-    layer ...
-    mlp on embedded_mnist, none: eval accuracy ...
-    >>> results['steps'], results['report']['total']['params']
-    (1, 25450)
-  """
-  trainer = Trainer(config, workdir)
-  cfg = config.train
-  state = trainer.init_state()
-  mngr = checkpoint.manager(workdir, keep=cfg.keep_checkpoints)
-  try:
-    restored = checkpoint.restore_or_init(mngr, _checkpointable(state))
-  except config_lib.ConfigError:
-    mngr.close()
-    raise
-  state = state.replace(
-      params=restored["params"], opt_state=restored["opt_state"],
-      batch_stats=restored["batch_stats"], step=restored["step"],
-      rng=restored["rng"])
-  state = jax.device_put(state, trainer.replicated)
-  start = int(restored["data_step"])
-  if start:
-    log.info("resumed from step %d in %s", start, workdir)
-  else:  # for the weight histograms of `sparsify.plots`
-    plots.save_weights(workdir, jax.device_get(state.params), "before")
-  writer = metrics_lib.MetricWriter(workdir,
-                                    quiet_prefixes=("sparsity/", "scale/"))
-  batches = data_lib.prefetch(data_lib.batches(
-      trainer.dataset.train, batch_size=config.data.batch_size,
-      seed=config.seed, start_step=start, mean=trainer.dataset.mean,
-      std=trainer.dataset.std),
-      put=lambda b: jax.device_put(b, trainer.sharded))
-
-  loop_start = time.perf_counter()
-  # Wall time per step over each logging interval, minus time spent in
-  # evaluation; input time is the part spent fetching and placing batches.
-  input_time, paused, last_log, last_step = 0.0, 0.0, loop_start, start
-  train_metrics = []
-  for step in tqdm.trange(start, trainer.total_steps, initial=0,
-                          desc="train", unit="step", leave=False,
-                          disable=None):
-    t = time.perf_counter()
-    batch = next(batches)
-    input_time += time.perf_counter() - t
-    state, metrics = trainer.train_step(state, batch)
-    train_metrics.append(metrics)
-    done = step + 1
-    if done % cfg.log_every == 0 or done == trainer.total_steps:
-      jax.block_until_ready(state)
-      means = jax.tree.map(lambda *x: float(np.mean(x)),
-                           *jax.device_get(train_metrics))
-      elapsed = time.perf_counter() - last_log - paused
-      n = done - last_step
-      scalars = {f"train/{k}": v for k, v in means.items()}
-      scalars["time/step_ms"] = 1e3 * elapsed / n
-      scalars["time/input_ms"] = 1e3 * input_time / n
-      scalars.update(sparsity_per_layer(state.params))
-      scalars.update(scales_per_layer(state.params))
-      writer.write(done, scalars)
-      train_metrics, input_time, paused = [], 0.0, 0.0
-      last_log, last_step = time.perf_counter(), done
-    epoch_end = done % trainer.steps_per_epoch == 0
-    epoch = done // trainer.steps_per_epoch
-    if (epoch_end and epoch % cfg.eval_every_epochs == 0
-        and done != trainer.total_steps):
-      t = time.perf_counter()
-      writer.write(done, trainer.evaluate(state))
-      paused += time.perf_counter() - t
-    if done % cfg.checkpoint_every == 0 or done == trainer.total_steps:
-      checkpoint.save(mngr, done, _checkpointable(state))
-  batches.close()
-  mngr.wait_until_finished()
-  train_seconds = time.perf_counter() - loop_start
-
-  final = trainer.evaluate(state)
-  writer.write(int(state.step), final)
-  writer.close()
-  report = trainer.report(state)
-  print(report.table())
-  total = report.total
-  print(f"\n{config.model.name} on {config.data.name}, "
-        f"{config.compression.method}: eval accuracy "
-        f"{100 * final['eval/accuracy']:.2f} %, {total.nonzeros:,} of "
-        f"{total.params:,} weights nonzero ({total.sparsity:.1%} sparse), "
-        f"{total.bytes_sparse / 1024:.1f} KiB vs {total.bytes_dense / 1024:.1f}"
-        f" KiB dense ({total.compression_ratio:.1f}x smaller)")
-  report.to_json(os.path.join(workdir, "report.json"))
-  results = {"eval_accuracy": final["eval/accuracy"],
-             "eval_loss": final["eval/loss"], "steps": int(state.step),
-             "train_seconds": train_seconds,
-             "steps_per_epoch": trainer.steps_per_epoch,
-             "model": config.model.name, "dataset": config.data.name,
-             "method": config.compression.method,
-             "report": report.to_dict()}
-  if config.post.stages:
-    post = stages.run(
-        config, trainer.dataset, workdir,
-        jax.device_get(_variables(state.params, state.batch_stats)),
-        jax.device_get(masking.find_masks(state.opt_state)),
-        trainer.validation)
-    print("\n" + stages.table(post))
-    results["post"] = post
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
-  mngr.close()
-  plots.save_weights(workdir, jax.device_get(state.params), "after")
-  if importlib.util.find_spec("matplotlib"):  # an optional dependency
-    plots.plot_run(workdir)
-  return results
