@@ -6,7 +6,7 @@ digits:
 
   python -m experiments.main --config configs/lenet_300_100.py --workdir /tmp/l300
   python -m experiments.main --config configs/lenet_300_100.py:dat --workdir /tmp/l300_dat \
-      --config.compression.sparsity=0.98
+      --config.compression[0].kwargs.target_sparsity=0.98
 
 On full Fashion-MNIST from local IDX files, and on MNIST through
 tensorflow-datasets (a prepared dataset in DATA_DIR):
