@@ -21,7 +21,8 @@ Kernels of rank > 2 are read as channels-last convolution kernels; kernels of
 
 Bytes assume float32 values (4 bytes each, whatever the stored dtype). The
 sparse size of a leaf is the smallest of three encodings (ties go to the
-simpler one, in this order):
+simpler one, in this order), counted as the compressed file stores them
+(`sparsify.spz.encodings.smallest_lossless`):
 
 * ``dense``: ``4 * size``;
 * ``bitmask``: ``ceil(size / 8)`` bytes of bits, plus ``4 * nnz`` of values;
@@ -48,6 +49,7 @@ import numpy as np
 
 from sparsify.core import paths
 from sparsify.core import types
+from sparsify.spz import encodings
 
 BYTES_PER_VALUE = 4  # float32
 _IS_KERNEL = paths.path_predicate(None)
@@ -219,24 +221,6 @@ def _cells(r: LayerReport) -> tuple[str, ...]:
           _fmt_ratio(r.compression_ratio))
 
 
-def _index_bytes(max_value: int) -> int:
-  """The fewest of 1, 2, 4, 8 bytes whose unsigned range holds max_value."""
-  return next(w for w in (1, 2, 4, 8) if max(max_value, 0) < 256**w)
-
-
-def _encode(shape: tuple[int, ...], nnz: int) -> tuple[str, int, int]:
-  """Returns ``(encoding, bytes_sparse, bytes_index)`` of the smallest one."""
-  size = math.prod(shape)
-  rows, cols = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
-  values = BYTES_PER_VALUE * nnz
-  bits = math.ceil(size / 8)
-  csr = nnz * _index_bytes(cols - 1) + (rows + 1) * _index_bytes(nnz)
-  candidates = [("dense", BYTES_PER_VALUE * size, 0),
-                ("bitmask", bits + values, bits),
-                ("csr", csr + values, csr)]
-  return min(candidates, key=lambda c: c[1])  # First wins ties.
-
-
 def _sparsity(nonzeros: int, params: int) -> float:
   return 1.0 - nonzeros / params if params else 0.0
 
@@ -277,12 +261,13 @@ def _layer(name: str, value: Any, mask: Any,
     x = np.where(m, x, np.zeros((), x.dtype))
   params, nnz = int(x.size), int(np.count_nonzero(x))
   flops_dense, flops_effective = _flops(name, x, nnz, output_shapes)
-  encoding, bytes_sparse, bytes_index = _encode(x.shape, nnz)
+  stored = encodings.smallest_lossless(x.shape, nnz, BYTES_PER_VALUE)
   return LayerReport(
       name=name, shape=tuple(int(d) for d in x.shape), params=params,
       nonzeros=nnz, sparsity=_sparsity(nnz, params), flops_dense=flops_dense,
       flops_effective=flops_effective, bytes_dense=BYTES_PER_VALUE * params,
-      bytes_sparse=bytes_sparse, bytes_index=bytes_index, encoding=encoding)
+      bytes_sparse=stored.nbytes, bytes_index=stored.index_bytes,
+      encoding=stored.encoding)
 
 
 def _total(layers: tuple[LayerReport, ...]) -> LayerReport:

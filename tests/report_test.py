@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from sparsify import report as report_lib
+from sparsify import spz
 
 # Dense_0/kernel (4, 3): 5 nonzeros -> bitmask wins.
 DENSE0 = np.array([[1., 0., 2.],
@@ -129,6 +130,21 @@ def test_without_masks_counts_stored_zeros_only():
   # dense 288; bitmask 9 + 4*71 = 293; csr 4*71 + 71*1 + 19*1 = 374.
   assert (conv.encoding, conv.bytes_sparse) == ("dense", 288)
   assert report.total.nonzeros == 71 + 3 + 5 + 3
+
+
+def test_sparse_bytes_are_what_the_compressed_file_stores(tmp_path):
+  # float32 leaves without -0.0: the file stores the same entries in the
+  # same encodings, so its bytes per leaf are the report's.
+  masked = {"Conv_0": {"kernel": np.where(CONV_MASK, CONV, 0.)},
+            "Dense_0": {"kernel": DENSE0, "bias": BIAS0},
+            "Dense_1": {"kernel": DENSE1}}
+  report = report_lib.compression_report(PARAMS, MASKS["full"])
+  path = tmp_path / "model.spz"
+  spz.save(path, masked)
+  stored = spz.file_report(path).leaves
+  assert [(r.name, r.encoding, r.bytes_sparse) for r in report.layers] == [
+      (leaf.path, leaf.encoding, leaf.nbytes) for leaf in stored]
+  assert report.total.bytes_sparse == sum(leaf.nbytes for leaf in stored)
 
 
 def test_scalar_false_mask_zeroes_leaf():

@@ -1,15 +1,15 @@
 """Quantization after training: k-means, product quantization, weight sharing.
 
 Each is a pure function over parameter pytrees; what it returns is both the
-quantized parameters and the codes that `sparsify.spz` stores.
+quantized parameters and the codes that `sparsify.spz` stores. `kmeans`
+holds the clustering, `pq` product quantization, `sharing` weight sharing;
+codes are bit-packed and counted by `sparsify.spz.bits`, re-exported here.
 """
 
-from sparsify.quantize.pq import code_bits
+from sparsify.quantize.kmeans import kmeans
+from sparsify.quantize.kmeans import kmeans_plus_plus
+from sparsify.quantize.kmeans import lloyd
 from sparsify.quantize.pq import dense_kernel
-from sparsify.quantize.pq import kmeans
-from sparsify.quantize.pq import kmeans_plus_plus
-from sparsify.quantize.pq import lloyd
-from sparsify.quantize.pq import pack_codes
 from sparsify.quantize.pq import pq_compression_rate
 from sparsify.quantize.pq import pq_decode
 from sparsify.quantize.pq import pq_encode
@@ -17,8 +17,10 @@ from sparsify.quantize.pq import pq_nbytes
 from sparsify.quantize.pq import pq_quantize
 from sparsify.quantize.pq import pq_storage_bits
 from sparsify.quantize.pq import PQCode
-from sparsify.quantize.pq import share_params
-from sparsify.quantize.pq import share_weights
-from sparsify.quantize.pq import shared_decode
-from sparsify.quantize.pq import SharedCode
-from sparsify.quantize.pq import unpack_codes
+from sparsify.quantize.sharing import share_params
+from sparsify.quantize.sharing import share_weights
+from sparsify.quantize.sharing import shared_decode
+from sparsify.quantize.sharing import SharedCode
+from sparsify.spz.bits import code_bits
+from sparsify.spz.bits import pack_codes
+from sparsify.spz.bits import unpack_codes
