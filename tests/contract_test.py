@@ -232,13 +232,13 @@ class ProxCase(NamedTuple):
 
 PROXIMAL = {
     "apg": ProxCase(lambda: sparsify.accelerated_proximal_gradient(
-        0.1, gamma=5.0), optax.identity(), optax.identity(),
+        0.1, strength=5.0), optax.identity(), optax.identity(),
                     dict(factory=sparsify.accelerated_proximal_gradient,
-                         kwargs=dict(learning_rate=0.1, gamma=5.0)), True),
-    "ista": ProxCase(lambda: sparsify.proximal_sgd(0.1, l1=5.0),
+                         kwargs=dict(learning_rate=0.1, strength=5.0)), True),
+    "ista": ProxCase(lambda: sparsify.proximal_sgd(0.1, strength=5.0),
                      optax.identity(), optax.identity(),
                      dict(factory=sparsify.proximal_sgd,
-                          kwargs=dict(learning_rate=0.1, l1=5.0)), True),
+                          kwargs=dict(learning_rate=0.1, strength=5.0)), True),
     "group_lasso": ProxCase(lambda: sparsify.group_lasso_prox(0.1, strength=5.0),
                             optax.sgd(0.05), optax.identity(),
                             dict(factory=sparsify.group_lasso_prox,
@@ -247,7 +247,7 @@ PROXIMAL = {
     "network_slimming": ProxCase(lambda: sparsify.network_slimming(1e-3),
                                  optax.identity(), optax.sgd(0.05),
                                  dict(factory=sparsify.network_slimming,
-                                      kwargs=dict(l1=1e-3)), False),
+                                      kwargs=dict(strength=1e-3)), False),
 }
 # Penalties added before the optimizer, and LCT's ternary constraint.
 PROXIMAL.update({
@@ -260,7 +260,7 @@ PROXIMAL.update({
         optax.identity(), optax.sgd(0.05),
         dict(factory=sparsify.kcentre_attractor,
              kwargs=dict(strength=1e-2)), False),
-    "l1": ProxCase(lambda: sparsify.l1(1e-2), optax.identity(),
+    "strength": ProxCase(lambda: sparsify.l1(1e-2), optax.identity(),
                    optax.sgd(0.05), dict(factory=sparsify.l1,
                                          kwargs=dict(strength=1e-2)), False),
     "group_lasso_penalty": ProxCase(

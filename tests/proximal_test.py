@@ -57,7 +57,7 @@ def test_apg_matches_numpy_reference(nonnegative):
     return 0.2 + 0.05 * t
 
   tx = proximal.accelerated_proximal_gradient(
-      lr, gamma=gamma, momentum=0.9, nonnegative=nonnegative)
+      lr, strength=gamma, momentum=0.9, nonnegative=nonnegative)
   history = _run(tx, {"gate": jnp.asarray(lam0)},
                  [{"gate": jnp.asarray(g)} for g in grads])
   expected = _apg_reference(lam0, grads, [lr(t) for t in range(steps)],
@@ -79,7 +79,7 @@ def test_apg_matches_numpy_reference(nonnegative):
 def test_apg_without_momentum_reaches_zero_in_closed_form_steps(lam0):
   lr, gamma = 0.5, 0.25  # the threshold 0.125 is exact in binary
   steps = math.ceil(abs(lam0) / (lr * gamma))
-  tx = proximal.accelerated_proximal_gradient(lr, gamma=gamma, momentum=0.0)
+  tx = proximal.accelerated_proximal_gradient(lr, strength=gamma, momentum=0.0)
   history = _run(tx, jnp.array([lam0], jnp.float32),
                  [jnp.zeros(1, jnp.float32)] * (steps + 3))
   values = [float(p[0]) for p, _ in history]
@@ -95,7 +95,7 @@ def test_apg_without_momentum_reaches_zero_in_closed_form_steps(lam0):
 def test_apg_with_momentum_reaches_exact_zero_and_stays(nonnegative):
   lam0 = jnp.array([1.0, 0.37, -0.8, 2.3, 0.01, -3.1], jnp.float32)
   tx = proximal.accelerated_proximal_gradient(
-      0.1, gamma=0.5, momentum=0.9, nonnegative=nonnegative)
+      0.1, strength=0.5, momentum=0.9, nonnegative=nonnegative)
   history = _run(tx, lam0, [jnp.zeros_like(lam0)] * 150)
   values = np.stack([np.asarray(p) for p, _ in history])
   moving = np.flatnonzero(np.any(values != 0.0, axis=1))
@@ -136,7 +136,7 @@ def test_proximal_sgd_matches_numpy():
   def lr(t):
     return 0.2 * 0.9**t
 
-  history = _run(proximal.proximal_sgd(lr, l1=0.4), jnp.asarray(lam),
+  history = _run(proximal.proximal_sgd(lr, strength=0.4), jnp.asarray(lam),
                  [jnp.asarray(g) for g in grads])
   expected = lam.astype(np.float64)
   for t, (params, _) in enumerate(history):
@@ -234,8 +234,8 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
   lr, wd, mu = 0.1, 1e-4, 0.9
   zero = jax.tree.map(jnp.zeros_like, params)
   new = _run(sss.sparse_structure_selection(
-      lr, gamma=0.5, momentum=mu, weight_decay=wd,
-      scale_pattern=sss.SSS_SCALES), params, [zero])[0][0]
+      lr, strength=0.5, momentum=mu, weight_decay=wd,
+      where=sss.SSS_SCALES), params, [zero])[0][0]
   # Scales: |0.01| < lr * gamma, so the proximal step lands on exactly zero.
   assert np.all(np.asarray(new["BatchNorm_0"]["scale"]) == 0.0)
   assert np.all(np.asarray(new["block"]["gate"]) == 0.0)
@@ -245,8 +245,8 @@ def test_sss_routes_scales_to_apg_and_weights_to_nesterov_sgd():
     np.testing.assert_allclose(w, decayed, rtol=1e-6)
   # Gamma reaches the scales only; a gradient reaches the weights unchanged.
   grads = jax.tree.map(lambda p: -0.3 * jnp.ones_like(p), params)
-  a = _run(sss.sparse_structure_selection(lr, gamma=0.0), params, [grads])[0][0]
-  b = _run(sss.sparse_structure_selection(lr, gamma=1.0), params, [grads])[0][0]
+  a = _run(sss.sparse_structure_selection(lr, strength=0.0), params, [grads])[0][0]
+  b = _run(sss.sparse_structure_selection(lr, strength=1.0), params, [grads])[0][0]
   np.testing.assert_array_equal(a["Conv_0"]["kernel"], b["Conv_0"]["kernel"])
   np.testing.assert_allclose(a["block"]["gate"], 0.01 + lr * 0.3 * (1 + mu),
                              rtol=1e-6)  # first APG step: lr * g * (1 + mu)
@@ -267,8 +267,8 @@ def test_sss_scales_are_the_gates_when_there_are_gates():
 def test_sss_optimizer_takes_a_custom_pattern():
   params = _sss_params()
   tx = sss.sss_optimizer(
-      optax.sgd(0.0), proximal.proximal_sgd(0.1, l1=1.0),
-      scale_pattern=r"(^|/)gate$")
+      optax.sgd(0.0), proximal.proximal_sgd(0.1, strength=1.0),
+      where=r"(^|/)gate$")
   new = _run(tx, params, [jax.tree.map(jnp.zeros_like, params)])[0][0]
   assert np.all(np.asarray(new["block"]["gate"]) == 0.0)
   np.testing.assert_array_equal(new["BatchNorm_0"]["scale"],
@@ -277,14 +277,14 @@ def test_sss_optimizer_takes_a_custom_pattern():
 
 FACTORIES = {
     "apg": lambda: proximal.accelerated_proximal_gradient(
-        optax.cosine_decay_schedule(0.1, 10), gamma=0.01, nonnegative=True),
-    "ista": lambda: proximal.proximal_sgd(0.1, l1=0.01),
+        optax.cosine_decay_schedule(0.1, 10), strength=0.01, nonnegative=True),
+    "ista": lambda: proximal.proximal_sgd(0.1, strength=0.01),
     "group_lasso": lambda: optax.chain(
         optax.sgd(0.1, momentum=0.9), proximal.group_lasso_prox(
             0.1, strength=0.01)),
     "slimming": lambda: optax.chain(sss.network_slimming(1e-3),
                                     optax.sgd(0.1)),
-    "sss": lambda: sss.sparse_structure_selection(0.1, gamma=0.01),
+    "sss": lambda: sss.sparse_structure_selection(0.1, strength=0.01),
 }
 
 
@@ -305,9 +305,9 @@ def test_transforms_jit_and_keep_state_shapes(name):
 def test_apg_under_inject_hyperparams():
   lam = jnp.array([0.5, -0.02, 0.3])
   grads = [jnp.array([0.1, 0.2, -0.3])] * 3
-  plain = _run(proximal.accelerated_proximal_gradient(0.1, gamma=0.2),
+  plain = _run(proximal.accelerated_proximal_gradient(0.1, strength=0.2),
                lam, grads)
   injected = _run(optax.inject_hyperparams(
-      proximal.accelerated_proximal_gradient)(0.1, gamma=0.2), lam, grads)
+      proximal.accelerated_proximal_gradient)(0.1, strength=0.2), lam, grads)
   for (p, _), (q, _) in zip(plain, injected):
     np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)

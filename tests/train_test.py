@@ -189,7 +189,8 @@ def test_eight_devices_match_one_device(tmp_path):
 def test_every_preset_trains_and_reports(preset, extra, tmp_path):
   config = config_lib.with_method(tiny_config(), preset)
   kwargs = config.compression[0].kwargs
-  kwargs.update_every = 10
+  if "update_every" in kwargs:
+    kwargs.update_every = 10
   kwargs["target_sparsity" if preset == "dat" else "sparsity"] = 0.8
   kwargs.update(extra)
   results = run_lib.run(config, str(tmp_path))

@@ -38,9 +38,9 @@ import numpy as np
 from experiments.benchmarks import common
 from sparsify.experiment import checkpoint
 from sparsify import data as data_lib
+from sparsify import models
 from sparsify.structure import neuron_search
 from sparsify.experiment import stages
-from sparsify.structure import surgery
 from sparsify.experiment import trainer as trainer_lib
 
 
@@ -67,7 +67,7 @@ def random_baseline(ctx, trained, search, steps, seeds):
   after fine-tuning for ``steps`` steps.
   """
   spec = neuron_search.ungated_spec(
-      surgery.spec_for(trained.name, **trained.kwargs),
+      models.structure(trained.name, **trained.kwargs),
       trained.variables["params"])
   out = []
   for seed in seeds:

@@ -354,7 +354,7 @@ def accuracy_rows(args, runs):
     config = make_config("lenet_300_100", "sss", args.lenet_epochs)
     config.compression.gamma = gamma
     sss_run("lenet_300_100", f"lenet_sss_{gamma:g}", config,
-            f"lenet_300_100 sss gamma={gamma:g}")
+            f"lenet_300_100 sss strength={gamma:g}")
 
   # VGG: channels, relative selection; Network Slimming at the same counts.
   width = {"width": args.vgg_width}
@@ -367,7 +367,7 @@ def accuracy_rows(args, runs):
     config.post.slim.multiple = args.vgg_multiple
     for rel in args.vgg_relative:
       row = sss_run("vgg", f"vgg_sss_{gamma:g}", config,
-                    f"vgg sss gamma={gamma:g}, gate < {rel:g} max",
+                    f"vgg sss strength={gamma:g}, gate < {rel:g} max",
                     relative=True, threshold=rel)
       if gamma == args.slimming_gamma:
         fractions.append(row["units_removed"])
@@ -387,7 +387,7 @@ def accuracy_rows(args, runs):
                          block_gates=True, channel_gates=False)
     config.compression.gamma = gamma
     sss_run("resnet", f"resnet_blocks_{gamma:g}", config,
-            f"resnet sss blocks, gamma={gamma:g}")
+            f"resnet sss blocks, strength={gamma:g}")
 
   dense_acc = {r["model"]: r["acc_trained"] for r in rows
                if r["method"] == "dense"}

@@ -193,9 +193,9 @@ def method(name: str, *, begin: float | None = None, end: float | None = None,
       value = kwargs[arg]
       if value is None:
         value = _placeholder(p.annotation)
-    elif p.default is None:
+    elif p.default is None or p.default is p.empty:  # settable, unset
       value = _placeholder(p.annotation)
-    elif p.default is p.empty or callable(p.default):
+    elif callable(p.default):
       continue
     else:
       value = p.default

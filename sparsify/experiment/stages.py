@@ -208,14 +208,12 @@ def _full_masks(masks, params):
 
 
 def _spec(model: Model) -> list[units.Unit]:
-  return surgery.spec_for(model.name, **model.kwargs)
+  return models.structure(model.name, **model.kwargs)
 
 
 def _slimmed(model: Model, spec, keep) -> Model:
   variables = surgery.slim(model.variables, spec, keep)
-  kwargs = surgery.slim_kwargs(model.name, model.kwargs, keep)
-  if model.name == "resnet":
-    kwargs.pop("block_gates", None)
+  kwargs = models.slimmed_kwargs(model.name, model.kwargs, keep)
   return Model(model.name, kwargs, variables)
 
 
@@ -235,7 +233,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   widths are rounded up to a multiple of ``cfg.multiple`` (CPU and
   accelerator kernels are faster on multiples of 8), keeping the next
   largest scales. ResNet residual branches whose block gate is at most the
-  threshold are removed first (`surgery.remove_blocks`).
+  threshold are removed first (`sparsify.models.remove_blocks`).
 
   Args:
     ctx: the run's `Context`.
@@ -249,10 +247,12 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     removed).
   """
   record = {}
-  if model.name == "resnet" and model.kwargs.get("block_gates"):
-    # Residual branches with zero block gates go first, then channels.
-    variables, kwargs = surgery.remove_blocks(model.variables, model.kwargs,
-                                              cfg.threshold)
+  # Whole blocks with zero block gates (ResNet branches) go first, then
+  # channels.
+  removed = models.remove_blocks(model.name, model.variables, model.kwargs,
+                                 cfg.threshold)
+  if removed is not None:
+    variables, kwargs = removed
     model = Model(model.name, kwargs, variables, model.masks)
     record["block_plan"] = list(kwargs["block_plan"])
     if not kwargs.get("channel_gates"):

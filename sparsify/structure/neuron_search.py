@@ -60,7 +60,7 @@ def neuron_scores(params: types.Params, spec: Sequence[units.Unit],
 
   Args:
     params: the model's parameters.
-    spec: the structure specification (see `surgery.spec_for`).
+    spec: the structure specification (see `sparsify.models.structure`).
     norm: ``'l1'`` or ``'l2'``.
 
   Returns:
@@ -217,8 +217,8 @@ def ungated_spec(spec: Sequence[units.Unit],
                  params: types.Params) -> list[units.Unit]:
   """The specification with the gates that ``params`` lacks set to None.
 
-  `surgery.spec_for` names the gates of gated models; for the same model
-  built without gates, this is the specification `surgery.slim` needs.
+  `sparsify.models.structure` names the gates of gated models; for the same
+  model built without gates, this is the specification `surgery.slim` needs.
 
   Args:
     spec: the structure specification of the gated model.
@@ -354,7 +354,7 @@ def binary_search_prune(
     evaluate: ``params -> accuracy`` (higher is better), any Python callable;
       called once on ``params``, then once per search step.
     tolerance: :math:`\ge 0`, the accuracy that may be lost.
-    spec: the unit groups (see `surgery.spec_for`).
+    spec: the unit groups (see `sparsify.models.structure`).
     norm: ``'l1'`` or ``'l2'`` norm of the incoming weights.
     order: ``'forward'`` (spec order), ``'backward'`` or ``'size'`` (largest
       groups first, ties in spec order).

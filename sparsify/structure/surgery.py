@@ -1,8 +1,8 @@
 """Surgery: physically remove neurons and channels, folding gates into weights.
 
 A network is slimmed from a declared *structure specification*: a list of
-`units.Unit` groups, each naming the parameters whose slices along one axis belong
-to the same neurons or channels. For a hidden layer of an MLP with gates::
+`units.Unit` groups, each naming the parameters whose slices along one axis
+belong to the same neurons or channels. For a hidden layer of an MLP with gates::
 
   units.Unit(name="fc1", gate="fc1_gate/gate",
        producers=(("fc1/kernel", 1), ("fc1/bias", 0)),
@@ -23,20 +23,23 @@ removed, so the slim network computes the same function as the gated one.
 Folding into the next layer is exact when everything between the gate and
 the consumer is linear and commutes with a scale: average pooling, flatten,
 zero padding always; max pooling only for :math:`\\lambda \\ge 0` (SSS keeps
-gates non-negative). `spec_for` builds the specification of the models in
-`sparsify.models` (MLP neurons, VGG channels, ResNet channels inside residual
-branches); a user's own model is slimmed by writing its specification.
-Whole residual blocks whose gate is zero are removed by `remove_blocks`.
-What it cannot handle: units whose consumers are not linear
-in them (a gate before a non-linearity), and coupled axes that are not
-declared (e.g. residual additions across blocks, which ResNet channel gates
-avoid by gating only inside the residual branch).
+gates non-negative). Each model of `sparsify.models` declares its own
+specification (`sparsify.models.structure`, also `spec_for` here: MLP
+neurons, LeNet-5 filters, VGG channels, ResNet channels inside residual
+branches) and the arguments of its slim version
+(`sparsify.models.slimmed_kwargs`); a user's own model is slimmed by writing
+its specification. Whole residual blocks whose gate is zero are removed
+before, by `sparsify.models.remove_blocks`. What it cannot handle: units
+whose consumers are not linear in them (a gate before a non-linearity), and
+coupled axes that are not declared (e.g. residual additions across blocks,
+which ResNet channel gates avoid by gating only inside the residual branch).
 """
 
 from typing import Any
 
 import numpy as np
 
+from sparsify import models
 from sparsify.core import paths
 from sparsify.core import types
 from sparsify.structure import units
@@ -192,7 +195,10 @@ def keep_nonzero(params: types.Params, spec: list[units.Unit],
 
 
 def spec_for(model: str, **kwargs: Any) -> list[units.Unit]:
-  """The structure specification of a gated `sparsify.models` network.
+  """The structure specification of a `sparsify.models` network.
+
+  The model's own module declares it; this is `sparsify.models.structure`
+  under the name the flat API gives it.
 
   Args:
     model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons), ``'lenet5'``
@@ -206,7 +212,8 @@ def spec_for(model: str, **kwargs: Any) -> list[units.Unit]:
     The list of `units.Unit`.
 
   Raises:
-    ValueError: for a model name not listed above.
+    ValueError: for a model name not listed above, or an argument the model
+      does not take.
 
   Example:
     >>> import sparsify
@@ -216,131 +223,4 @@ def spec_for(model: str, **kwargs: Any) -> list[units.Unit]:
     >>> spec[0].producers, spec[0].consumers
     ((('fc1/kernel', 1), ('fc1/bias', 0)), (('fc2/kernel', 0),))
   """
-  if model == "lenet5":  # ungated: for neuron and filter pruning
-    chain = [("conv1", 3, 2), ("conv2", 3, 2), ("fc1", 1, 0), ("head", None, 0)]
-    return [units.Unit(name=name, gate=None,
-                 producers=((f"{name}/kernel", out), (f"{name}/bias", 0)),
-                 consumers=((f"{nxt}/kernel", into),))
-            for (name, out, _), (nxt, _, into) in zip(chain, chain[1:])]
-  if model in ("mlp", "lenet_300_100"):
-    hidden = kwargs.get("hidden", (300, 100))
-    names = [f"fc{i + 1}" for i in range(len(hidden))] + ["head"]
-    return [units.Unit(name=names[i], gate=f"{names[i]}_gate/gate",
-                 producers=((f"{names[i]}/kernel", 1), (f"{names[i]}/bias", 0)),
-                 consumers=((f"{names[i + 1]}/kernel", 0),))
-            for i in range(len(hidden))]
-  if model == "vgg":
-    stages = kwargs["stages"]
-    blocks = [f"block{s + 1}_{i}" for s, stage in enumerate(stages)
-              for i in range(len(stage))]
-    spec = []
-    for b, nxt in zip(blocks, blocks[1:] + ["head"]):
-      consumer = (f"{nxt}/kernel", 0) if nxt == "head" else (
-          f"{nxt}/conv/kernel", 2)
-      spec.append(units.Unit(
-          name=b, gate=f"{b}/gate/gate",
-          producers=((f"{b}/conv/kernel", 3), (f"{b}/bn/scale", 0),
-                     (f"{b}/bn/bias", 0), (f"{b}/bn/mean", 0),
-                     (f"{b}/bn/var", 0)),
-          consumers=(consumer,), fold=(f"{b}/bn/scale", f"{b}/bn/bias")))
-    return spec
-  if model == "resnet":
-    per_block = {"basic": 2, "bottleneck": 3}[kwargs.get("block", "basic")]
-    n = (kwargs.get("depth", 20) - 2) // (3 * per_block)
-    spec = []
-    for b in (f"block{s + 1}_{i}" for s in range(3) for i in range(n)):
-      for k in range(1, per_block):  # inner layers k -> k + 1
-        spec.append(units.Unit(
-            name=f"{b}/gate{k}", gate=f"{b}/gate{k}/gate",
-            producers=((f"{b}/conv{k}/kernel", 3),) + tuple(
-                (f"{b}/bn{k}/{v}", 0) for v in ("scale", "bias", "mean",
-                                                 "var")),
-            consumers=((f"{b}/conv{k + 1}/kernel", 2),),
-            fold=(f"{b}/bn{k}/scale", f"{b}/bn{k}/bias")))
-    return spec
-  raise ValueError(f"model: got {model!r}; allowed: lenet5, lenet_300_100, "
-                   "mlp, resnet, vgg (write a spec of `units.Unit`s for other models)")
-
-
-
-
-
-def slim_kwargs(model: str, kwargs: dict[str, Any],
-                keep: dict[str, np.ndarray]) -> dict[str, Any]:
-  """The model arguments of the slim network (no gates, kept widths).
-
-  Args:
-    model: as in `spec_for`.
-    kwargs: the gated model's arguments.
-    keep: the kept units, by unit name.
-
-  Returns:
-    Arguments for `sparsify.models.get_model` building the slim model.
-  """
-  counts = units.count_kept(keep)
-  out = {k: v for k, v in kwargs.items() if k != "gates"}
-  if model in ("mlp", "lenet_300_100"):
-    hidden = kwargs.get("hidden", (300, 100))
-    out["hidden"] = tuple(counts[f"fc{i + 1}"] for i in range(len(hidden)))
-    return out
-  if model == "lenet5":
-    out["features"] = (counts["conv1"], counts["conv2"], counts["fc1"])
-    return out
-  if model == "resnet":
-    out.pop("channel_gates", None)
-    per_block = {"basic": 1, "bottleneck": 2}[kwargs.get("block", "basic")]
-    n = (kwargs.get("depth", 20) - 2) // (3 * (per_block + 1))
-    full = [kwargs.get("width", 16) * 2**s for s in range(3) for _ in range(n)]
-    names = [f"block{s + 1}_{i}" for s in range(3) for i in range(n)]
-    out["inner_widths"] = tuple(
-        tuple(counts.get(f"{b}/gate{k}", w) for k in range(1, per_block + 1))
-        for b, w in zip(names, full))
-    return out
-  stages = kwargs["stages"]
-  out["stages"] = tuple(
-      tuple(counts[f"block{s + 1}_{i}"] for i in range(len(stage)))
-      for s, stage in enumerate(stages))
-  out["width"] = 1.0
-  return out
-
-
-def remove_blocks(variables: dict[str, Any], kwargs: dict[str, Any],
-                  threshold: float = 0.0) -> tuple[dict[str, Any],
-                                                   dict[str, Any]]:
-  r"""Removes ResNet residual branches whose block gate is zero.
-
-  A branch with :math:`|\lambda| \le` ``threshold`` is removed: a block with
-  an identity shortcut disappears (its input is the output of a relu, so
-  ``relu(x) = x``), a block with a projection shortcut keeps only it. A
-  surviving :math:`\lambda` is folded into the branch's last BatchNorm
-  (scale and shift times :math:`\lambda`) and the gate removed.
-
-  Args:
-    variables: variables of a `ResNet` built with ``block_gates=True``.
-    kwargs: that model's arguments.
-    threshold: gates at or below it (in magnitude) remove their branch.
-
-  Returns:
-    ``(variables, kwargs)`` of the model without block gates; channel gates
-    (if any) are left for `slim`.
-  """
-  flat = {c: _flat(t) for c, t in variables.items()}
-  params = flat["params"]
-  last_bn = "bn2" if kwargs.get("block", "basic") == "basic" else "bn3"
-  n = len([1 for name in params if name.endswith("/block_gate/gate")]) // 3
-  plan = []
-  for b in (f"block{s + 1}_{i}" for s in range(3) for i in range(n)):
-    gate = params.pop(f"{b}/block_gate/gate")
-    if abs(float(gate)) > threshold:
-      params[f"{b}/{last_bn}/scale"] = params[f"{b}/{last_bn}/scale"] * gate
-      params[f"{b}/{last_bn}/bias"] = params[f"{b}/{last_bn}/bias"] * gate
-      plan.append("full")
-      continue
-    projection = f"{b}/shortcut_conv/kernel" in params
-    plan.append("shortcut" if projection else "none")
-    for coll in flat.values():
-      for name in [k for k in coll if k.startswith(b + "/")]:
-        if not (projection and name.startswith(f"{b}/shortcut_")):
-          del coll[name]
-  out = {**kwargs, "block_gates": False, "block_plan": tuple(plan)}
-  return {c: _unflatten(f) for c, f in flat.items() if f}, out
+  return models.structure(model, **kwargs)

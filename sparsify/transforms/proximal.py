@@ -64,7 +64,7 @@ class APGState(NamedTuple):
 def accelerated_proximal_gradient(
     learning_rate: types.ScalarOrSchedule,
     *,
-    gamma: types.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     momentum: float = 0.9,
     nonnegative: bool = False,
 ) -> optax.GradientTransformation:
@@ -93,7 +93,7 @@ def accelerated_proximal_gradient(
 
   Args:
     learning_rate: :math:`\eta`, a float or a schedule ``step -> value``.
-    gamma: L1 strength :math:`\gamma`, a float or a schedule.
+    strength: L1 strength :math:`\gamma`, a float or a schedule.
     momentum: :math:`\mu`.
     nonnegative: clamp the scales at zero from below.
 
@@ -102,7 +102,7 @@ def accelerated_proximal_gradient(
 
   Example:
     With a zero gradient the first step soft-thresholds by
-    :math:`\eta\gamma = 0.5` and the momentum adds :math:`\mu` times that
+    :math:`\eta\strength = 0.5` and the momentum adds :math:`\mu` times that
     move again: 2 and 3 move by 0.95, and 0.25, which the shrinkage sets to
     0, would overshoot to -0.225 but is clamped at 0 (``nonnegative``):
 
@@ -110,7 +110,7 @@ def accelerated_proximal_gradient(
     >>> import optax
     >>> import sparsify
     >>> scales = jnp.array([0.25, 2.0, 3.0])
-    >>> tx = sparsify.accelerated_proximal_gradient(0.5, gamma=1.0,
+    >>> tx = sparsify.accelerated_proximal_gradient(0.5, strength=1.0,
     ...                                             nonnegative=True)
     >>> updates, state = tx.update(jnp.zeros(3), tx.init(scales), scales)
     >>> optax.apply_updates(scales, updates)
@@ -129,7 +129,7 @@ def accelerated_proximal_gradient(
     if params is None:
       raise ValueError(checks.NO_PARAMS_MSG)
     lr = schedules.value_at(learning_rate, state.count)
-    threshold = lr * schedules.value_at(gamma, state.count)
+    threshold = lr * schedules.value_at(strength, state.count)
     shrunk = jax.tree.map(lambda g, p: soft_threshold(p - lr * g, threshold),
                           updates, params)
     velocity = jax.tree.map(
@@ -153,7 +153,7 @@ class ProximalSGDState(NamedTuple):
 def proximal_sgd(
     learning_rate: types.ScalarOrSchedule,
     *,
-    l1: types.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
 ) -> optax.GradientTransformation:
   r"""Proximal gradient descent on an L1 penalty (ISTA).
 
@@ -162,7 +162,7 @@ def proximal_sgd(
 
   Args:
     learning_rate: :math:`\eta`, a float or a schedule.
-    l1: penalty strength :math:`l_1`, a float or a schedule.
+    strength: penalty strength :math:`l_1`, a float or a schedule.
 
   Returns:
     An `optax.GradientTransformation`; the whole optimizer of the parameters
@@ -173,7 +173,7 @@ def proximal_sgd(
     >>> import optax
     >>> import sparsify
     >>> params = jnp.array([0.25, -2.0, 3.0])
-    >>> tx = sparsify.proximal_sgd(0.5, l1=1.0)
+    >>> tx = sparsify.proximal_sgd(0.5, strength=1.0)
     >>> updates, _ = tx.update(jnp.array([0.0, 0.0, 2.0]), tx.init(params),
     ...                        params)
     >>> optax.apply_updates(params, updates)  # S_0.5([0.25, -2, 2])
@@ -186,7 +186,7 @@ def proximal_sgd(
 
   def step(updates, params, count):
     lr = schedules.value_at(learning_rate, count)
-    threshold = lr * schedules.value_at(l1, count)
+    threshold = lr * schedules.value_at(strength, count)
     return jax.tree.map(
         lambda g, p: (soft_threshold(p - lr * g, threshold) - p).astype(
             p.dtype), updates, params)

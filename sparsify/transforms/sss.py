@@ -29,8 +29,8 @@ GATES = r"(^|/)gate(/|$)"
 BN_SCALES = r"(^|/)scale$"
 
 
-def sss_labels(params: types.Params, scale_pattern: str | None = None) -> Any:
-  """Labels ``'scales'`` (path matches ``scale_pattern``) or ``'weights'``.
+def sss_labels(params: types.Params, where: str | None = None) -> Any:
+  """Labels ``'scales'`` (path matches ``where``) or ``'weights'``.
 
   ``None`` picks the scaling factors from the parameters: the gates when the
   model has any (its BatchNorm scales are then ordinary weights), else the
@@ -38,7 +38,7 @@ def sss_labels(params: types.Params, scale_pattern: str | None = None) -> Any:
 
   Args:
     params: the model's parameters.
-    scale_pattern: a regex searched in each parameter's path, or ``None``.
+    where: a regex searched in each parameter's path, or ``None``.
 
   Returns:
     A pytree shaped like ``params`` of the strings ``'scales'`` and
@@ -54,10 +54,10 @@ def sss_labels(params: types.Params, scale_pattern: str | None = None) -> Any:
     ...                 'fc': {'kernel': jnp.ones(2)}})
     {'bn': {'scale': 'scales'}, 'fc': {'kernel': 'weights'}}
   """
-  if scale_pattern is None:
+  if where is None:
     gated = any(re.search(GATES, n) for n, _ in paths.named_leaves(params))
-    scale_pattern = GATES if gated else BN_SCALES
-  pattern = re.compile(scale_pattern)
+    where = GATES if gated else BN_SCALES
+  pattern = re.compile(where)
   return paths.map_with_name(
       lambda name, _: "scales" if pattern.search(name) else "weights", params)
 
@@ -66,7 +66,7 @@ def sss_optimizer(
     weights_tx: optax.GradientTransformation,
     scales_tx: optax.GradientTransformation,
     *,
-    scale_pattern: str | None = None,
+    where: str | None = None,
 ) -> optax.GradientTransformation:
   r"""Trains the scaling factors and the other parameters with two optimizers.
 
@@ -85,7 +85,7 @@ def sss_optimizer(
   Args:
     weights_tx: the optimizer of every parameter that is not a scale.
     scales_tx: the optimizer of the scales, given their ``params``.
-    scale_pattern: regex searched in a parameter's path that marks a scale;
+    where: regex searched in a parameter's path that marks a scale;
       by default (``None``) the gates if the model has any, else the
       BatchNorm scales.
 
@@ -105,7 +105,7 @@ def sss_optimizer(
     ...          'fc1_gate': {'gate': jnp.zeros(2)}}
     >>> tx = sparsify.sss_optimizer(
     ...     optax.sgd(0.5), sparsify.accelerated_proximal_gradient(
-    ...         0.5, gamma=1.0, nonnegative=True))
+    ...         0.5, strength=1.0, nonnegative=True))
     >>> updates, _ = tx.update(grads, tx.init(params), params)
     >>> new = optax.apply_updates(params, updates)
     >>> new['fc1']['kernel'], new['fc1_gate']['gate']
@@ -117,17 +117,17 @@ def sss_optimizer(
   """
   return optax.multi_transform(
       {"weights": weights_tx, "scales": scales_tx},
-      lambda params: sss_labels(params, scale_pattern))
+      lambda params: sss_labels(params, where))
 
 
 def sparse_structure_selection(
     learning_rate: types.ScalarOrSchedule,
     *,
-    gamma: types.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     nonnegative: bool = True,
-    scale_pattern: str | None = None,
+    where: str | None = None,
 ) -> optax.GradientTransformation:
   r"""Sparse Structure Selection: Nesterov SGD on W, APG on the scales.
 
@@ -141,18 +141,18 @@ def sparse_structure_selection(
 
   Args:
     learning_rate: :math:`\eta`, a float or a schedule shared by both parts.
-    gamma: L1 strength on the scales, a float or a schedule.
+    strength: L1 strength on the scales, a float or a schedule.
     momentum: momentum of both parts (0.9 in the paper).
     weight_decay: decay of the weights (not of the scales).
     nonnegative: clamp scales at zero from below, as the authors' code does.
-    scale_pattern: which parameters are scales (see `sss_optimizer`).
+    where: which parameters are scales (see `sss_optimizer`).
 
   Returns:
     An `optax.GradientTransformation`.
 
   Example:
     One step with a zero loss gradient: the small gate reaches exactly 0
-    (the threshold is :math:`\eta_t \gamma = 0.5`), the other shrinks:
+    (the threshold is :math:`\eta_t \strength = 0.5`), the other shrinks:
 
     >>> import jax
     >>> import jax.numpy as jnp
@@ -162,7 +162,7 @@ def sparse_structure_selection(
     ...           'fc1_gate': {'gate': jnp.array([0.25, 2.0])}}
     >>> grads = jax.tree.map(jnp.zeros_like, params)
     >>> lr = optax.piecewise_constant_schedule(0.5, {100: 0.1})  # x0.1 at 100
-    >>> tx = sparsify.sparse_structure_selection(lr, gamma=1.0)
+    >>> tx = sparsify.sparse_structure_selection(lr, strength=1.0)
     >>> updates, _ = tx.update(grads, tx.init(params), params)
     >>> optax.apply_updates(params, updates)['fc1_gate']['gate']
     Array([0.  , 1.05], dtype=float32)
@@ -175,8 +175,8 @@ def sparse_structure_selection(
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum, nesterov=True))
   scales_tx = proximal.accelerated_proximal_gradient(
-      learning_rate, gamma=gamma, momentum=momentum, nonnegative=nonnegative)
-  return sss_optimizer(weights_tx, scales_tx, scale_pattern=scale_pattern)
+      learning_rate, strength=strength, momentum=momentum, nonnegative=nonnegative)
+  return sss_optimizer(weights_tx, scales_tx, where=where)
 
 
 class NetworkSlimmingState(NamedTuple):
@@ -185,14 +185,14 @@ class NetworkSlimmingState(NamedTuple):
 
 
 def network_slimming(
-    l1: types.ScalarOrSchedule,
+    strength: types.ScalarOrSchedule,
     *,
     where: str | Callable[[str, Any], bool] = BN_SCALES,
 ) -> optax.GradientTransformation:
-  r"""Adds the L1 subgradient :math:`l_1 \operatorname{sign}(\gamma)`.
+  r"""Adds the L1 subgradient :math:`l_1 \operatorname{sign}(\strength)`.
 
   .. math::
-    g \leftarrow g + l_1 \operatorname{sign}(\gamma)
+    g \leftarrow g + l_1 \operatorname{sign}(\strength)
 
   on the BatchNorm scales :math:`\gamma`, like `optax.add_decayed_weights`
   for L2; other parameters pass unchanged. The optimizer then minimises
@@ -204,7 +204,7 @@ def network_slimming(
   `slimming_threshold` are pruned.
 
   Args:
-    l1: penalty strength, a float or a schedule.
+    strength: penalty strength, a float or a schedule.
     where: which parameters are penalised: a regex on the path (default:
       names ending in ``scale``) or a predicate ``(path, leaf) -> bool``.
 
@@ -235,9 +235,9 @@ def network_slimming(
   """
 
   def step(updates, params, count):
-    strength = schedules.value_at(l1, count)
+    a = schedules.value_at(strength, count)
     return jax.tree.map(
-        lambda g, p: (g + strength * jnp.sign(p)).astype(g.dtype), updates,
+        lambda g, p: (g + a * jnp.sign(p)).astype(g.dtype), updates,
         params)
 
   return optax.masked(counting.counting_transform(NetworkSlimmingState, step),

@@ -43,11 +43,11 @@ def test_slim_model_equals_gated_model_on_real_digits(name, kwargs):
     _, updates = gated.apply(variables, x, train=True, mutable=["batch_stats"])
     variables = {**variables, **updates}
   variables = _set_gates(variables, rng, zero_fraction=0.4)
-  spec = surgery.spec_for(name, **kwargs)
+  spec = models.structure(name, **kwargs)
   keep = surgery.keep_nonzero(variables["params"], spec)
   slim_vars = surgery.slim(variables, spec, keep)
   slim_model = models.get_model(
-      name, **surgery.slim_kwargs(name, {**kwargs, **gate_arg}, keep))
+      name, **models.slimmed_kwargs(name, {**kwargs, **gate_arg}, keep))
   np.testing.assert_allclose(slim_model.apply(slim_vars, x),
                              gated.apply(variables, x), rtol=1e-4, atol=1e-4)
   assert all(np.sum(k) > 0 for k in keep.values())  # no layer vanishes
@@ -67,7 +67,7 @@ def test_mlp_slicing_by_hand(first_gate):
   }
   # Declared to fold into fc1 (a relu sits between fc1 and its gate).
   spec = [dataclasses.replace(u, fold=("fc1/kernel", "fc1/bias"))
-          for u in surgery.spec_for("mlp", hidden=(4,))]
+          for u in models.structure("mlp", hidden=(4,))]
   keep = surgery.keep_nonzero(params, spec)
   out = surgery.slim({"params": params}, spec, keep)["params"]
   if first_gate > 0:
@@ -106,17 +106,17 @@ def test_resnet_blocks_and_channels_removed_equal_gated_model(block):
   for b, g in block_gates.items():
     params[b]["block_gate"]["gate"] = jnp.asarray(g, jnp.float32)
 
-  slim_vars, slim_kw = surgery.remove_blocks(variables, kwargs)
+  slim_vars, slim_kw = models.remove_blocks("resnet", variables, kwargs)
   assert slim_kw["block_plan"] == ("full", "none", "shortcut", "full", "full",
                                    "full")
   assert "block1_1" not in slim_vars["params"]
   assert set(slim_vars["params"]["block2_0"]) == {"shortcut_conv",
                                                   "shortcut_bn"}
-  spec = surgery.spec_for("resnet", **slim_kw)
+  spec = models.structure("resnet", **slim_kw)
   keep = surgery.keep_nonzero(slim_vars["params"], spec)
   slim_vars = surgery.slim(slim_vars, spec, keep)
   slim_model = models.get_model(
-      "resnet", **surgery.slim_kwargs("resnet", slim_kw, keep))
+      "resnet", **models.slimmed_kwargs("resnet", slim_kw, keep))
   np.testing.assert_allclose(slim_model.apply(slim_vars, x),
                              gated.apply(variables, x), rtol=1e-4, atol=1e-4)
   assert (models.count_params(slim_vars["params"]) <
@@ -134,7 +134,7 @@ def test_lenet5_filters_and_neurons_removed_like_zeroed_ones():
                              std=ds.std))["image"]
   params = jax.tree.map(np.asarray, model.init(jax.random.key(0), x[:1]))[
       "params"]
-  spec = surgery.spec_for("lenet5")
+  spec = models.structure("lenet5")
   keep = {u.name: rng.random(n) < 0.6 for u, n in
           zip(spec, (20, 50, 500))}
   zeroed = jax.tree.map(np.copy, params)
@@ -145,7 +145,7 @@ def test_lenet5_filters_and_neurons_removed_like_zeroed_ones():
       idx[axis] = ~keep[unit.name]
       zeroed[layer][leaf][tuple(idx)] = 0.0
   slim_vars = surgery.slim({"params": params}, spec, keep)
-  kwargs = surgery.slim_kwargs("lenet5", {}, keep)
+  kwargs = models.slimmed_kwargs("lenet5", {}, keep)
   assert kwargs["features"] == tuple(int(k.sum()) for k in keep.values())
   small = models.get_model("lenet5", **kwargs)
   assert slim_vars["params"]["fc1"]["kernel"].shape == (

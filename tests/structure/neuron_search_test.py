@@ -74,7 +74,7 @@ def _linear_scan(order, threshold, min_keep=1, top=1.0, bonus_after=None):
 def test_search_matches_linear_scan_with_log_many_evaluations(tolerance,
                                                              min_keep):
   params = _toy_params()
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   evaluate = Counter()
   result = neuron_search.binary_search_prune(
       params, evaluate, tolerance, spec=spec, min_keep=min_keep)
@@ -99,7 +99,7 @@ def test_search_matches_linear_scan_with_log_many_evaluations(tolerance,
 
 def test_kept_neurons_are_the_highest_scoring_numpy_reference():
   params = _toy_params(seed=3)
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   result = neuron_search.binary_search_prune(
       params, Counter(), 0.2, spec=spec, norm="l2")
   rows = np.ones(6, bool)  # inputs of fc1 all alive
@@ -121,7 +121,7 @@ def test_kept_neurons_are_the_highest_scoring_numpy_reference():
 ])
 def test_order_of_layers(order, visits):
   params = _toy_params()
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   result = neuron_search.binary_search_prune(
       params, Counter(), 0.1, spec=spec, order=order)
   units = [s.unit for s in result.log[1:]]
@@ -132,7 +132,7 @@ def test_order_of_layers(order, visits):
 
 def test_layers_subset_leaves_others_whole():
   params = _toy_params()
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   result = neuron_search.binary_search_prune(
       params, Counter(), 0.1, spec=spec, layers=["fc3", "fc1"])
   assert {s.unit for s in result.log[1:]} == {"fc1", "fc3"}
@@ -142,7 +142,7 @@ def test_layers_subset_leaves_others_whole():
 
 def test_relative_tolerance_is_a_fraction_of_the_baseline():
   params = _toy_params()
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   rel = neuron_search.binary_search_prune(
       params, Counter(top=0.8), 0.25, spec=spec, relative=True)
   absolute = neuron_search.binary_search_prune(
@@ -154,7 +154,7 @@ def test_relative_tolerance_is_a_fraction_of_the_baseline():
 
 def test_finetune_called_once_per_layer_with_current_keep():
   params = {**_toy_params(), "bonus": np.float32(0.0)}
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   seen = []
 
   def finetune(p, keep):
@@ -207,7 +207,7 @@ def test_neuron_scores_dense_and_conv_numpy_reference(norm):
       "head": {"kernel": rng.normal(size=(5, 3)), "bias": np.zeros(3)},
   }
   scores = neuron_search.neuron_scores(
-      params, surgery.spec_for("vgg", stages=stages), norm)
+      params, models.structure("vgg", stages=stages), norm)
   for b in ("block1_0", "block1_1", "block2_0"):
     w = params[b]["conv"]["kernel"]
     expected = [np.abs(w[..., j]).sum() if norm == "l1" else
@@ -215,7 +215,7 @@ def test_neuron_scores_dense_and_conv_numpy_reference(norm):
     np.testing.assert_allclose(scores[b], expected, rtol=1e-12)
   # MLP: the kernel column only, the bias does not count.
   mlp = _toy_params()
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   s = neuron_search.neuron_scores(mlp, spec, norm)
   mlp["fc2"]["bias"] = mlp["fc2"]["bias"] * 100.0
   w = mlp["fc2"]["kernel"].astype(np.float64)
@@ -249,7 +249,7 @@ def test_neuron_masks_by_hand_and_argsort_reference():
 
 def test_apply_neuron_masks_numpy_reference():
   params = _toy_params(seed=4)
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   keep = {"fc2": np.array([1, 0, 1, 1, 0, 0, 1, 1, 1], bool)}
   out = neuron_search.apply_neuron_masks(params, spec, keep)
   w, b = params["fc2"]["kernel"].copy(), params["fc2"]["bias"].copy()
@@ -309,7 +309,7 @@ def test_slim_of_search_result_equals_masked_model(name, kwargs):
   def agreement(p):
     return float(np.mean(np.argmax(apply(p), axis=-1) == reference))
 
-  spec = neuron_search.ungated_spec(surgery.spec_for(name, **kwargs),
+  spec = neuron_search.ungated_spec(models.structure(name, **kwargs),
                                     variables["params"])
   result = neuron_search.binary_search_prune(
       variables["params"], agreement, 0.15, spec=spec, order="size")
@@ -319,7 +319,7 @@ def test_slim_of_search_result_equals_masked_model(name, kwargs):
   slim_vars = surgery.slim({"params": result.params, **rest}, spec,
                            result.keep)
   slim_model = models.get_model(
-      name, **surgery.slim_kwargs(name, kwargs, result.keep))
+      name, **models.slimmed_kwargs(name, kwargs, result.keep))
   np.testing.assert_allclose(slim_model.apply(slim_vars, x), apply(
       result.params), rtol=1e-5, atol=1e-5)
   assert (models.count_params(slim_vars["params"]) <
@@ -340,13 +340,13 @@ def test_bad_options_raise(kwargs, match):
   args = {"tolerance": 0.1, **kwargs}
   with pytest.raises(ValueError, match=match):
     neuron_search.binary_search_prune(
-        _toy_params(), Counter(), spec=surgery.spec_for("mlp", hidden=HIDDEN),
+        _toy_params(), Counter(), spec=models.structure("mlp", hidden=HIDDEN),
         **args)
 
 
 def test_bad_masks_raise():
   params = _toy_params()
-  spec = surgery.spec_for("mlp", hidden=HIDDEN)
+  spec = models.structure("mlp", hidden=HIDDEN)
   with pytest.raises(ValueError, match="fc7"):
     neuron_search.apply_neuron_masks(params, spec, {"fc7": np.ones(3, bool)})
   with pytest.raises(ValueError, match="shape"):
@@ -357,4 +357,4 @@ def test_bad_masks_raise():
     neuron_search.neuron_masks({"a": np.ones(3)}, {"b": 1})
   with pytest.raises(ValueError, match="kernel"):
     neuron_search.neuron_scores({"fc1": {"bias": np.ones(3)}},
-                                surgery.spec_for("mlp", hidden=(3,)))
+                                models.structure("mlp", hidden=(3,)))
