@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+import sparsify
+
 from sparsify.core import paths
 from sparsify.core import masking
 from sparsify.core import distributions
@@ -162,3 +164,20 @@ def test_top_k_mask_with_ties_zeros_and_wide_range(seed):
     masks = topk.top_k_mask([jnp.asarray(a), jnp.asarray(b)], k)
     np.testing.assert_array_equal(masks[0], a >= kth)
     np.testing.assert_array_equal(masks[1], b >= kth)
+
+
+def test_top_k_mask_counts_negative_zero_as_zero():
+  # -0.0 has a negative bit pattern; as a score it is 0 and ties with +0.0.
+  np.testing.assert_array_equal(
+      sparsify.top_k_mask([jnp.array([-0.0, -0.0, 1.0])], 3)[0],
+      [True, True, True])
+  rng = np.random.default_rng(3)
+  scores = np.abs(rng.normal(size=64)).astype(np.float32)
+  scores[::4] = 0.0
+  signs = np.where(rng.random(64) < 0.5, -1.0, 1.0).astype(np.float32)
+  x = np.where(scores == 0, signs * np.float32(0.0), scores)  # +0.0 and -0.0
+  assert np.signbit(x[scores == 0]).any()
+  for k in (1, 16, 48, 50, 64):
+    got = np.asarray(sparsify.top_k_mask([jnp.asarray(x)], k)[0])
+    threshold = np.sort(scores)[::-1][k - 1]  # numpy reference; ties kept
+    np.testing.assert_array_equal(got, scores >= threshold)

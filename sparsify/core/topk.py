@@ -23,6 +23,16 @@ ALLOCATIONS = ("layerwise", "global")
 # exponent with 3 mantissa bits, then 10 and 10 more mantissa bits.
 _DIGITS = ((20, 11), (10, 10), (0, 10))  # (shift, width)
 
+def _ordered_bits(scores: jax.Array) -> jax.Array:
+  """The int32 bit patterns of non-negative float32 scores, in value order.
+
+  ``-0.0`` (whose pattern is negative) and anything not above zero become
+  ``+0.0``, so that all zeros tie and sort below every positive score.
+  """
+  s = scores.astype(jnp.float32)
+  return jax.lax.bitcast_convert_type(jnp.where(s > 0, s, 0.0), jnp.int32)
+
+
 def _kth_largest_bits(scores: Sequence[jax.Array], k: jax.Array) -> jax.Array:
   """Bit pattern of the k-th largest value over all ``scores`` (all >= 0).
 
@@ -31,8 +41,7 @@ def _kth_largest_bits(scores: Sequence[jax.Array], k: jax.Array) -> jax.Array:
   k-th largest, a histogram of the next digit inside that bucket narrows it,
   and so on: three scatter-add passes with small histograms, no sort.
   """
-  bits = [jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
-          .ravel() for s in scores]
+  bits = [_ordered_bits(s).ravel() for s in scores]
   prefix = jnp.int32(0)  # the digits found so far, in place
   need = k  # how many of the entries matching `prefix` to take
   matched_shift = 31
@@ -80,8 +89,7 @@ def top_k_mask(
   k = jnp.asarray(k, jnp.int32)
   threshold = _kth_largest_bits(scores, k)
   return [
-      (jax.lax.bitcast_convert_type(s.astype(jnp.float32), jnp.int32)
-       >= threshold) & (k > 0)
+      (_ordered_bits(s) >= threshold) & (k > 0)
       for s in scores
   ]
 
