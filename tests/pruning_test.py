@@ -181,3 +181,26 @@ def test_top_k_mask_counts_negative_zero_as_zero():
     got = np.asarray(sparsify.top_k_mask([jnp.asarray(x)], k)[0])
     threshold = np.sort(scores)[::-1][k - 1]  # numpy reference; ties kept
     np.testing.assert_array_equal(got, scores >= threshold)
+
+
+@pytest.mark.parametrize("factory,kwargs", [
+    (sparsify.gradual_magnitude_pruning,
+     dict(sparsity=0.9, begin_step=0, end_step=10, update_every=1)),
+    (sparsify.magnitude_pruning, dict(sparsity=0.5, step=3)),
+    (sparsify.dynamic_adaptive_threshold,
+     dict(c=1.0, begin_step=0, end_step=10, update_every=2)),
+])
+def test_every_argument_can_be_injected(factory, kwargs):
+  # No static_args: step windows and counts are traced too, and the result
+  # equals the plain transform's, step by step.
+  params = {"w": {"kernel": jnp.arange(64.0).reshape(8, 8) - 20.0}}
+  injected, plain = optax.inject_hyperparams(factory)(**kwargs), factory(
+      **kwargs)
+  a, b = params, params
+  sa, sb = injected.init(a), plain.init(b)
+  for _ in range(12):
+    ua, sa = jax.jit(injected.update)(a, sa, a)
+    ub, sb = jax.jit(plain.update)(b, sb, b)
+    a, b = optax.apply_updates(a, ua), optax.apply_updates(b, ub)
+    np.testing.assert_array_equal(a["w"]["kernel"], b["w"]["kernel"])
+  assert np.sum(np.asarray(a["w"]["kernel"]) == 0) > 0

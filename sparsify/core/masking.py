@@ -160,9 +160,7 @@ def mask_updates(
     >>> params['fc']['bias']
     Array([-1.5,  0.5], dtype=float32)
   """
-  if update_every < 1:
-    raise ValueError(f"update_every: got {update_every}; allowed: an integer"
-                     " >= 1")
+  checks.check_integer("update_every", update_every, 1)
 
   def init_fn(params):
     dense = jax.tree.map(jnp.copy, params) if keep_pruned else ()  # own buffers

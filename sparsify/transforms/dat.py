@@ -167,9 +167,7 @@ def dynamic_adaptive_threshold(
   if target_mode not in TARGET_MODES:
     raise ValueError(f"target_mode: got {target_mode!r}; allowed: "
                      f"{', '.join(TARGET_MODES)}")
-  if end_step < begin_step or begin_step < 0:
-    raise ValueError(f"end_step: got begin_step={begin_step}, end_step="
-                     f"{end_step}; allowed: 0 <= begin_step <= end_step")
+  checks.check_window(begin_step, end_step)
   ramp = schedules.threshold_ramp(begin_step, end_step, power)
   low, high = (prune_factor, revive_factor) if recovery else (1.0, 1.0)
 

@@ -13,6 +13,7 @@ import optax
 
 from sparsify.core import checks
 from sparsify.core import masking
+from sparsify.core import schedules
 from sparsify.core import topk
 
 
@@ -80,15 +81,9 @@ def gradual_magnitude_pruning(
   """
   checks.check_fraction("sparsity", sparsity)
   checks.check_fraction("initial_sparsity", initial_sparsity)
-  if end_step < begin_step or begin_step < 0:
-    raise ValueError(f"end_step: got begin_step={begin_step}, end_step="
-                     f"{end_step}; allowed: 0 <= begin_step <= end_step")
-  schedule = optax.polynomial_schedule(
-      init_value=initial_sparsity, end_value=sparsity, power=power,
-      transition_steps=max(end_step - begin_step, 1),
-      transition_begin=begin_step)
-  if end_step == begin_step:
-    schedule = lambda step: jnp.asarray(sparsity, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+  checks.check_window(begin_step, end_step)
+  schedule = schedules.polynomial_ramp(initial_sparsity, sparsity, begin_step,
+                                       end_step, power)
 
   def update_masks(step, weights, masks):
     scores = jax.tree.map(lambda w, m: jnp.abs(jnp.where(m, w, 0)), weights,
