@@ -11,6 +11,8 @@ from collections.abc import Iterable
 import math
 from typing import Any
 
+import numpy as np
+
 NO_PARAMS_MSG = ("this transform reads the current parameters: call "
                  "`tx.update(updates, state, params)` with params")
 
@@ -98,6 +100,38 @@ def check_integer(name: str, value: Any, low: int = 1) -> None:
   if is_number(value) and not (
       math.isfinite(value) and float(value).is_integer() and value >= low):
     _fail(name, value, f"an integer >= {low}")
+
+
+def check_static_integer(name: str, value: Any, low: int | None = None) -> None:
+  """Checks that a structural argument is a Python integer (>= ``low``).
+
+  A structural argument fixes shapes or Python control flow (a number of
+  centres, an axis), so it cannot be traced: under `optax.inject_hyperparams`
+  it goes in ``static_args``.
+
+  Args:
+    name: the argument's name.
+    value: the value to check.
+    low: the smallest allowed value, or None for no bound.
+
+  Raises:
+    ValueError: ``value`` is not a Python (or numpy) integer, or is below
+      ``low``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify.core import checks
+    >>> checks.check_static_integer("centres", 3, 1)
+    >>> checks.check_static_integer("centres", jnp.asarray(3), 1)
+    Traceback (most recent call last):
+      ...
+    ValueError: centres: got Array(3, dtype=int32, weak_type=True); allowed: a Python integer >= 1 (static: name it in optax.inject_hyperparams's static_args)
+  """
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or (low is not None and value < low)):
+    bound = "" if low is None else f" >= {low}"
+    _fail(name, value, f"a Python integer{bound} (static: name it in "
+          "optax.inject_hyperparams's static_args)")
 
 
 def check_one_of(name: str, value: Any, allowed: Iterable[str]) -> None:

@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -17,6 +19,10 @@ def erk_densities(
   would exceed 1 are kept dense and :math:`\epsilon` is solved again for the
   rest.
 
+  ``sparsity`` may be traced (as `optax.inject_hyperparams` passes it): the
+  same computation then runs in jax, a fixed number of rounds, one per
+  layer.
+
   Args:
     shapes: the shape of each layer.
     sparsity: the overall fraction :math:`s` of weights removed, in [0, 1).
@@ -24,7 +30,8 @@ def erk_densities(
       (it cancels unless some layer is kept dense).
 
   Returns:
-    One density (fraction of weights kept) per layer, Python floats.
+    One density (fraction of weights kept) per layer: Python floats, or
+    float32 scalars when ``sparsity`` is traced.
 
   Example:
     The small last layer stays dense; the large first one is the sparsest:
@@ -38,13 +45,22 @@ def erk_densities(
   References:
     Evci et al., "Rigging the lottery: making all tickets winners", ICML 2020.
   """
+  traced = isinstance(sparsity, jax.core.Tracer) or isinstance(
+      scale, jax.core.Tracer)
+  xp = jnp if traced else np
   sizes = np.array([math.prod(s) for s in shapes], np.float64)
-  raw = np.array([scale * sum(s) / math.prod(s) for s in shapes], np.float64)
-  dense = np.zeros(len(shapes), bool)
+  raw = np.array([sum(s) / math.prod(s) for s in shapes], np.float64) * scale
+  dense = xp.zeros(len(shapes), bool)
   budget = (1.0 - sparsity) * sizes.sum()
-  while True:
-    eps = (budget - sizes[dense].sum()) / (raw[~dense] * sizes[~dense]).sum()
-    density = np.where(dense, 1.0, eps * raw)
-    if (density <= 1.0).all():
-      return density.tolist()
-    dense |= density > 1.0
+  density = xp.ones(len(shapes))
+  # Each round keeps dense the layers whose density would pass 1 and solves
+  # again for the others; one round per layer always reaches the fixed point.
+  for _ in range(len(shapes)):
+    free = xp.where(dense, 0.0, raw * sizes).sum()
+    eps = (budget - xp.where(dense, sizes, 0.0).sum()) / xp.where(
+        free > 0, free, 1.0)
+    density = xp.where(dense, 1.0, eps * raw)
+    dense = dense | (density > 1.0)
+  if traced:
+    return list(density.astype(jnp.float32))
+  return density.tolist()

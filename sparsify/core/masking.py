@@ -13,12 +13,13 @@ momentum or Adam state would have done to it.
 
 The parts compose: a *policy* decides the masks (magnitude, random, adaptive
 threshold), `mask_updates` stores them and enforces them, and `optax.masked`
-restricts the whole thing to the parameters selected by a path regex or
-predicate (by default Dense and Conv kernels).
+restricts the whole thing to the parameters selected by a `paths.Where` (by
+default Dense and Conv kernels). Parameters that are not selected have no
+mask: their leaf in the masks is `types.NO_MASK`.
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import optax
 
 from sparsify.core import checks
 from sparsify.core import paths
+from sparsify.core import schedules
 from sparsify.core import types
 
 InitMasks = Callable[[types.Params], types.Masks]
@@ -97,11 +99,11 @@ def mask_updates(
     init_masks: InitMasks = all_true,
     update_masks: UpdateMasks | None = None,
     *,
-    update_every: int = 1,
-    begin_step: int = 0,
-    end_step: int | None = None,
+    update_every: types.ScalarOrSchedule = 1,
+    begin_step: types.ScalarOrSchedule = 0,
+    end_step: types.ScalarOrSchedule | None = None,
     keep_pruned: bool = False,
-    where: str | Callable[[str, Any], bool] | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Holds masks in the optimizer state and applies them through the updates.
 
@@ -119,11 +121,17 @@ def mask_updates(
   for pruned weights and may revive one, which then re-enters the model with
   its trained value. This keeps one extra copy of the selected weights.
 
+  ``update_every``, ``begin_step`` and ``end_step`` are integers, traced
+  arrays or schedules of the step count, so `optax.inject_hyperparams` can
+  trace them; ``init_masks``, ``update_masks`` and a predicate ``where`` are
+  callables that are not schedules: name them in its ``static_args``.
+
   Args:
     init_masks: ``params -> masks`` for the selected parameters. The masks
       may also cover more leaves (e.g. the masks of a whole model, or a
       ``{path: mask}`` dict): each selected parameter takes the mask of its
-      path, and one without a mask keeps every weight.
+      path, and one without a mask (absent, or `types.NO_MASK`) keeps every
+      weight.
     update_masks: ``(step, weights, masks) -> masks``, jit-compatible; ``None``
       keeps the initial masks for the whole run (static sparsity).
     update_every: recompute the masks every this many steps (``k``).
@@ -131,9 +139,11 @@ def mask_updates(
     end_step: last step at which masks are recomputed (``t1``); ``None`` for
       no end.
     keep_pruned: keep training pruned weights in the state (for revival).
-    where: which parameters are masked: ``None`` for Dense and Conv kernels,
-      a regex searched in the parameter's path (``'Dense_[01]/kernel'``), or a
-      predicate ``(path, leaf) -> bool``. Other parameters are untouched.
+    where: which parameters are masked (a `paths.Where`): ``None`` for Dense
+      and Conv kernels, a regex searched in the parameter's path
+      (``'Dense_[01]/kernel'``), a collection of paths or a predicate
+      ``(path, leaf) -> bool``. Other parameters are untouched, and their
+      masks in the state are `types.NO_MASK`.
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain.
@@ -161,6 +171,10 @@ def mask_updates(
     Array([-1.5,  0.5], dtype=float32)
   """
   checks.check_integer("update_every", update_every, 1)
+  if end_step is None:
+    checks.check_integer("begin_step", begin_step, 0)
+  else:
+    checks.check_window(begin_step, end_step)
 
   def init_fn(params):
     dense = jax.tree.map(jnp.copy, params) if keep_pruned else ()  # own buffers
@@ -183,9 +197,12 @@ def mask_updates(
     masks = old
     if update_masks is not None:
       step = state.count
-      due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
+      begin = schedules.value_at(begin_step, step)
+      every = schedules.value_at(update_every, step)
+      due = (step >= begin) & ((step - begin) % every == 0)
       if end_step is not None:
-        due = (due & (step <= end_step)) | (step == end_step)
+        end = schedules.value_at(end_step, step)
+        due = (due & (step <= end)) | (step == end)
       masks = jax.lax.cond(due, lambda: update_masks(step, current, old),
                            lambda: old)
     if keep_pruned:
@@ -209,16 +226,16 @@ def mask_updates(
 def find_masks(opt_state: optax.OptState) -> types.Masks | None:
   """Returns the masks held anywhere in an optimizer state, or ``None``.
 
-  Leaves that are not masked are `optax.MaskedNode()`; the report and
-  `apply_masks` treat them as "keep everything".
+  The masks are shaped like the parameters; a parameter without a mask (not
+  selected by the method's ``where``) has `types.NO_MASK`, which keeps all
+  its weights in `apply_masks`, `fill_masks` and the compression report.
 
   Args:
     opt_state: the state of an optimizer chain holding at most one masking
       transform (a `MaskState`).
 
   Returns:
-    The masks, a pytree shaped like the parameters, or ``None`` when the
-    state holds no `MaskState`.
+    The masks, or ``None`` when the state holds no `MaskState`.
 
   Raises:
     ValueError: if the state holds more than one `MaskState`.
@@ -227,11 +244,12 @@ def find_masks(opt_state: optax.OptState) -> types.Masks | None:
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import sparsify
+    >>> from sparsify.core import types
     >>> params = {'fc': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
     >>> tx = optax.chain(optax.sgd(0.1), sparsify.magnitude_pruning(0.5))
     >>> masks = sparsify.find_masks(tx.init(params))
-    >>> masks['fc']['kernel'].shape, masks['fc']['bias']
-    ((2, 2), MaskedNode())
+    >>> masks['fc']['kernel'].shape, types.is_no_mask(masks['fc']['bias'])
+    ((2, 2), True)
     >>> print(sparsify.find_masks(optax.sgd(0.1).init(params)))
     None
   """
@@ -253,20 +271,20 @@ def apply_masks(params: types.Params, masks: types.Masks | None) -> types.Params
 
   Args:
     params: a pytree of arrays.
-    masks: booleans shaped like (a prefix of) ``params``, `False` where a
-      weight is pruned; `optax.MaskedNode()` leaves keep their parameter
-      whole, and ``None`` keeps everything.
+    masks: booleans shaped like ``params``, `False` where a weight is pruned;
+      a `types.NO_MASK` leaf keeps its parameter whole, and ``None`` keeps
+      everything.
 
   Returns:
     A pytree shaped like ``params``.
 
   Example:
     >>> import jax.numpy as jnp
-    >>> import optax
     >>> import sparsify
+    >>> from sparsify.core import types
     >>> params = {'kernel': jnp.array([1.0, -2.0, 3.0]), 'bias': jnp.ones(1)}
     >>> masks = {'kernel': jnp.array([True, False, True]),
-    ...          'bias': optax.MaskedNode()}
+    ...          'bias': types.NO_MASK}
     >>> sparsify.apply_masks(params, masks)
     {'bias': Array([1.], dtype=float32),
      'kernel': Array([1., 0., 3.], dtype=float32)}
@@ -274,6 +292,34 @@ def apply_masks(params: types.Params, masks: types.Masks | None) -> types.Params
   if masks is None:
     return params
   return jax.tree.map(
-      lambda m, p: p if isinstance(m, optax.MaskedNode) else jnp.where(m, p, 0),
-      masks, params,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+      lambda m, p: p if types.is_no_mask(m) else jnp.where(m, p, 0),
+      masks, params, is_leaf=types.is_no_mask)
+
+
+def fill_masks(masks: types.Masks | None, params: types.Params) -> types.Masks:
+  """A boolean mask for every parameter: `types.NO_MASK` keeps everything.
+
+  Args:
+    masks: masks shaped like ``params`` with `types.NO_MASK` leaves, or
+      ``None`` for no masks at all.
+    params: the parameters the masks belong to.
+
+  Returns:
+    A pytree shaped like ``params`` with a boolean array at every leaf:
+    all-`True` where ``masks`` has `types.NO_MASK` (or is ``None``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify.core import masking
+    >>> from sparsify.core import types
+    >>> params = {'kernel': jnp.ones(3), 'bias': jnp.ones(2)}
+    >>> masking.fill_masks({'kernel': jnp.array([True, False, True]),
+    ...                     'bias': types.NO_MASK}, params)
+    {'bias': Array([ True,  True], dtype=bool),
+     'kernel': Array([ True, False,  True], dtype=bool)}
+  """
+  if masks is None:
+    return all_true(params)
+  return jax.tree.map(
+      lambda m, p: jnp.ones(jnp.shape(p), jnp.bool_) if types.is_no_mask(m)
+      else jnp.asarray(m, jnp.bool_), masks, params, is_leaf=types.is_no_mask)

@@ -4,7 +4,13 @@ Parameters are addressed by their path in the pytree, joined with ``/``:
 ``{'Dense_0': {'kernel': w}}`` has one leaf named ``'Dense_0/kernel'``. Which
 parameters a method touches is decided from these names, the way big_vision
 and optax masks select parameters: every factory takes one argument
-``where`` of type `paths.Where`, with one default (`DEFAULT_WHERE`).
+``where`` of type `paths.Where`. ``None`` selects the method's default
+parameters: the Dense and Conv kernels (`DEFAULT_WHERE`) unless the method
+documents another default (the penalties and quantizers: `dense_kernel`).
+
+Under `optax.inject_hyperparams`, a ``where`` that is a predicate must be
+named in ``static_args`` (otherwise it is taken for a schedule); ``None``, a
+regex and a collection of paths need nothing.
 """
 
 from collections.abc import Callable, Collection
@@ -22,6 +28,7 @@ Where = str | Collection[str] | Callable[[str, Any], bool] | None
 # scales and shifts, embeddings and gates do not match.
 DEFAULT_PRUNABLE = r"(^|/)kernel$"
 DEFAULT_WHERE = None  # kernels of rank >= 2: `DEFAULT_PRUNABLE`
+
 
 def key_name(key: Any) -> str:
   """Returns the name of one path entry (dict key, attribute or index).
@@ -105,13 +112,68 @@ def map_with_name(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
       lambda path, *xs: fn(path_name(path), *xs), tree, *rest)
 
 
-def path_predicate(where: Where = None) -> Callable[[str, Any], bool]:
+def kernel(name: str, leaf: Any) -> bool:
+  """True for Dense and Conv kernels: leaves named ``kernel`` of rank >= 2.
+
+  What ``where=None`` selects by default (`DEFAULT_PRUNABLE`).
+
+  Args:
+    name: the leaf's path, ``'/'``-separated.
+    leaf: the leaf (an array).
+
+  Returns:
+    A Python bool.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify.core import paths
+    >>> paths.kernel('conv/kernel', jnp.zeros((3, 3, 1, 4)))
+    True
+    >>> paths.kernel('fc/bias', jnp.zeros(4))
+    False
+  """
+  return bool(_KERNEL.search(name)) and jax.numpy.ndim(leaf) >= 2
+
+
+def dense_kernel(name: str, leaf: Any) -> bool:
+  """True for fully-connected kernels: 2-D leaves named ``kernel``.
+
+  The default selection of the penalties and the quantizers, which act on
+  Dense layers only.
+
+  Args:
+    name: the leaf's path, ``'/'``-separated.
+    leaf: the leaf (an array).
+
+  Returns:
+    A Python bool.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsify.core import paths
+    >>> paths.dense_kernel('fc1/kernel', jnp.zeros((3, 4)))
+    True
+    >>> paths.dense_kernel('conv/kernel', jnp.zeros((3, 3, 1, 4)))
+    False
+  """
+  return bool(_KERNEL.search(name)) and jax.numpy.ndim(leaf) == 2
+
+
+_KERNEL = re.compile(DEFAULT_PRUNABLE)
+
+
+def path_predicate(
+    where: Where = None,
+    default: Callable[[str, Any], bool] = kernel,
+) -> Callable[[str, Any], bool]:
   """Turns a `paths.Where` into a predicate ``(name, leaf) -> bool``.
 
   Args:
-    where: ``None`` for the default (Dense and Conv kernels of rank >= 2), a
-      regular expression searched in the leaf's path name, a collection of
-      exact path names, or a callable ``(name, leaf) -> bool``.
+    where: ``None`` for the default, a regular expression searched in the
+      leaf's path name, a collection of exact path names, or a callable
+      ``(name, leaf) -> bool``.
+    default: what ``None`` selects: by default `kernel` (Dense and Conv
+      kernels of rank >= 2).
 
   Returns:
     A callable ``(name, leaf) -> bool``.
@@ -124,9 +186,7 @@ def path_predicate(where: Where = None) -> Callable[[str, Any], bool]:
   if callable(where):
     return where
   if where is None:
-    pattern = re.compile(DEFAULT_PRUNABLE)
-    return lambda name, leaf: bool(pattern.search(name)) and jax.numpy.ndim(
-        leaf) >= 2
+    return default
   if isinstance(where, str):
     try:
       pattern = re.compile(where)
@@ -143,16 +203,18 @@ def path_predicate(where: Where = None) -> Callable[[str, Any], bool]:
                    "(name, leaf) -> bool")
 
 
-def select(params: Any, where: Where = None) -> Any:
+def select(params: Any, where: Where = None,
+           default: Callable[[str, Any], bool] = kernel) -> Any:
   """Returns a pytree of booleans marking the leaves chosen by ``where``.
 
   The result is what `optax.masked` expects as its ``mask`` argument.
 
   Args:
     params: the pytree to select from.
-    where: ``None`` for the default (Dense and Conv kernels of rank >= 2), a
-      regular expression searched in each leaf's path name, or a callable
-      ``(name, leaf) -> bool``.
+    where: a `paths.Where`: ``None`` for ``default``, a regular expression
+      searched in each leaf's path name, a collection of exact path names,
+      or a callable ``(name, leaf) -> bool``.
+    default: what ``None`` selects (see `path_predicate`).
 
   Returns:
     A pytree shaped like ``params`` with a Python ``bool`` at every leaf.
@@ -166,5 +228,5 @@ def select(params: Any, where: Where = None) -> Any:
     >>> sparsify.select(params, where='bias')
     {'Dense_0': {'bias': True, 'kernel': False}}
   """
-  predicate = path_predicate(where)
+  predicate = path_predicate(where, default)
   return map_with_name(predicate, params)

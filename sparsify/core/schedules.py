@@ -28,13 +28,14 @@ def value_at(value: types.ScalarOrSchedule, count: jax.Array) -> jax.typing.Arra
   return value(count) if callable(value) else value
 
 
-def threshold_ramp(begin_step: int, end_step: int,
-                   power: float = 3.0) -> optax.Schedule:
+def threshold_ramp(begin_step: jax.typing.ArrayLike,
+                   end_step: jax.typing.ArrayLike,
+                   power: jax.typing.ArrayLike = 3.0) -> optax.Schedule:
   r"""The dynamic factor :math:`f(t)`: 0 at ``begin_step``, 1 at ``end_step``.
 
   :math:`f(t) = 1 - \left(1 - \mathrm{clip}\left(\frac{t - t_0}{t_1 - t_0},
   0, 1\right)\right)^p`, fast at first and flat at the end, like the cubic
-  sparsity schedule of gradual topk.
+  sparsity schedule of gradual topk. Every argument may be traced.
 
   Args:
     begin_step: :math:`t_0`, the step at which the factor leaves 0.

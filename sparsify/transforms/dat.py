@@ -1,7 +1,6 @@
 """DAT: dynamic and adaptive threshold pruning, from scratch."""
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -9,12 +8,12 @@ import optax
 
 from sparsify.core import checks
 from sparsify.core import masking
+from sparsify.core import paths
 from sparsify.core import schedules
 from sparsify.core import topk
+from sparsify.core import types
 
 TARGET_MODES = ("clamp", "solve", "global")
-
-
 
 
 def layer_threshold(weights: jax.Array, mask: jax.Array,
@@ -48,19 +47,19 @@ def layer_threshold(weights: jax.Array, mask: jax.Array,
 
 
 def dynamic_adaptive_threshold(
-    c: float = 1.0,
+    c: types.ScalarOrSchedule = 1.0,
     *,
-    begin_step: int,
-    end_step: int,
-    update_every: int = 100,
-    power: float = 3.0,
-    target_sparsity: float | None = None,
+    begin_step: types.ScalarOrSchedule,
+    end_step: types.ScalarOrSchedule,
+    update_every: types.ScalarOrSchedule = 100,
+    power: types.ScalarOrSchedule = 3.0,
+    target_sparsity: types.ScalarOrSchedule | None = None,
     target_mode: Literal["clamp", "solve", "global"] = "clamp",
     recovery: bool = False,
     statistics: Literal["surviving", "all"] = "surviving",
-    prune_factor: float = 0.9,
-    revive_factor: float = 1.1,
-    where: str | Callable[[str, Any], bool] | None = None,
+    prune_factor: types.ScalarOrSchedule = 0.9,
+    revive_factor: types.ScalarOrSchedule = 1.1,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Dynamic and adaptive threshold (DAT) pruning during training from scratch.
 
@@ -114,6 +113,11 @@ def dynamic_adaptive_threshold(
   per layer, follows the layer's weight statistics and changes during
   training from scratch; the exact formula above is our choice.
 
+  Every numeric argument is a number, a traced array or a schedule of the
+  step count (read at each mask update), so `optax.inject_hyperparams` can
+  trace all of them; ``target_mode``, ``recovery`` and ``statistics`` are
+  static (``target_sparsity=None`` too: it is not a number).
+
   Args:
     c: aggressiveness; larger prunes more.
     begin_step: first mask update, :math:`t_0`.
@@ -128,7 +132,8 @@ def dynamic_adaptive_threshold(
       :math:`\mu_l, \sigma_l` are measured on.
     prune_factor: :math:`a`, with recovery.
     revive_factor: :math:`b`, with recovery.
-    where: which parameters to prune (see `masking.mask_updates`).
+    where: which parameters to prune, a `paths.Where` (``None``: Dense and
+      Conv kernels; see `masking.mask_updates`).
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain.
@@ -161,25 +166,27 @@ def dynamic_adaptive_threshold(
   """
   if target_sparsity is not None:
     checks.check_fraction("target_sparsity", target_sparsity)
-  if statistics not in ("all", "surviving"):
-    raise ValueError(f"statistics: got {statistics!r}; allowed: all, "
-                     "surviving")
-  if target_mode not in TARGET_MODES:
-    raise ValueError(f"target_mode: got {target_mode!r}; allowed: "
-                     f"{', '.join(TARGET_MODES)}")
+  checks.check_one_of("statistics", statistics, ("all", "surviving"))
+  checks.check_one_of("target_mode", target_mode, TARGET_MODES)
   checks.check_window(begin_step, end_step)
-  ramp = schedules.threshold_ramp(begin_step, end_step, power)
-  low, high = (prune_factor, revive_factor) if recovery else (1.0, 1.0)
+
+  def at(value, step):
+    return schedules.value_at(value, step)
+
+  def ramp(step):
+    return schedules.threshold_ramp(at(begin_step, step), at(end_step, step),
+                                    at(power, step))(step)
 
   def layer_mask(step, w, m):
     # Without recovery a pruned weight is zero: only its last update is in w.
     magnitude = jnp.abs(w if recovery else jnp.where(m, w, 0))
     population = m if statistics == "surviving" else jnp.ones_like(m)
-    tau = ramp(step) * layer_threshold(jnp.where(m, w, 0), population, c)
+    tau = ramp(step) * layer_threshold(jnp.where(m, w, 0), population,
+                                       at(c, step))
     if target_sparsity is not None:
       # q: smallest kept magnitude when a fraction s* of the layer is pruned.
-      keep = topk.top_k_mask([magnitude],
-                                topk.keep_count(w.size, target_sparsity))[0]
+      keep = topk.top_k_mask(
+          [magnitude], topk.keep_count(w.size, at(target_sparsity, step)))[0]
       q = jnp.min(jnp.where(keep, magnitude, jnp.inf))
       q = jnp.where(jnp.isfinite(q), q, 0.0)
       tau = jnp.minimum(tau, q) if target_mode == "clamp" else ramp(step) * q
@@ -190,8 +197,9 @@ def dynamic_adaptive_threshold(
       return m & (magnitude >= tau)
     # The hysteresis band closes at the last update, so that the final masks
     # are exactly the threshold's (and meet a target exactly).
-    last = step >= end_step
-    a, b = jnp.where(last, 1.0, low), jnp.where(last, 1.0, high)
+    last = step >= at(end_step, step)
+    a = jnp.where(last, 1.0, at(prune_factor, step))
+    b = jnp.where(last, 1.0, at(revive_factor, step))
     return jnp.where(m, magnitude >= a * tau, magnitude >= b * tau)
 
   def global_masks(step, weights, masks):
@@ -202,11 +210,11 @@ def dynamic_adaptive_threshold(
     for w, m in zip(leaves, old):
       magnitude = jnp.abs(w if recovery else jnp.where(m, w, 0))
       population = m if statistics == "surviving" else jnp.ones_like(m)
-      base = layer_threshold(jnp.where(m, w, 0), population, c)
+      base = layer_threshold(jnp.where(m, w, 0), population, at(c, step))
       scores.append(magnitude / jnp.where(base > 0, base, 1.0))
     total = sum(w.size for w in leaves)
-    keep = topk.top_k_mask(scores, topk.keep_count(total,
-                                                         target_sparsity))
+    keep = topk.top_k_mask(
+        scores, topk.keep_count(total, at(target_sparsity, step)))
     q = jnp.min(jnp.stack([jnp.min(jnp.where(k, s, jnp.inf))
                            for k, s in zip(keep, scores)]))
     q = jnp.where(jnp.isfinite(q), q, 0.0)

@@ -4,29 +4,28 @@ Scores are weight magnitudes; the selection of the largest is the sort-free
 radix selection of `sparsify.core.topk`.
 """
 
-from collections.abc import Callable
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from sparsify.core import checks
 from sparsify.core import masking
+from sparsify.core import paths
 from sparsify.core import schedules
 from sparsify.core import topk
+from sparsify.core import types
 
 
 def gradual_magnitude_pruning(
-    sparsity: float,
+    sparsity: types.ScalarOrSchedule,
     *,
-    begin_step: int,
-    end_step: int,
-    update_every: int = 100,
-    initial_sparsity: float = 0.0,
-    power: float = 3.0,
+    begin_step: types.ScalarOrSchedule,
+    end_step: types.ScalarOrSchedule,
+    update_every: types.ScalarOrSchedule = 100,
+    initial_sparsity: types.ScalarOrSchedule = 0.0,
+    power: types.ScalarOrSchedule = 3.0,
     allocation: topk.Allocation = "layerwise",
-    where: str | Callable[[str, Any], bool] | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Gradual magnitude pruning with the polynomial (cubic) schedule.
 
@@ -40,6 +39,10 @@ def gradual_magnitude_pruning(
   and stays at :math:`s_f` after :math:`t_1`. Masks only grow: a pruned
   weight has magnitude zero and is never chosen again.
 
+  Every numeric argument is a number, a traced array or a schedule of the
+  step count (read at each mask update), so `optax.inject_hyperparams` can
+  trace all of them; ``allocation`` is static.
+
   Args:
     sparsity: final sparsity :math:`s_f` in [0, 1).
     begin_step: first pruning step :math:`t_0`.
@@ -48,8 +51,9 @@ def gradual_magnitude_pruning(
     initial_sparsity: :math:`s_i`.
     power: exponent of the schedule (3 in the paper).
     allocation: ``'layerwise'`` (every layer reaches :math:`s_t`) or
-      ``'global'`` (one threshold over all selected layers).
-    where: which parameters to prune (see `masking.mask_updates`).
+      ``'global'`` (one threshold over all selected layers); static.
+    where: which parameters to prune, a `paths.Where` (``None``: Dense and
+      Conv kernels; see `masking.mask_updates`).
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain.
@@ -82,24 +86,25 @@ def gradual_magnitude_pruning(
   checks.check_fraction("sparsity", sparsity)
   checks.check_fraction("initial_sparsity", initial_sparsity)
   checks.check_window(begin_step, end_step)
-  schedule = schedules.polynomial_ramp(initial_sparsity, sparsity, begin_step,
-                                       end_step, power)
+  checks.check_one_of("allocation", allocation, topk.ALLOCATIONS)
 
   def update_masks(step, weights, masks):
+    ramp = schedules.polynomial_ramp(*(schedules.value_at(v, step) for v in (
+        initial_sparsity, sparsity, begin_step, end_step, power)))
     scores = jax.tree.map(lambda w, m: jnp.abs(jnp.where(m, w, 0)), weights,
                           masks)
-    return topk.select_by_score(scores, schedule(step), allocation)
+    return topk.select_by_score(scores, ramp(step), allocation)
 
   return masking.mask_updates(
       update_masks=update_masks, update_every=update_every,
       begin_step=begin_step, end_step=end_step, where=where)
 
 def magnitude_pruning(
-    sparsity: float,
+    sparsity: types.ScalarOrSchedule,
     *,
-    step: int = 0,
+    step: types.ScalarOrSchedule = 0,
     allocation: topk.Allocation = "layerwise",
-    where: str | Callable[[str, Any], bool] | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   """One-shot magnitude pruning: at ``step``, drop the smallest weights.
 
@@ -113,10 +118,12 @@ def magnitude_pruning(
   weights stay exactly zero, the others keep training).
 
   Args:
-    sparsity: fraction of weights to remove, in [0, 1).
-    step: the step at which to prune.
-    allocation: ``'layerwise'`` or ``'global'``.
-    where: which parameters to prune (see `masking.mask_updates`).
+    sparsity: fraction of weights to remove, in [0, 1); a number, a traced
+      array or a schedule (read at ``step``).
+    step: the step at which to prune (a number, traced array or schedule).
+    allocation: ``'layerwise'`` or ``'global'``; static.
+    where: which parameters to prune, a `paths.Where` (see
+      `masking.mask_updates`).
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain.

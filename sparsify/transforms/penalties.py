@@ -5,15 +5,17 @@ Each transform here turns the incoming gradient :math:`g` into
 :math:`R(w) = \tfrac12 \lVert w \rVert^2`: place it before the optimizer
 (``optax.chain(binary_attractor(1e-4), optax.sgd(0.1))``) and the optimizer
 minimises :math:`L + \lambda R`. The penalty acts on the parameters chosen by
-``where``, by default the fully-connected kernels (2-D leaves named
-``kernel``); other parameters pass unchanged. ``strength`` is a float or a
-schedule of the transform's step count. All of them need ``params``.
+``where`` (a `paths.Where`), by default (``None``) the fully-connected
+kernels (`paths.dense_kernel`: 2-D leaves named ``kernel``); other
+parameters pass unchanged. ``strength`` and the other numeric
+hyper-parameters are floats, traced arrays or schedules of the transform's
+step count, except the structural ones each factory names static. All of
+them need ``params``.
 
 The attractors pull each weight toward a few values, so that the trained
 layer is easy to quantize (Soulie et al. 2016, compression on the fly).
 """
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,28 +26,20 @@ import optax
 from sparsify import quantize
 from sparsify.core import checks
 from sparsify.core import counting
+from sparsify.core import groups
 from sparsify.core import paths
 from sparsify.core import schedules
 from sparsify.core import types
 
-Where = str | Callable[[str, Any], bool] | None
 
-
-def _selector(where: paths.Where):
-  predicate = (quantize.dense_kernel if where is None
-               else paths.path_predicate(where))
-  return lambda params: paths.select(params, predicate)
-
-
-def _check_nonnegative(value, what):
-  if not callable(value) and isinstance(value, (int, float)) and value < 0:
-    raise ValueError(f"{what}: got {value}; allowed: a float >= 0 or a "
-                     "schedule")
+def _selection(where: paths.Where):
+  """``params -> flags`` of `optax.masked`: ``where``, or the Dense kernels."""
+  return lambda params: paths.select(params, where, paths.dense_kernel)
 
 
 def _penalty(state_cls, gradient, strength, where):
   """Adds ``strength(count) * gradient(w, count)`` on the selected leaves."""
-  _check_nonnegative(strength, "strength")
+  checks.check_nonnegative("strength", strength)
 
   def step(updates, params, count):
     lam = schedules.value_at(strength, count)
@@ -54,7 +48,7 @@ def _penalty(state_cls, gradient, strength, where):
         params)
 
   return optax.masked(counting.counting_transform(state_cls, step),
-                      _selector(where))
+                      _selection(where))
 
 
 class BinaryAttractorState(NamedTuple):
@@ -66,7 +60,7 @@ def binary_attractor(
     strength: types.ScalarOrSchedule,
     *,
     alpha: types.ScalarOrSchedule | None = None,
-    where: Where = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Adds the gradient of a penalty that pulls weights to :math:`\pm\alpha`.
 
@@ -83,9 +77,9 @@ def binary_attractor(
     strength: :math:`\lambda`, a float or a schedule of the step count.
     alpha: the attracting magnitude, a float or a schedule; ``None`` for each
       layer's mean absolute weight.
-    where: which parameters: ``None`` for fully-connected kernels (2-D leaves
-      named ``kernel``), a regex searched in the path, or a predicate
-      ``(path, leaf) -> bool``.
+    where: which parameters, a `paths.Where`: ``None`` for fully-connected
+      kernels (`paths.dense_kernel`), a regex searched in the path, a
+      collection of paths or a predicate ``(path, leaf) -> bool``.
 
   Returns:
     An `optax.GradientTransformation`; place it before the optimizer.
@@ -116,7 +110,7 @@ def binary_attractor(
     fly", ICANN 2016. https://arxiv.org/abs/1509.08745
   """
   if alpha is not None:
-    _check_nonnegative(alpha, "alpha")
+    checks.check_nonnegative("alpha", alpha)
 
   def gradient(w, count):
     a = (jnp.mean(jnp.abs(w)) if alpha is None
@@ -141,10 +135,10 @@ def kcentre_attractor(
     strength: types.ScalarOrSchedule,
     *,
     centres: int = 2,
-    refresh_every: int = 100,
+    refresh_every: types.ScalarOrSchedule = 100,
     iterations: int = 10,
-    seed: int = 0,
-    where: Where = None,
+    seed: jax.typing.ArrayLike = 0,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Adds the gradient of a penalty that drives weights toward k centres.
 
@@ -164,11 +158,13 @@ def kcentre_attractor(
 
   Args:
     strength: :math:`\lambda`, a float or a schedule of the step count.
-    centres: ``k``, the number of centres per layer (at most the layer's size).
-    refresh_every: ``T``, steps between refreshes of the centres.
+    centres: ``k``, the number of centres per layer (at most the layer's
+      size); static, since it fixes the state's shapes.
+    refresh_every: ``T``, steps between refreshes of the centres (an
+      integer, a traced array or a schedule).
     iterations: Lloyd updates per k-means (at most; they stop at a fixed
-      point).
-    seed: seeds the k-means++ initialisation.
+      point); static.
+    seed: seeds the k-means++ initialisation (may be traced).
     where: which parameters (see `binary_attractor`).
 
   Returns:
@@ -194,13 +190,10 @@ def kcentre_attractor(
     Soulie, Gripon & Robert, "Compression of deep neural networks on the
     fly", ICANN 2016. https://arxiv.org/abs/1509.08745
   """
-  _check_nonnegative(strength, "strength")
-  for what, value in (("centres", centres), ("refresh_every", refresh_every),
-                      ("iterations", iterations)):
-    lowest = 0 if what == "iterations" else 1
-    if not isinstance(value, (int, np.integer)) or value < lowest:
-      raise ValueError(f"{what}: got {value!r}; allowed: an integer >= "
-                       f"{lowest}")
+  checks.check_nonnegative("strength", strength)
+  checks.check_static_integer("centres", centres, 1)
+  checks.check_static_integer("iterations", iterations, 0)
+  checks.check_integer("refresh_every", refresh_every, 1)
 
   def column(w):
     return jnp.reshape(w, (-1, 1)).astype(jnp.float32)
@@ -211,11 +204,11 @@ def kcentre_attractor(
                        f"shape {jnp.shape(w)} has {jnp.size(w)} weights; "
                        f"allowed: 1 to {jnp.size(w)}")
     return quantize.kmeans(column(w), centres, key=key,
-                               iterations=iterations)[0][:, 0]
+                           iterations=iterations)[0][:, 0]
 
   def refresh(w, c):
     return quantize.lloyd(column(w), c[:, None],
-                              iterations=iterations)[0][:, 0]
+                          iterations=iterations)[0][:, 0]
 
   def gradient(w, c):
     nearest = jnp.argmin(jnp.abs(w[..., None] - c), axis=-1)
@@ -235,7 +228,7 @@ def kcentre_attractor(
     count = state.count
     kept = state.centres
     new_centres = jax.lax.cond(
-        count % refresh_every == 0,
+        count % schedules.value_at(refresh_every, count) == 0,
         lambda: jax.tree.map(refresh, params, kept), lambda: kept)
     lam = schedules.value_at(strength, count)
     updates = jax.tree.map(
@@ -245,7 +238,7 @@ def kcentre_attractor(
         count=optax.safe_increment(count), centres=new_centres)
 
   return optax.masked(optax.GradientTransformation(init_fn, update_fn),
-                      _selector(where))
+                      _selection(where))
 
 
 class L1PenaltyState(NamedTuple):
@@ -254,7 +247,7 @@ class L1PenaltyState(NamedTuple):
 
 
 def l1(strength: types.ScalarOrSchedule, *,
-       where: Where = None) -> optax.GradientTransformation:
+       where: paths.Where = None) -> optax.GradientTransformation:
   r"""Adds the L1 subgradient :math:`\lambda_t \operatorname{sign}(w)`.
 
   .. math::
@@ -297,7 +290,7 @@ def group_lasso(
     *,
     axis: int = -1,
     scale_by_group_size: bool = False,
-    where: Where = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Adds the group-lasso subgradient, one group per output unit.
 
@@ -317,7 +310,8 @@ def group_lasso(
 
   Args:
     strength: :math:`\lambda`, a float or a schedule of the step count.
-    axis: the axis that indexes the groups.
+    axis: the axis that indexes the groups; static, since it fixes shapes
+      (see `sparsify.core.groups`).
     scale_by_group_size: weigh each group by the square root of its size.
     where: which parameters (see `binary_attractor`).
 
@@ -342,16 +336,13 @@ def group_lasso(
     variables", J. R. Stat. Soc. B 2006.
   """
 
+  checks.check_static_integer("axis", axis)
+
   def gradient(w, _):
-    if not -w.ndim <= axis < w.ndim:
-      raise ValueError(f"axis: got {axis}; allowed: -{w.ndim} to "
-                       f"{w.ndim - 1} for a parameter of shape {w.shape}")
-    ax = axis % w.ndim
-    others = tuple(i for i in range(w.ndim) if i != ax)
-    norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=others, keepdims=True))
+    norm = groups.group_norms(w, axis)
     g = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0)
     if scale_by_group_size:
-      g = g * np.sqrt(w.size // w.shape[ax])
+      g = g * np.sqrt(groups.group_size(w, axis))
     return g
 
   return _penalty(GroupLassoPenaltyState, gradient, strength, where)

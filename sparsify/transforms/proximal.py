@@ -13,7 +13,6 @@ rounding of the last bit, except where ``new`` is zero: then the update is
 ``-params`` and the sum is exactly ``0.0``.
 """
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +22,7 @@ import optax
 
 from sparsify.core import checks
 from sparsify.core import counting
+from sparsify.core import groups
 from sparsify.core import paths
 from sparsify.core import schedules
 from sparsify.core import types
@@ -65,14 +65,14 @@ def accelerated_proximal_gradient(
     learning_rate: types.ScalarOrSchedule,
     *,
     strength: types.ScalarOrSchedule,
-    momentum: float = 0.9,
+    momentum: types.ScalarOrSchedule = 0.9,
     nonnegative: bool = False,
 ) -> optax.GradientTransformation:
   r"""The modified accelerated proximal gradient (APG) of SSS.
 
   Stores the Nesterov-shifted variable :math:`\lambda'`, so the gradient it
   receives is taken at the stored point. With :math:`\eta_t` the scheduled
-  learning rate and :math:`\gamma` the L1 strength:
+  learning rate and :math:`\gamma` the L1 strength (``strength``):
 
   .. math::
     z_t &= \lambda'_{t-1} - \eta_t \nabla L(\lambda'_{t-1}) \\
@@ -94,7 +94,7 @@ def accelerated_proximal_gradient(
   Args:
     learning_rate: :math:`\eta`, a float or a schedule ``step -> value``.
     strength: L1 strength :math:`\gamma`, a float or a schedule.
-    momentum: :math:`\mu`.
+    momentum: :math:`\mu`, a float or a schedule.
     nonnegative: clamp the scales at zero from below.
 
   Returns:
@@ -102,7 +102,7 @@ def accelerated_proximal_gradient(
 
   Example:
     With a zero gradient the first step soft-thresholds by
-    :math:`\eta\strength = 0.5` and the momentum adds :math:`\mu` times that
+    :math:`\eta\gamma = 0.5` and the momentum adds :math:`\mu` times that
     move again: 2 and 3 move by 0.95, and 0.25, which the shrinkage sets to
     0, would overshoot to -0.225 but is clamped at 0 (``nonnegative``):
 
@@ -121,6 +121,10 @@ def accelerated_proximal_gradient(
     networks", ECCV 2018. https://arxiv.org/abs/1707.01213
   """
 
+  checks.check_nonnegative("learning_rate", learning_rate)
+  checks.check_nonnegative("strength", strength)
+  checks.check_fraction("momentum", momentum, closed=True)
+
   def init_fn(params):
     return APGState(count=jnp.zeros([], jnp.int32),
                     velocity=jax.tree.map(jnp.zeros_like, params))
@@ -130,12 +134,13 @@ def accelerated_proximal_gradient(
       raise ValueError(checks.NO_PARAMS_MSG)
     lr = schedules.value_at(learning_rate, state.count)
     threshold = lr * schedules.value_at(strength, state.count)
+    mu = schedules.value_at(momentum, state.count)
     shrunk = jax.tree.map(lambda g, p: soft_threshold(p - lr * g, threshold),
                           updates, params)
     velocity = jax.tree.map(
-        lambda s, p, v: ((s - p) + momentum * v).astype(v.dtype), shrunk,
+        lambda s, p, v: ((s - p) + mu * v).astype(v.dtype), shrunk,
         params, state.velocity)
-    new = jax.tree.map(lambda s, v: s + momentum * v, shrunk, velocity)
+    new = jax.tree.map(lambda s, v: s + mu * v, shrunk, velocity)
     if nonnegative:
       new = jax.tree.map(lambda x: jnp.maximum(x, 0), new)
     updates = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new, params)
@@ -184,6 +189,9 @@ def proximal_sgd(
     linear inverse problems", SIAM J. Imaging Sciences 2009.
   """
 
+  checks.check_nonnegative("learning_rate", learning_rate)
+  checks.check_nonnegative("strength", strength)
+
   def step(updates, params, count):
     lr = schedules.value_at(learning_rate, count)
     threshold = lr * schedules.value_at(strength, count)
@@ -205,7 +213,7 @@ def group_lasso_prox(
     strength: types.ScalarOrSchedule,
     axis: int = -1,
     scale_by_group_size: bool = True,
-    where: str | Callable[[str, Any], bool] | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Proximal step of the group lasso, one group per output unit.
 
@@ -226,10 +234,12 @@ def group_lasso_prox(
   Args:
     learning_rate: :math:`\eta`, the optimizer's learning rate or schedule.
     strength: group-lasso strength :math:`\lambda`, a float or a schedule.
-    axis: the axis that indexes the groups (output units).
+    axis: the axis that indexes the groups (output units); static, since it
+      fixes shapes: under `optax.inject_hyperparams` name it in
+      ``static_args``.
     scale_by_group_size: include :math:`\sqrt{|g|}` in the threshold.
-    where: which parameters (see `masking.mask_updates`); ``None`` for Dense
-      and Conv kernels.
+    where: which parameters, a `paths.Where`: ``None`` for Dense and Conv
+      kernels.
 
   Returns:
     An `optax.GradientTransformation`; place it after the optimizer.
@@ -257,19 +267,21 @@ def group_lasso_prox(
     sparsity in deep neural networks", NeurIPS 2016.
   """
 
+  checks.check_nonnegative("learning_rate", learning_rate)
+  checks.check_nonnegative("strength", strength)
+
   def prox(u, p, threshold):
     w = p + u
-    ax = axis % w.ndim
-    others = tuple(i for i in range(w.ndim) if i != ax)
-    norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=others, keepdims=True))
+    norm = groups.group_norms(w, axis)
     if scale_by_group_size:
-      threshold = threshold * np.sqrt(w.size // w.shape[ax])
+      threshold = threshold * np.sqrt(groups.group_size(w, axis))
     factor = jnp.where(norm > threshold,
                        1 - threshold / jnp.where(norm > 0, norm, 1), 0)
     return (w * factor - p).astype(p.dtype)
 
   def step(updates, params, count):
-    threshold = schedules.value_at(learning_rate, count) * schedules.value_at(strength, count)
+    threshold = (schedules.value_at(learning_rate, count)
+                 * schedules.value_at(strength, count))
     return jax.tree.map(lambda u, p: prox(u, p, threshold), updates, params)
 
   return optax.masked(counting.counting_transform(GroupLassoState, step),

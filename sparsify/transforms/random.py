@@ -1,23 +1,26 @@
 """Static random sparsity: masks drawn once at initialisation."""
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from sparsify.core import checks
 from sparsify.core import distributions
 from sparsify.core import masking
+from sparsify.core import paths
+from sparsify.core import schedules
 from sparsify.core import topk
+from sparsify.core import types
 
 
 def random_sparsity(
-    sparsity: float,
+    sparsity: types.ScalarOrSchedule,
     *,
-    seed: int = 0,
+    seed: jax.typing.ArrayLike = 0,
     allocation: Literal["uniform", "erk"] = "uniform",
-    where: str | Callable[[str, Any], bool] | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   """Static random sparsity: a fixed random mask from step 0.
 
@@ -31,10 +34,13 @@ def random_sparsity(
   `distributions.erk_densities`). The masks never change.
 
   Args:
-    sparsity: overall fraction of weights removed, in [0, 1).
-    seed: seed of the random masks.
-    allocation: ``'uniform'`` or ``'erk'``.
-    where: which parameters to prune (see `masking.mask_updates`).
+    sparsity: overall fraction of weights removed, in [0, 1): a number, a
+      traced array or a schedule (read at step 0, when the masks are drawn).
+    seed: seed of the random masks, an integer (may be traced, e.g. under
+      `jax.vmap` over seeds).
+    allocation: ``'uniform'`` or ``'erk'``; static.
+    where: which parameters to prune, a `paths.Where` (``None``: Dense and
+      Conv kernels; see `masking.mask_updates`).
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain. The first
@@ -56,16 +62,16 @@ def random_sparsity(
     Liu et al., "The unreasonable effectiveness of random pruning", ICLR 2022.
   """
   checks.check_fraction("sparsity", sparsity)
-  if allocation not in ("uniform", "erk"):
-    raise ValueError(f"allocation: got {allocation!r}; allowed: erk, uniform")
+  checks.check_one_of("allocation", allocation, ("erk", "uniform"))
 
   def init_masks(params):
     leaves, treedef = jax.tree.flatten(params)
+    s = schedules.value_at(sparsity, jnp.zeros([], jnp.int32))
     if allocation == "erk":
       per_layer = [1.0 - d for d in distributions.erk_densities(
-          [p.shape for p in leaves], sparsity)]
+          [p.shape for p in leaves], s)]
     else:
-      per_layer = [sparsity] * len(leaves)
+      per_layer = [s] * len(leaves)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     scores = [jax.random.uniform(key, p.shape) for key, p in zip(keys, leaves)]
     masks = [topk.top_k_mask([x], topk.keep_count(x.size, s))[0]

@@ -6,7 +6,6 @@ Nesterov SGD; Network Slimming penalises BatchNorm scales with L1 and prunes
 the channels whose scales fall below a global threshold.
 """
 
-from collections.abc import Callable
 import re
 from typing import Any, NamedTuple
 
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sparsify.core import checks
 from sparsify.core import counting
 from sparsify.core import paths
 from sparsify.core import schedules
@@ -29,8 +29,8 @@ GATES = r"(^|/)gate(/|$)"
 BN_SCALES = r"(^|/)scale$"
 
 
-def sss_labels(params: types.Params, where: str | None = None) -> Any:
-  """Labels ``'scales'`` (path matches ``where``) or ``'weights'``.
+def sss_labels(params: types.Params, where: paths.Where = None) -> Any:
+  """Labels ``'scales'`` (selected by ``where``) or ``'weights'``.
 
   ``None`` picks the scaling factors from the parameters: the gates when the
   model has any (its BatchNorm scales are then ordinary weights), else the
@@ -38,7 +38,8 @@ def sss_labels(params: types.Params, where: str | None = None) -> Any:
 
   Args:
     params: the model's parameters.
-    where: a regex searched in each parameter's path, or ``None``.
+    where: the scales, a `paths.Where`: a regex searched in each
+      parameter's path, a collection of paths, a predicate, or ``None``.
 
   Returns:
     A pytree shaped like ``params`` of the strings ``'scales'`` and
@@ -57,16 +58,16 @@ def sss_labels(params: types.Params, where: str | None = None) -> Any:
   if where is None:
     gated = any(re.search(GATES, n) for n, _ in paths.named_leaves(params))
     where = GATES if gated else BN_SCALES
-  pattern = re.compile(where)
+  scale = paths.path_predicate(where)
   return paths.map_with_name(
-      lambda name, _: "scales" if pattern.search(name) else "weights", params)
+      lambda name, leaf: "scales" if scale(name, leaf) else "weights", params)
 
 
 def sss_optimizer(
     weights_tx: optax.GradientTransformation,
     scales_tx: optax.GradientTransformation,
     *,
-    where: str | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Trains the scaling factors and the other parameters with two optimizers.
 
@@ -85,9 +86,10 @@ def sss_optimizer(
   Args:
     weights_tx: the optimizer of every parameter that is not a scale.
     scales_tx: the optimizer of the scales, given their ``params``.
-    where: regex searched in a parameter's path that marks a scale;
-      by default (``None``) the gates if the model has any, else the
-      BatchNorm scales.
+    where: which parameters are scales, a `paths.Where` (a regex searched
+      in a parameter's path, a collection of paths or a predicate); by
+      default (``None``) the gates if the model has any, else the BatchNorm
+      scales.
 
   Returns:
     An `optax.multi_transform` over the labels of `sss_labels`.
@@ -124,14 +126,15 @@ def sparse_structure_selection(
     learning_rate: types.ScalarOrSchedule,
     *,
     strength: types.ScalarOrSchedule,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
+    momentum: types.ScalarOrSchedule = 0.9,
+    weight_decay: types.ScalarOrSchedule = 1e-4,
     nonnegative: bool = True,
-    where: str | None = None,
+    where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Sparse Structure Selection: Nesterov SGD on W, APG on the scales.
 
-  Minimises :math:`L(W, \lambda) + R(W) + \gamma \lVert\lambda\rVert_1`,
+  Minimises :math:`L(W, \lambda) + R(W) + \gamma \lVert\lambda\rVert_1`
+  (:math:`\gamma` is ``strength``),
   with :math:`R(W) = \tfrac{\beta}{2} \lVert W \rVert^2` (``weight_decay``
   :math:`\beta`).
   The weights get ``add_decayed_weights(weight_decay)`` then Nesterov SGD;
@@ -141,9 +144,12 @@ def sparse_structure_selection(
 
   Args:
     learning_rate: :math:`\eta`, a float or a schedule shared by both parts.
-    strength: L1 strength on the scales, a float or a schedule.
-    momentum: momentum of both parts (0.9 in the paper).
-    weight_decay: decay of the weights (not of the scales).
+    strength: L1 strength :math:`\gamma` on the scales, a float or a
+      schedule.
+    momentum: momentum of both parts (0.9 in the paper), a float or a
+      schedule.
+    weight_decay: decay of the weights (not of the scales), a float or a
+      schedule.
     nonnegative: clamp scales at zero from below, as the authors' code does.
     where: which parameters are scales (see `sss_optimizer`).
 
@@ -152,7 +158,7 @@ def sparse_structure_selection(
 
   Example:
     One step with a zero loss gradient: the small gate reaches exactly 0
-    (the threshold is :math:`\eta_t \strength = 0.5`), the other shrinks:
+    (the threshold is :math:`\eta_t \gamma = 0.5`), the other shrinks:
 
     >>> import jax
     >>> import jax.numpy as jnp
@@ -171,11 +177,18 @@ def sparse_structure_selection(
     Huang & Wang, "Data-driven sparse structure selection for deep neural
     networks", ECCV 2018. https://arxiv.org/abs/1707.01213
   """
-  weights_tx = optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.sgd(learning_rate, momentum=momentum, nesterov=True))
+  checks.check_nonnegative("weight_decay", weight_decay)
+  if callable(momentum):  # optax.trace takes a number: inject the schedule
+    nesterov = optax.chain(
+        optax.inject_hyperparams(optax.trace, static_args="nesterov")(
+            decay=momentum, nesterov=True),
+        optax.scale_by_learning_rate(learning_rate))
+  else:
+    nesterov = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+  weights_tx = optax.chain(optax.add_decayed_weights(weight_decay), nesterov)
   scales_tx = proximal.accelerated_proximal_gradient(
-      learning_rate, strength=strength, momentum=momentum, nonnegative=nonnegative)
+      learning_rate, strength=strength, momentum=momentum,
+      nonnegative=nonnegative)
   return sss_optimizer(weights_tx, scales_tx, where=where)
 
 
@@ -187,26 +200,26 @@ class NetworkSlimmingState(NamedTuple):
 def network_slimming(
     strength: types.ScalarOrSchedule,
     *,
-    where: str | Callable[[str, Any], bool] = BN_SCALES,
+    where: paths.Where = BN_SCALES,
 ) -> optax.GradientTransformation:
-  r"""Adds the L1 subgradient :math:`l_1 \operatorname{sign}(\strength)`.
+  r"""Adds the L1 subgradient :math:`\lambda_t \operatorname{sign}(\gamma)`.
 
   .. math::
-    g \leftarrow g + l_1 \operatorname{sign}(\strength)
+    g \leftarrow g + \lambda_t \operatorname{sign}(\gamma)
 
   on the BatchNorm scales :math:`\gamma`, like `optax.add_decayed_weights`
   for L2; other parameters pass unchanged. The optimizer then minimises
 
   .. math::
-    L' = L + l_1 \sum_\gamma |\gamma|.
+    L' = L + \lambda \sum_\gamma |\gamma|.
 
   After training, channels whose :math:`|\gamma|` falls below
   `slimming_threshold` are pruned.
 
   Args:
-    strength: penalty strength, a float or a schedule.
-    where: which parameters are penalised: a regex on the path (default:
-      names ending in ``scale``) or a predicate ``(path, leaf) -> bool``.
+    strength: penalty strength :math:`\lambda`, a float or a schedule.
+    where: which parameters are penalised, a `paths.Where`; by default
+      `BN_SCALES` (names ending in ``scale``).
 
   Returns:
     An `optax.GradientTransformation`; place it before the optimizer.
@@ -234,10 +247,12 @@ def network_slimming(
     slimming", ICCV 2017. https://arxiv.org/abs/1708.06519
   """
 
+  checks.check_nonnegative("strength", strength)
+
   def step(updates, params, count):
-    a = schedules.value_at(strength, count)
+    lam = schedules.value_at(strength, count)
     return jax.tree.map(
-        lambda g, p: (g + a * jnp.sign(p)).astype(g.dtype), updates,
+        lambda g, p: (g + lam * jnp.sign(p)).astype(g.dtype), updates,
         params)
 
   return optax.masked(counting.counting_transform(NetworkSlimmingState, step),
@@ -247,7 +262,7 @@ def network_slimming(
 def slimming_threshold(
     params: types.Params,
     fraction: float,
-    where: str | Callable[[str, Any], bool] = BN_SCALES,
+    where: paths.Where = BN_SCALES,
 ) -> float:
   r"""The global threshold below which a ``fraction`` of the scales fall.
 
@@ -283,9 +298,7 @@ def slimming_threshold(
     Liu et al., "Learning efficient convolutional networks through network
     slimming", ICCV 2017. https://arxiv.org/abs/1708.06519
   """
-  if not 0.0 <= fraction < 1.0:
-    raise ValueError(f"fraction: got {fraction}; allowed: a fraction in "
-                     "[0, 1)")
+  checks.check_fraction("fraction", fraction)
   chosen = paths.select(params, where)
   values = [np.abs(np.asarray(p)).ravel()
             for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(chosen))

@@ -27,7 +27,6 @@ set to 0 for that step and reaches its target on the next one, so the layer
 never holds a fourth value.
 """
 
-from collections.abc import Callable, Sequence
 import math
 from typing import Any, NamedTuple
 
@@ -44,9 +43,6 @@ from sparsify.core import types
 SIGMA_MODES = ("learned", "mean")
 ENCODINGS = ("base3", "bitmask", "two_bit")
 SIGMA_BITS = 16  # significant bits of the σ written into a ternary layer
-
-Where = str | Callable[[str, Any], bool] | None
-
 
 
 
@@ -182,9 +178,7 @@ def ternary_bits(mask: Any, *, encoding: str = "bitmask") -> int:
     ...                       encoding='two_bit')  # 2 * 4 + 32
     40
   """
-  if encoding not in ENCODINGS:
-    raise ValueError(f"encoding: got {encoding!r}; allowed: "
-                     f"{', '.join(ENCODINGS)}")
+  checks.check_one_of("encoding", encoding, ENCODINGS)
   total = 0
   for leaf in jax.tree.leaves(mask):
     m = np.asarray(leaf, bool)
@@ -197,8 +191,6 @@ def ternary_bits(mask: Any, *, encoding: str = "bitmask") -> int:
       total += 8 * math.ceil(n / 5)
     total += 32
   return total
-
-
 
 
 class TernaryState(NamedTuple):
@@ -218,25 +210,13 @@ class TernaryState(NamedTuple):
   sigma: types.Params
 
 
-def _layer_predicate(layers: Any, where: paths.Where) -> Callable[[str, Any], bool]:
-  candidate = paths.path_predicate(where)
-  if layers is None:
-    return candidate
-  if isinstance(layers, str) or callable(layers):
-    picked = paths.path_predicate(layers)
-    return lambda name, leaf: candidate(name, leaf) and picked(name, leaf)
-  names = frozenset(layers)
-  return lambda name, leaf: candidate(name, leaf) and name in names
-
-
 def ternary_constrained(
-    layers: Sequence[str] | str | Callable[[str, Any], bool] | None = None,
     *,
+    where: paths.Where = None,
     sigma: str = "mean",
     sigma_learning_rate: types.ScalarOrSchedule = 1.0,
     threshold: types.ScalarOrSchedule = 0.0,
     masks: types.Masks | None = None,
-    where: Where = None,
 ) -> optax.GradientTransformation:
   r"""σ-constrained SGD: chosen layers stay ternary on a fixed mask.
 
@@ -289,18 +269,19 @@ def ternary_constrained(
   the dead zone are configurable choices.
 
   Args:
-    layers: which weights to constrain: a sequence of parameter paths
-      (``['fc2/kernel']``; each must exist and be selected by ``where``), a
-      regex, a predicate ``(path, leaf) -> bool`` (applied among the leaves
-      ``where`` selects), or ``None`` for all that ``where`` selects.
-    sigma: ``'mean'`` or ``'learned'``.
+    where: which weights to constrain, chosen among the Dense and Conv
+      kernels (`paths.kernel`): ``None`` for all of them, a collection of
+      parameter paths (``['fc2/kernel']``; each must be one of them), a
+      regex searched in their paths or a predicate ``(path, leaf) -> bool``.
+      Other leaves pass through unchanged.
+    sigma: ``'mean'`` or ``'learned'``; static.
     sigma_learning_rate: :math:`\eta_\sigma` for ``'learned'``, a float >= 0
       or a schedule.
     threshold: :math:`\theta` >= 0, a float or a schedule.
     masks: optional fixed masks: a pytree shaped like (part of) the params,
-      or a ``{path: mask}`` dict, e.g. `Significance.masks`.
-    where: the candidate parameters: ``None`` for Dense and Conv kernels, a
-      regex or a predicate. Other leaves pass through unchanged.
+      or a ``{path: mask}`` dict, e.g. `Significance.masks`; a leaf without
+      one (absent, or `types.NO_MASK`) takes the non-zero entries of its
+      parameter.
 
   Returns:
     An `optax.GradientTransformation`; place it last in the chain. Its state
@@ -320,7 +301,7 @@ def ternary_constrained(
     >>> sig = sparsify.layer_significance(params, sparsity=0.2)
     >>> params = sparsify.apply_masks(params, sig.masks)
     >>> tx = optax.chain(optax.sgd(0.01),
-    ...                  sparsify.ternary_constrained(sig.order[:1]))
+    ...                  sparsify.ternary_constrained(where=sig.order[:1]))
     >>> state = tx.init(params)
     >>> grads = {'fc1': {'kernel': jnp.zeros((2, 2))},
     ...          'fc2': {'kernel': jnp.zeros((2, 1))}}
@@ -338,33 +319,31 @@ def ternary_constrained(
     Zhu, Han, Mao & Dally, "Trained ternary quantization", ICLR 2017 (a
     scale learned by its own gradient).
   """
-  if sigma not in SIGMA_MODES:
-    raise ValueError(f"sigma: got {sigma!r}; allowed: "
-                     f"{', '.join(SIGMA_MODES)}")
-  for name, value in (("sigma_learning_rate", sigma_learning_rate),
-                      ("threshold", threshold)):
-    if isinstance(value, (int, float)) and not value >= 0:
-      raise ValueError(f"{name}: got {value}; allowed: a number >= 0 or a "
-                       "schedule")
-  if layers is not None and not isinstance(layers, str) and not callable(
-      layers):
-    layers = tuple(layers)
-    if not all(isinstance(n, str) for n in layers):
-      raise ValueError(f"layers: got {layers!r}; allowed: parameter paths "
-                       "(str), a regex or a predicate")
+  checks.check_one_of("sigma", sigma, SIGMA_MODES)
+  checks.check_nonnegative("sigma_learning_rate", sigma_learning_rate)
+  checks.check_nonnegative("threshold", threshold)
+  if (where is not None and not isinstance(where, str)
+      and not callable(where)):
+    where = tuple(where)
+    if not all(isinstance(n, str) for n in where):
+      raise ValueError(f"where: got {where!r}; allowed: parameter paths "
+                       "(str), a regex, a predicate or None")
+  picked = paths.path_predicate(where)
   given = None if masks is None else dict(paths.named_leaves(masks))
-  chosen = _layer_predicate(layers, where)
+
+  def chosen(name, leaf):
+    return paths.kernel(name, leaf) and picked(name, leaf)
 
   def selection(tree):
     flags = paths.map_with_name(chosen, tree)
-    if isinstance(layers, tuple):
-      picked = {n for n, f in paths.named_leaves(flags) if f}
-      missing = sorted(set(layers) - picked)
+    if isinstance(where, tuple):
+      found = {n for n, f in paths.named_leaves(flags) if f}
+      missing = sorted(set(where) - found)
       if missing:
         available = sorted(n for n, leaf in paths.named_leaves(tree)
-                           if paths.path_predicate(where)(n, leaf))
-        raise ValueError(f"layers: {missing} not found among the candidate "
-                         f"parameters; allowed: {available}")
+                           if paths.kernel(n, leaf))
+        raise ValueError(f"where: {missing} not found among the Dense and "
+                         f"Conv kernels; allowed: {available}")
     return flags
 
   def init_mask(name, p):
@@ -396,7 +375,7 @@ def ternary_constrained(
       s = mean
     t = ternarize(latent, m, s, theta * mean).astype(p.dtype)
     step = (t - p).astype(p.dtype)
-    # paths.Where float32 cannot land on t from p (first step only), land on 0.
+    # Where float32 cannot land on t from p (first step only), land on 0.
     step = jnp.where(p + step == t, step, -p)
     return step, latent, jnp.asarray(s, jnp.float32)
 

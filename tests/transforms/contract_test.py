@@ -15,8 +15,8 @@ import inspect
 from typing import Any, NamedTuple
 
 from flax import nnx
-from flax.training import train_state
 import flax.linen as nn
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np

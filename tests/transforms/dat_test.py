@@ -7,7 +7,6 @@ import optax
 import pytest
 
 import sparsify
-from sparsify.core import schedules
 
 
 def _weights(seed=0):
@@ -30,13 +29,6 @@ def _masks_after(tx, params, steps):
   for _ in range(steps):
     _, state = update(zeros, state, params)
   return jax.tree.map(np.asarray, sparsify.find_masks(state))
-
-
-def test_ramp_closed_form():
-  ramp = schedules.threshold_ramp(10, 30, power=3.0)
-  for t, expected in [(0, 0.0), (10, 0.0), (20, 1 - 0.5**3), (25, 1 - 0.25**3),
-                      (30, 1.0), (99, 1.0)]:
-    np.testing.assert_allclose(ramp(t), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("c", [0.0, 0.5, 1.0])

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from sparsify.core import checks
 from sparsify import quantize
+from sparsify.core import checks
 from sparsify.transforms import penalties
 
 
