@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sparsify.core import paths
 from sparsify import models
+from sparsify.core import paths
 from sparsify.models import layers
 
 # Small instances of every registered model: (name, kwargs).

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsify.core import paths
 from sparsify import models
+from sparsify.core import paths
 from sparsify.structure.gates import Gate
 
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsify.core import paths
 from sparsify import data
 from sparsify import models
+from sparsify.core import paths
 from sparsify.structure import surgery
 
 
