@@ -83,6 +83,16 @@ def load_config(name: str, preset: str | None = None):
   return module.get_config(preset) if preset else module.get_config()
 
 
+def set_sparsity(config, sparsity: float) -> None:
+  """Sets the target sparsity of the config's first compression entry.
+
+  DAT names it ``target_sparsity``; the masking methods ``sparsity``.
+  """
+  entry = config.compression[0]
+  key = "target_sparsity" if entry.name == "dat" else "sparsity"
+  entry.kwargs[key] = sparsity
+
+
 def steady_steps_per_second(workdir: str) -> float:
   """Median training steps/s over a run's log intervals, the first excluded.
 

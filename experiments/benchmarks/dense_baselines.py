@@ -13,8 +13,9 @@ import logging
 import os
 import tempfile
 
+import sparsify
 from experiments.benchmarks import common
-from sparsify.experiment import trainer as trainer_lib
+
 
 def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
   config = common.load_config(model)
@@ -22,7 +23,7 @@ def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:
   config.train.epochs = epochs
   config.train.log_every = 100
   config.train.checkpoint_every = 10**9  # final checkpoint only
-  results = trainer_lib.train_and_evaluate(config, workdir)
+  results = sparsify.run(config, workdir)
   return {
       "model": model, "dataset": dataset, "epochs": epochs,
       "test_accuracy": results["eval_accuracy"],

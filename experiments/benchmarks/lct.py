@@ -36,9 +36,9 @@ import os
 import tempfile
 import time
 
+import sparsify
 from experiments.benchmarks import common
 from sparsify import spz
-from sparsify.experiment import trainer as trainer_lib
 
 LCT_FIELDS = {"sparsity": float, "budget": float, "steps": int,
               "prune_steps": int, "learning_rate": float, "sigma": str,
@@ -99,7 +99,7 @@ def lct_run(config, workdir, setting):
   config = config.copy_and_resolve_references()
   config.post.lct.update(setting)
   t = time.perf_counter()
-  results = trainer_lib.train_and_evaluate(config, workdir)
+  results = sparsify.run(config, workdir)
   stage = results["post"]["stages"][-1]
   decisions = " ".join(
       f"{d['layer'].removesuffix('/kernel')}:"
@@ -124,12 +124,12 @@ def lct_run(config, workdir, setting):
 
 def gmp_run(config, sparsity):
   config = config.copy_and_resolve_references()
-  config.compression.sparsity = sparsity
+  common.set_sparsity(config, sparsity)
   config.post.stages = "finetune"
   config.post.finetune.epochs = 0.0
   t = time.perf_counter()
   with tempfile.TemporaryDirectory() as workdir:
-    results = trainer_lib.train_and_evaluate(config, workdir)
+    results = sparsify.run(config, workdir)
     row = file_row(results)
   total = results["report"]["total"]
   return {"accuracy": results["eval_accuracy"],

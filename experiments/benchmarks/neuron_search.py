@@ -1,12 +1,13 @@
 r"""Binary-search neuron pruning against random removal of as many neurons.
 
 Each model is trained dense once (``configs/<model>.py:search``); then, on
-the same trained parameters, `sparsify.experiment.stages.run` runs the
-``search,finetune`` stages once per search setting. In every hidden layer
+the same trained parameters, `sparsify.experiment.stages.run_stages` runs
+the ``search,finetune`` stages once per search setting. In every hidden layer
 (LeNet-300-100: fc1, fc2; LeNet-5: conv1 and conv2 filters, fc1 neurons),
 in ``post.search.order``, a binary search finds how many of the
 lowest-L1-norm neurons can be removed while the accuracy on the validation
-examples (the last ``post.validation_examples`` training examples) stays
+examples (the last ``post.validation_examples`` training examples, held out
+of training and fine-tuning as the preset's runs hold them out) stays
 within ``post.search.tolerance`` of the unpruned model's; with
 ``post.search.finetune_steps`` the network is fine-tuned for that many steps
 after each layer. The network is cut into a smaller dense one and fine-tuned
@@ -32,16 +33,16 @@ import argparse
 import math
 import os
 import tempfile
+import time
 
+import jax
 import numpy as np
 
 from experiments.benchmarks import common
-from sparsify.experiment import checkpoint
-from sparsify import data as data_lib
 from sparsify import models
-from sparsify.structure import neuron_search
 from sparsify.experiment import stages
 from sparsify.experiment import trainer as trainer_lib
+from sparsify.structure import neuron_search
 
 
 def make_config(model, dataset, epochs):
@@ -119,28 +120,28 @@ def summarize(model, epochs, setting, post, baseline):
 def run_model(model, epochs, settings, dataset_name, seeds):
   rows = []
   with tempfile.TemporaryDirectory() as root:
+    # The stages run below, once per setting; with them in the config, the
+    # trainer holds the validation examples out of training.
     config = make_config(model, dataset_name, epochs)
-    config.post.stages = ""  # run below, once per setting
-    results = trainer_lib.train_and_evaluate(config, root)
-    ck = checkpoint.load(root)
-    variables = {"params": ck["params"]}
-    if ck.get("batch_stats"):
-      variables["batch_stats"] = ck["batch_stats"]
-    dataset = data_lib.load_dataset(dataset_name)
-    ctx = stages.Context(config, dataset, root)
+    trainer = trainer_lib.Trainer(config, os.path.join(root, "train"))
+    t = time.perf_counter()
+    state = trainer.fit(trainer.init_state(), trainer.total_steps)
+    variables = jax.device_get(trainer_lib.variables_of(state))
+    train_seconds = time.perf_counter() - t
     trained = stages.Model(config.model.name, config.model.kwargs.to_dict(),
-                             variables)
-    config.post.stages = "search,finetune"
+                           jax.tree.map(np.asarray, variables))
     for i, setting in enumerate(settings):
+      config = config.copy_and_resolve_references()
       config.post.search.update(setting)
-      post = stages.run(config, dataset, os.path.join(root, str(i)),
-                          variables, None)
+      # Each setting writes its post.json and model.spz in its own workdir.
+      trainer = trainer_lib.Trainer(config, os.path.join(root, str(i)))
+      post = stages.run_stages(trainer, variables, None)
       search, tuned = post["stages"][1:]
       steps = tuned["steps"] + setting["finetune_steps"] * len(
           search["units_before"])
       rows.append(summarize(model, epochs, setting, post, random_baseline(
-          ctx, trained, search, steps, seeds)))
-      rows[-1]["train_seconds"] = results["train_seconds"]
+          stages.Context(trainer), trained, search, steps, seeds)))
+      rows[-1]["train_seconds"] = train_seconds
       print({k: v for k, v in rows[-1].items()
              if k not in ("search_log", "random_seeds")}, flush=True)
   return rows

@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+import sparsify
 from experiments.benchmarks import common
 from sparsify import data as data_lib
 from sparsify.experiment import trainer as trainer_lib
@@ -41,9 +42,9 @@ def accuracy_run(model, preset, sparsity, dataset, epochs):
   config.train.checkpoint_every = 10**9
   config.train.log_every = 200
   if sparsity is not None:
-    config.compression.sparsity = sparsity
+    common.set_sparsity(config, sparsity)
   with tempfile.TemporaryDirectory() as workdir:
-    results = trainer_lib.train_and_evaluate(config, workdir)
+    results = sparsify.run(config, workdir)
   layers = results["report"]["layers"]
   total = results["report"]["total"]
   kernels = [l for l in layers if l["name"].endswith("kernel")]
@@ -85,9 +86,10 @@ def timing(steps, rounds, dataset, extra_rounds, extra_chunk):
     config.data.name = dataset
     config.data.batch_size = 128
     config.train.epochs = epochs
-    config.compression.begin, config.compression.end = 0.0, 1.0
-    if every:
-      config.compression.update_every = every
+    for entry in config.compression:  # dense has none
+      entry.begin, entry.end = 0.0, 1.0
+      if every:
+        entry.kwargs.update_every = every
     with tempfile.TemporaryDirectory() as workdir:
       trainer = trainer_lib.Trainer(config, workdir)
     assert trainer.total_steps == steps, (trainer.total_steps, steps)

@@ -9,11 +9,11 @@ on the test split.
 
 * dense: no compression; the file stores float32 leaves.
 * pq: PQ of the trained dense model (preset ``pq``).
-* binary / kcentre + pq: trained with an attractor penalty
-  (``compression.regularizer``, strength ``compression.strength``) that
+* binary / kcentre + pq: trained with an attractor penalty (a ``binary`` or
+  ``kcentre`` entry of ``config.compression`` with its ``strength``) that
   pulls each fully-connected kernel toward plus or minus its mean magnitude
-  (binary) or toward ``compression.centres`` values (kcentre), then PQ.
-* dat + pq: DAT pruning to ``compression.sparsity`` during training (preset
+  (binary) or toward ``centres`` values (kcentre), then PQ.
+* dat + pq: DAT pruning to its ``target_sparsity`` during training (preset
   ``dat_pq``), then PQ fitted on the surviving weights; the file keeps the
   mask (1 bit per weight) and decodes pruned weights to zero.
 
@@ -44,33 +44,29 @@ import ml_collections
 import numpy as np
 
 from experiments.benchmarks import common
-from sparsify.core import paths
-from sparsify import spz
-from sparsify import data as data_lib
-from sparsify.core import masking
-from sparsify.experiment import stages
 from sparsify import quantize
+from sparsify import spz
+from sparsify.core import masking
+from sparsify.core import paths
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import stages
 from sparsify.experiment import trainer as trainer_lib
 
 
-def train_model(config):
-  """Trains like `trainer_lib.train_and_evaluate`; returns variables and masks."""
-  with tempfile.TemporaryDirectory() as workdir:
-    trainer = trainer_lib.Trainer(config, workdir)
-  ds = trainer.dataset
+def train_model(config, workdir):
+  """Trains with the trainer's loop (no checkpoints or logs).
+
+  Returns the trainer (whose workdir is ``workdir``), the trained variables
+  and masks, the test accuracy and the training time.
+  """
+  trainer = trainer_lib.Trainer(config, workdir)
   state = trainer.init_state()
-  it = data_lib.batches(ds.train, batch_size=config.data.batch_size,
-                        seed=config.seed, mean=ds.mean, std=ds.std)
   t = time.perf_counter()
-  for _ in range(trainer.total_steps):
-    state, _ = trainer.train_step(state, jax.device_put(next(it),
-                                                        trainer.sharded))
+  state = trainer.fit(state, trainer.total_steps)
   jax.block_until_ready(state)
   seconds = time.perf_counter() - t
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  return {"dataset": ds, "variables": jax.device_get(variables),
+  return {"trainer": trainer,
+          "variables": jax.device_get(trainer_lib.variables_of(state)),
           "masks": jax.device_get(masking.find_masks(state.opt_state)),
           "accuracy": trainer.evaluate(state)["eval/accuracy"],
           "train_seconds": seconds}
@@ -86,8 +82,11 @@ def layer_dims(params, d):
   return dims
 
 
-def save_and_check(ctx, model, accuracy, workdir, stages):
-  """Writes the compressed file as `stages.run` does; reads it back."""
+def save_and_check(ctx, model, accuracy, workdir, done):
+  """Writes the compressed file as `stages.run_stages` does; reads it back.
+
+  ``done``: the stages the model went through, for the file's metadata.
+  """
   path = os.path.join(workdir, "model.spz")
   variables = jax.tree.map(np.asarray, model.variables)
   if model.masks is not None:
@@ -96,9 +95,8 @@ def save_and_check(ctx, model, accuracy, workdir, stages):
   spz.save(path, variables, model.encodings, metadata={
       "model": {"name": model.name, "kwargs": model.kwargs},
       "dataset": ctx.config.data.name, "test_accuracy": accuracy,
-      "stages": stages})
-  info = stages.evaluate_file(path, ctx.dataset,
-                                ctx.config.data.eval_batch_size)
+      "stages": done})
+  info = stages.evaluate_file(ctx.trainer, path)
   report = spz.file_report(path)
   info["encodings"] = {leaf.path: leaf.encoding for leaf in report.leaves}
   info["header_bytes"] = report.header_bytes
@@ -111,23 +109,27 @@ def method_rows(names, config, grid, workdir):
   ``names``: the method names of the trained model's own row and of its PQ
   rows.
   """
-  trained = train_model(config)
-  ctx = stages.Context(config, trained["dataset"], workdir)
+  trained = train_model(config, workdir)
+  ctx = stages.Context(trained["trainer"])
   model = stages.Model(config.model.name, config.model.kwargs.to_dict(),
-                         jax.tree.map(np.asarray, trained["variables"]),
-                         trained["masks"])
+                       jax.tree.map(np.asarray, trained["variables"]),
+                       trained["masks"])
+  entries = {e.name: e.kwargs for e in config.compression}
+  penalty = next((name for name in ("binary", "kcentre") if name in entries),
+                 None)
   base_row = {"model": config.model.name, "dataset": config.data.name,
               "epochs": config.train.epochs,
-              "regularizer": config.compression.regularizer,
-              "strength": config.compression.strength,
-              "centres": config.compression.centres,
-              "sparsity_target": config.compression.sparsity,
+              "regularizer": penalty,
+              "strength": entries[penalty].strength if penalty else None,
+              "centres": entries[penalty].get("centres") if penalty else None,
+              "sparsity_target": (entries["dat"].target_sparsity
+                                  if "dat" in entries else None),
               "trained_accuracy": trained["accuracy"],
               "train_seconds": trained["train_seconds"]}
   rows = []
 
-  def add(d, k, qmodel, accuracy, dims, stages):
-    info = save_and_check(ctx, qmodel, accuracy, workdir, stages)
+  def add(d, k, qmodel, accuracy, dims, done):
+    info = save_and_check(ctx, qmodel, accuracy, workdir, done)
     rows.append({**base_row, "method": names[d is not None], "d": d, "k": k,
                  "layer_dims": dims,
                  "test_accuracy": accuracy,
@@ -162,11 +164,11 @@ def method_configs(args):
   """``[(row name, config)]`` of the methods to train."""
   out = []
 
-  def make(preset, **compression):
+  def make(preset, *entries):
     config = common.load_config(args.model, preset)
     config.data.name = args.dataset
     config.train.epochs = args.epochs
-    config.compression.update(compression)
+    config.compression = [*config.compression, *entries]
     return config
 
   # PQ after training quantizes the dense model: one training for both.
@@ -174,15 +176,17 @@ def method_configs(args):
   for spec in args.regularizers:
     # NAME:STRENGTH[:CENTRES], e.g. kcentre:0.01:4 or binary:10
     parts = spec.split(":")
-    extra = {"regularizer": parts[0], "strength": float(parts[1])}
+    kwargs = {"strength": float(parts[1])}
     label = f"{parts[0]} {parts[1]}"
     if len(parts) > 2:
-      extra["centres"] = int(parts[2])
+      kwargs["centres"] = int(parts[2])
       label += f" (c={parts[2]})"
-    out.append(((label, f"{label} + pq"), make("pq", **extra)))
+    out.append(((label, f"{label} + pq"),
+                make("pq", config_lib.method(parts[0], **kwargs))))
   for sparsity in args.sparsities:
-    out.append(((f"dat {sparsity:g}", f"dat {sparsity:g} + pq"),
-                make("dat_pq", sparsity=sparsity)))
+    config = make("dat_pq")
+    common.set_sparsity(config, sparsity)
+    out.append(((f"dat {sparsity:g}", f"dat {sparsity:g} + pq"), config))
   return out
 
 
@@ -206,11 +210,11 @@ def main():
   out = args.out or os.path.join(common.RESULTS, f"pq_{args.dataset}")
   grid = [(d, k) for d in args.dims for k in args.centroids]
   rows = []
-  with tempfile.TemporaryDirectory() as workdir:
-    for names, config in method_configs(args):
+  with tempfile.TemporaryDirectory() as root:
+    for i, (names, config) in enumerate(method_configs(args)):
       if args.methods and names[0] not in args.methods:
-        continue
-      rows += method_rows(names, config, grid, workdir)
+        continue  # one workdir per method: each records its own run
+      rows += method_rows(names, config, grid, os.path.join(root, str(i)))
   dense = next((r["test_accuracy"] for r in rows if r["method"] == "dense"),
                None)
   for r in rows:

@@ -5,10 +5,11 @@ Every model is trained once per setting (the run's checkpoint is kept, in
 model by running its post-training stages (``slim,finetune``) on the
 finished run, so rows of one trained model differ only in what was removed.
 
-* LeNet-300-100 with per-neuron gates (SSS: APG with L1 strength ``gamma``
-  on the gates, Nesterov SGD on the weights), neurons with a zero gate
-  removed (gate <= ``post.slim.threshold = 1e-4``), surviving gates folded
-  into the next layer; next to the dense network.
+* LeNet-300-100 with per-neuron gates (SSS, the optimizer ``sss``: APG with
+  L1 strength ``gamma`` = ``optimizer.kwargs.strength`` on the gates,
+  Nesterov SGD on the weights), neurons with a zero gate removed (gate <=
+  ``post.slim.threshold = 1e-4``), surviving gates folded into the next
+  layer; next to the dense network.
 * The VGG-style CNN (``configs/vgg.py`` at ``--vgg-width``) with per-channel
   gates. A gate whose channel feeds a convolution and its BatchNorm only
   matters relative to the other gates of its layer (the BatchNorm cancels a
@@ -58,15 +59,16 @@ import jax
 import numpy as np
 import optax
 
+import sparsify
 from experiments.benchmarks import common
-from sparsify.core import paths
-from sparsify.experiment import checkpoint
-from sparsify import spz
 from sparsify import data as data_lib
 from sparsify import models
+from sparsify import spz
+from sparsify.experiment import checkpoint
 from sparsify.experiment import optim
-from sparsify.transforms import sss
+from sparsify.experiment import registry
 from sparsify.experiment import trainer as trainer_lib
+from sparsify.transforms import sss
 
 DATASET = "fashion_mnist"
 
@@ -90,7 +92,7 @@ def scale_stats(params, threshold):
 
   ``zeros`` counts the magnitudes at most ``threshold`` (the slim stage's).
   """
-  flat = dict(paths.named_leaves(params))
+  flat = dict(sparsify.named_leaves(params))
   out = {}
   for kind, suffix in (("gates", "gate"), ("bn_scales", "bn/scale")):
     values = [np.abs(np.asarray(v)).ravel() for k, v in flat.items()
@@ -113,7 +115,7 @@ class Runs:
   def train(self, name, config):
     """Trains ``config`` in ``root/name`` (resumed or reused if there)."""
     workdir = os.path.join(self.root, name)
-    results = trainer_lib.train_and_evaluate(config, workdir)
+    results = sparsify.run(config, workdir)
     return workdir, results
 
   def select(self, workdir, config, **slim):
@@ -121,7 +123,7 @@ class Runs:
     config = config.copy_and_resolve_references()
     config.post.stages = "slim,finetune"
     config.post.slim.update(slim)
-    return trainer_lib.train_and_evaluate(config, workdir)
+    return sparsify.run(config, workdir)
 
 
 def dense_row(model, config, workdir, results):
@@ -221,16 +223,19 @@ def latency(pairs, batch, rounds, seconds_per_chunk=0.1):
 def apg_overhead(rounds, chunk, gamma):
   """Step time of SSS (APG on the gates) vs Nesterov SGD on the gates."""
   config = _make_config("lenet_300_100", "sss", 10.0)
-  config.compression.gamma = gamma
+  config.optimizer.kwargs.strength = gamma
   dataset = data_lib.load_dataset(DATASET)
   total_steps = 10 * data_lib.steps_per_epoch(dataset.train, 128)
   opt = config.optimizer
-  lr = optim.make_schedule(opt, total_steps)
+  lr = optim.make_schedule(opt.learning_rate, opt.schedule, opt.warmup_steps,
+                           total_steps)
   weights_tx = optax.chain(
       optax.add_decayed_weights(opt.weight_decay),
       optax.sgd(lr, momentum=opt.momentum, nesterov=True))
   variants = {
-      "sss (APG on gates)": optim.make_optimizer(config, total_steps),
+      "sss (APG on gates)": registry.make_chain(
+          config.compression, registry.make_optimizer(opt, total_steps),
+          total_steps),
       "Nesterov SGD on gates": sss.sss_optimizer(
           weights_tx, optax.sgd(lr, momentum=opt.momentum, nesterov=True)),
   }
@@ -254,7 +259,10 @@ def apg_overhead(rounds, chunk, gamma):
   runs = {name: [state_of(model, tx), step_fn, []]
           for name, tx in variants.items()}
   runs["dense, no gates (momentum SGD)"] = [
-      state_of(dense_model, optim.make_optimizer(dense_config, total_steps)),
+      state_of(dense_model, registry.make_chain(
+          dense_config.compression,
+          registry.make_optimizer(dense_config.optimizer, total_steps),
+          total_steps)),
       dense_step_fn, []]
   for run in runs.values():
     state = run[0]
@@ -352,7 +360,7 @@ def accuracy_rows(args, runs):
         make_config("lenet_300_100", "dense", args.lenet_epochs))
   for gamma in args.lenet_gammas:
     config = make_config("lenet_300_100", "sss", args.lenet_epochs)
-    config.compression.gamma = gamma
+    config.optimizer.kwargs.strength = gamma
     sss_run("lenet_300_100", f"lenet_sss_{gamma:g}", config,
             f"lenet_300_100 sss strength={gamma:g}")
 
@@ -363,7 +371,7 @@ def accuracy_rows(args, runs):
   fractions = []
   for gamma in args.vgg_gammas:
     config = make_config("vgg", "sss", args.vgg_epochs, **width)
-    config.compression.gamma = gamma
+    config.optimizer.kwargs.strength = gamma
     config.post.slim.multiple = args.vgg_multiple
     for rel in args.vgg_relative:
       row = sss_run("vgg", f"vgg_sss_{gamma:g}", config,
@@ -385,7 +393,7 @@ def accuracy_rows(args, runs):
   for gamma in args.resnet_gammas:
     config = make_config("resnet", "sss", args.resnet_epochs, **resnet,
                          block_gates=True, channel_gates=False)
-    config.compression.gamma = gamma
+    config.optimizer.kwargs.strength = gamma
     sss_run("resnet", f"resnet_blocks_{gamma:g}", config,
             f"resnet sss blocks, strength={gamma:g}")
 
