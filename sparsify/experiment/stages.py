@@ -489,10 +489,10 @@ def lct_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   current, chosen, decisions = pruned, [], []
   for layer in sig.order:
     trial = chosen + [layer]
-    tx = ternary.ternary_constrained(trial, sigma=cfg.sigma,
-                                 sigma_learning_rate=cfg.sigma_learning_rate,
-                                 masks={p: m for p, m in paths.named_leaves(
-                                     masks) if p in trial})
+    tx = ternary.ternary_constrained(
+        where=trial, sigma=cfg.sigma,
+        sigma_learning_rate=cfg.sigma_learning_rate,
+        masks={p: m for p, m in paths.named_leaves(masks) if p in trial})
     variables = ctx.finetune(current, cfg.steps, cfg.learning_rate,
                              extra=tx, masks=masks)
     candidate = dataclasses.replace(current, variables=variables)
