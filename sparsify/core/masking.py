@@ -131,9 +131,10 @@ def mask_updates(
       may also cover more leaves (e.g. the masks of a whole model, or a
       ``{path: mask}`` dict): each selected parameter takes the mask of its
       path, and one without a mask (absent, or `types.NO_MASK`) keeps every
-      weight.
+      weight. A callable that is not a schedule: static.
     update_masks: ``(step, weights, masks) -> masks``, jit-compatible; ``None``
-      keeps the initial masks for the whole run (static sparsity).
+      keeps the initial masks for the whole run (static sparsity). Static,
+      like ``init_masks``.
     update_every: recompute the masks every this many steps (``k``).
     begin_step: first step at which masks are recomputed (``t0``).
     end_step: last step at which masks are recomputed (``t1``); ``None`` for
