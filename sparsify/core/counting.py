@@ -37,8 +37,7 @@ def counting_transform(state_cls, fn) -> optax.GradientTransformation:
     return state_cls(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(checks.NO_PARAMS_MSG)
+    checks.require_params(params)
     return fn(updates, params, state.count), state_cls(
         count=optax.safe_increment(state.count))
 

@@ -186,8 +186,7 @@ def mask_updates(
     return MaskState(count=jnp.zeros([], jnp.int32), masks=masks, dense=dense)
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(checks.NO_PARAMS_MSG)
+    checks.require_params(params)
     old = state.masks
     # The policy sees the current weights; with keep_pruned, pruned ones at
     # the values they trained to. Using values already in memory (not

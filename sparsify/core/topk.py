@@ -13,6 +13,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from sparsify.core import checks
 from sparsify.core import types
 
 Allocation = Literal["layerwise", "global"]
@@ -148,8 +149,6 @@ def select_by_score(
   if allocation == "global":
     total = sum(x.size for x in leaves)
     return treedef.unflatten(top_k_mask(leaves, keep_count(total, sparsity)))
-  if allocation != "layerwise":
-    raise ValueError(f"allocation: got {allocation!r}; allowed: "
-                     f"{', '.join(ALLOCATIONS)}")
+  checks.check_one_of("allocation", allocation, ALLOCATIONS)
   masks = [top_k_mask([x], keep_count(x.size, sparsity))[0] for x in leaves]
   return treedef.unflatten(masks)

@@ -5,4 +5,12 @@
 group-lasso prox), `penalties` (binary and k-centre attractors, L1, group
 lasso), `sss` (sparse structure selection, Network Slimming) and `ternary`
 (LCT's ternary-constrained training).
+
+Every factory selects its parameters with ``where`` (a `paths.Where`), names
+an L1 or penalty strength ``strength``, and takes every numeric
+hyper-parameter as a number, a traced array or a schedule of the step count,
+so ``optax.inject_hyperparams(factory)`` traces them all. Arguments that
+cannot be traced are said to be static in the factory's docstring (an
+``axis``, a number of ``centres``, a callable that is not a schedule such as
+a ``where`` predicate): name them in ``static_args``.
 """

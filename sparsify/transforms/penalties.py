@@ -223,8 +223,7 @@ def kcentre_attractor(
             [first_centres(w, k) for w, k in zip(leaves, keys)]))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(checks.NO_PARAMS_MSG)
+    checks.require_params(params)
     count = state.count
     kept = state.centres
     new_centres = jax.lax.cond(

@@ -130,8 +130,7 @@ def accelerated_proximal_gradient(
                     velocity=jax.tree.map(jnp.zeros_like, params))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(checks.NO_PARAMS_MSG)
+    checks.require_params(params)
     lr = schedules.value_at(learning_rate, state.count)
     threshold = lr * schedules.value_at(strength, state.count)
     mu = schedules.value_at(momentum, state.count)

@@ -380,8 +380,7 @@ def ternary_constrained(
     return step, latent, jnp.asarray(s, jnp.float32)
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(checks.NO_PARAMS_MSG)
+    checks.require_params(params)
     theta = schedules.value_at(threshold, state.count)
     lr_sigma = schedules.value_at(sigma_learning_rate, state.count)
     leaves, treedef = jax.tree.flatten(updates)
