@@ -18,6 +18,7 @@ value and what is allowed.
 """
 
 from collections.abc import Iterable
+import inspect
 from typing import Any
 
 import ml_collections
@@ -177,7 +178,6 @@ def method(name: str, *, begin: float | None = None, end: float | None = None,
   if name not in registry.METHODS:
     raise ConfigError("compression: method name", name,
                       ", ".join(sorted(registry.METHODS)))
-  import inspect  # pylint: disable=g-import-not-at-top
   window = registry.METHODS[name].window
   params = inspect.signature(registry.METHODS[name].factory).parameters
   unknown = sorted(set(kwargs) - set(params) - set(window))

@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -143,8 +142,8 @@ class Context:
     """
     if steps <= 0:
       return model.variables
-    full = None if masks is None else _full_masks(masks,
-                                                  model.variables["params"])
+    full = None if masks is None else masking.fill_masks(
+        masks, model.variables["params"])
     tx = self.trainer.make_tx(
         steps, learning_rate=learning_rate, compression=False,
         optimizer=self.config.post.finetune.optimizer, masks=full,
@@ -183,28 +182,12 @@ class Context:
     shapes = report_lib.layer_output_shapes(
         model.module, model.variables, (1, *self.dataset.input_shape))
     rep = report_lib.compression_report(
-        model.variables["params"], _kernel_masks(model.masks),
+        model.variables["params"], model.masks,
         output_shapes=shapes).total
     return {"test_accuracy": self.accuracy(model), "params": rep.params,
             "nonzeros": rep.nonzeros, "flops": rep.flops_dense,
             "flops_effective": rep.flops_effective,
             "bytes_sparse": rep.bytes_sparse}
-
-
-def _kernel_masks(masks):
-  """Masks with `optax.MaskedNode` leaves replaced by None."""
-  if masks is None:
-    return None
-  return jax.tree.map(
-      lambda m: None if isinstance(m, optax.MaskedNode) else m, masks,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-
-
-def _full_masks(masks, params):
-  """A boolean mask for every parameter; unmasked ones keep everything."""
-  return jax.tree.map(
-      lambda m, p: jnp.ones(np.shape(p), bool) if m is None else jnp.asarray(
-          m, bool), _kernel_masks(masks), params, is_leaf=lambda x: x is None)
 
 
 def _spec(model: Model) -> list[units.Unit]:
@@ -373,13 +356,11 @@ def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     'centroids'}}}``.
   """
   params = model.variables["params"]
-  masks = _kernel_masks(model.masks)
+  masks = model.masks
   if masks is None:  # a pruned model without masks: its zeros are the mask
     masks = jax.tree.map(lambda p: np.asarray(p) != 0, params)
-  masks = jax.tree.map(lambda m, p: m if m is not None else
-                       np.ones(np.shape(p), bool), masks, params,
-                       is_leaf=lambda x: x is None)
-  selected = paths.path_predicate(cfg.where or quantize.dense_kernel)
+  masks = jax.tree.map(np.asarray, masking.fill_masks(masks, params))
+  selected = paths.path_predicate(cfg.where or None, paths.dense_kernel)
   flat_masks = dict(paths.named_leaves(masks))
   subspaces, centroids, layers = {}, {}, {}
   for path, leaf in paths.named_leaves(params):
@@ -433,14 +414,10 @@ def share_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     `SharedLayer` encodings, and ``{'shared_layers': [path, ...]}``.
   """
   params = model.variables["params"]
-  masks = _kernel_masks(model.masks)
-  if masks is not None:
-    masks = jax.tree.map(lambda m, p: m if m is not None else
-                         np.ones(np.shape(p), bool), masks, params,
-                         is_leaf=lambda x: x is None)
-  shared, codes = quantize.share_params(
-      params, bits=cfg.bits, masks=masks,
-      where=cfg.where or quantize.dense_kernel)
+  masks = None if model.masks is None else jax.tree.map(
+      np.asarray, masking.fill_masks(model.masks, params))
+  shared, codes = quantize.share_params(params, bits=cfg.bits, masks=masks,
+                                        where=cfg.where or None)
   encodings = dict(model.encodings)
   for path, code in codes.items():
     encodings[f"params/{path}"] = spz.shared_layer(*code)

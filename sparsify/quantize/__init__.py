@@ -6,10 +6,10 @@ holds the clustering, `pq` product quantization, `sharing` weight sharing;
 codes are bit-packed and counted by `sparsify.spz.bits`, re-exported here.
 """
 
+from sparsify.core.paths import dense_kernel
 from sparsify.quantize.kmeans import kmeans
 from sparsify.quantize.kmeans import kmeans_plus_plus
 from sparsify.quantize.kmeans import lloyd
-from sparsify.quantize.pq import dense_kernel
 from sparsify.quantize.pq import pq_compression_rate
 from sparsify.quantize.pq import pq_decode
 from sparsify.quantize.pq import pq_encode

@@ -35,27 +35,6 @@ from sparsify.quantize.kmeans import seeded_lloyd
 from sparsify.spz import bits
 
 
-def dense_kernel(name: str, leaf: Any) -> bool:
-  """True for fully-connected kernels: 2-D leaves named ``kernel``.
-
-  Args:
-    name: the leaf's path, ``'/'``-separated.
-    leaf: the leaf (an array).
-
-  Returns:
-    Whether the leaf is a Dense kernel, a Python bool.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from sparsify import quantize
-    >>> quantize.dense_kernel('fc1/kernel', jnp.zeros((3, 4)))
-    True
-    >>> quantize.dense_kernel('conv/kernel', jnp.zeros((3, 3, 1, 4)))
-    False
-  """
-  return name.rsplit("/", 1)[-1] == "kernel" and jnp.ndim(leaf) == 2
-
-
 class PQCode(NamedTuple):
   """A product-quantized kernel (see the module docstring for the layout).
 
@@ -396,7 +375,7 @@ def pq_quantize(
     networks using vector quantization", 2014; Soulie, Gripon & Robert,
     "Compression of deep neural networks on the fly", ICANN 2016.
   """
-  predicate = dense_kernel if where is None else paths.path_predicate(where)
+  predicate = paths.path_predicate(where, paths.dense_kernel)
   chosen = [(name, leaf) for name, leaf in paths.named_leaves(params)
             if predicate(name, leaf)]
   if not chosen:

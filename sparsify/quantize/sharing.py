@@ -242,8 +242,7 @@ def share_params(
   References:
     Han, Mao & Dally, "Deep Compression", ICLR 2016.
   """
-  predicate = (pq.dense_kernel if where is None
-               else paths.path_predicate(where))
+  predicate = paths.path_predicate(where, paths.dense_kernel)
   chosen = [(name, leaf) for name, leaf in paths.named_leaves(params)
             if predicate(name, leaf)]
   if not chosen:
