@@ -177,3 +177,15 @@ def test_presets_validate(preset):
   assert [e.name for e in config.compression] == names[preset]
   assert config.post.stages == stages.get(preset, "")
   assert (config.optimizer.name == "sss") == (preset == "sss")
+
+
+@pytest.mark.parametrize("preset,allowed", [
+    (None, "none"), ("sss", "nonnegative, strength, where")])
+def test_unknown_optimizer_argument_is_one_line(preset, allowed, tmp_path):
+  config = config_lib.with_method(tiny_config(), preset)
+  config.optimizer.kwargs.foo = 1
+  with pytest.raises(config_lib.ConfigError) as info:
+    trainer_lib.Trainer(config, str(tmp_path))
+  assert str(info.value) == (
+      f"optimizer.kwargs: unknown argument(s) 'foo'; allowed: {allowed}")
+  assert not os.listdir(tmp_path)

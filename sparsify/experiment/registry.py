@@ -15,6 +15,7 @@ of them (Nesterov SGD on the weights, APG on the scales).
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import functools
 import inspect
 from typing import Any, Literal
 
@@ -85,22 +86,6 @@ def steps(fraction: float | None, total_steps: int) -> int | None:
   return None if fraction is None else int(round(fraction * total_steps))
 
 
-def method_arguments(name: str) -> dict[str, Any]:
-  """The keyword arguments of a method's factory and their defaults.
-
-  Args:
-    name: one of `METHODS`.
-
-  Returns:
-    ``{argument: default}`` for every argument the factory takes except the
-    step arguments filled from ``begin`` and ``end``; an argument without a
-    default maps to `inspect.Parameter.empty`.
-  """
-  entry = METHODS[name]
-  params = inspect.signature(entry.factory).parameters
-  return {n: p.default for n, p in params.items() if n not in entry.window}
-
-
 def _call(field: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
           allowed: Sequence[str]) -> Any:
   """Calls ``factory(**kwargs)``; errors name ``field`` and what is allowed."""
@@ -108,7 +93,7 @@ def _call(field: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
   if unknown:
     raise ValueError(f"{field}: unknown argument(s) "
                      f"{', '.join(map(repr, unknown))}; allowed: "
-                     f"{', '.join(sorted(allowed))}")
+                     f"{', '.join(sorted(allowed)) or 'none'}")
   try:
     return factory(**kwargs)
   except TypeError as e:  # a required argument is missing
@@ -192,24 +177,14 @@ def make_chain(entries: Sequence[Mapping[str, Any]],
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
-def _sss(opt: Mapping[str, Any], learning_rate: optax.ScalarOrSchedule,
-         kwargs: Mapping[str, Any]) -> optax.GradientTransformation:
-  allowed = [n for n in inspect.signature(
-      sss.sparse_structure_selection).parameters
-             if n not in ("learning_rate", "momentum", "weight_decay")]
-  return _call("optimizer.kwargs", lambda **kw: sss.sparse_structure_selection(
-      learning_rate, momentum=opt["momentum"],
-      weight_decay=opt["weight_decay"], **kw), kwargs, allowed)
-
-
-# Optimizers by name: (optimizer section, learning rate or schedule) -> tx.
+# Optimizers by name; each is called with the learning rate (or schedule),
+# the section's momentum and weight decay, and ``optimizer.kwargs``.
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    **{name: lambda opt, lr, kwargs, name=name: optim.base_optimizer(
-        name, lr, momentum=opt["momentum"],
-        weight_decay=opt["weight_decay"], **kwargs)
+    **{name: functools.partial(optim.base_optimizer, name)
        for name in optim.OPTIMIZERS},
-    "sss": _sss,
+    "sss": sss.sparse_structure_selection,
 }
+_SECTION_ARGUMENTS = ("learning_rate", "momentum", "weight_decay")
 
 
 def make_optimizer(opt: Mapping[str, Any], total_steps: int, *,
@@ -247,4 +222,10 @@ def make_optimizer(opt: Mapping[str, Any], total_steps: int, *,
       opt["schedule"] if schedule is None else schedule,
       opt["warmup_steps"] if warmup_steps is None else warmup_steps,
       total_steps)
-  return OPTIMIZERS[name](opt, lr, dict(opt.get("kwargs") or {}))
+  factory = OPTIMIZERS[name]
+  allowed = [n for n in inspect.signature(factory).parameters
+             if n not in _SECTION_ARGUMENTS]
+  return _call("optimizer.kwargs", functools.partial(
+      factory, learning_rate=lr, momentum=opt["momentum"],
+      weight_decay=opt["weight_decay"]), dict(opt.get("kwargs") or {}),
+               allowed)
