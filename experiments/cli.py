@@ -1,24 +1,46 @@
-"""What the command-line entry points share: flag errors, logging, exits.
+"""What the command-line entry points share: flags, bad input, exits.
 
-Bad input stops a command with one line on stderr, naming what is wrong and
-what is allowed, and exit status 2, before any training starts.
+A command is two functions: ``define(flag_values, argv)`` defines its flags
+and ``body(flag_values)`` does the work. `main` runs one from the command
+line; `call` runs one in this process and returns its exit status, which is
+how the tests drive them. Bad input stops a command with one line on stderr,
+naming what is wrong and what is allowed, and exit status 2, before any
+training starts.
 """
 
+from collections.abc import Callable
 import logging
 import os
 import sys
 
+from absl import app
 from absl import flags
 
+from sparsify.data import MissingDataError
+from sparsify.experiment.config import ConfigError
 
-def parse_flags(argv: list[str]) -> list[str]:
+Define = Callable[[flags.FlagValues, list[str]], None]
+Body = Callable[[flags.FlagValues], None]
+
+
+class UsageError(Exception):
+  """A bad command line; the message says what is wrong and what is allowed."""
+
+
+def parse_flags(argv: list[str],
+                flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """Parses absl flags; a missing config file or bad override is one line.
 
   Args:
     argv: the command line, program name first.
+    flag_values: where the command's flags are defined.
 
   Returns:
-    The arguments left after the flags, as `absl.flags.FLAGS` returns them.
+    The arguments left after the flags.
+
+  Raises:
+    UsageError: for a missing config file, an unknown preset or an override
+      of a field the config does not have.
   """
   for i, arg in enumerate(argv):
     path = (arg.split("=", 1)[1] if arg.startswith("--config=") else
@@ -26,20 +48,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     if path is not None and not os.path.isfile(path.split(":")[0]):
       configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")
                        ) if os.path.isdir("configs") else []
-      fail(f"--config: got {path!r}, no such file; allowed: "
-           f"{', '.join('configs/' + f for f in configs) or 'a config file'}")
+      raise UsageError(
+          f"--config: got {path!r}, no such file; allowed: "
+          f"{', '.join('configs/' + f for f in configs) or 'a config file'}")
   try:
-    return flags.FLAGS(argv)
+    return flag_values(argv)
   except flags.Error as e:  # e.g. an unknown config preset
     last = str(e).strip().splitlines()[-1]  # the cause, after any traceback
-    fail(last.split("Error: ", 1)[-1])
+    raise UsageError(last.split("Error: ", 1)[-1]) from None
   except (AttributeError, KeyError) as e:
     key = str(e).strip("\"'")
     bad = [a.split("=")[0] for a in argv
            if a.startswith("--config.") and key in a.split("=")[0].split(".")]
-    fail(f"{bad[0] if bad else key}: got a field the config does not have; "
-         "allowed: the fields its config file defines (see "
-         "`sparsify.default_config()`)")
+    raise UsageError(
+        f"{bad[0] if bad else key}: got a field the config does not have; "
+        "allowed: the fields its config file defines (see "
+        "`sparsify.default_config()`)") from None
 
 
 def quiet_logging() -> None:
@@ -49,17 +73,57 @@ def quiet_logging() -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def fail(message: str, *, teardown: bool = True) -> None:
-  """Prints ``error: message`` on stderr and exits with status 2.
+def _run_body(body: Body, flag_values: flags.FlagValues) -> int:
+  """Runs ``body``; bad input is one ``error:`` line and status 2."""
+  quiet_logging()
+  try:
+    body(flag_values)
+  except (UsageError, ConfigError, MissingDataError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+def call(define: Define, body: Body, argv: list[str]) -> int:
+  """Runs a command in this process, on fresh flags.
 
   Args:
-    message: what is wrong and what is allowed.
-    teardown: False once training machinery has started: the interpreter's
-      teardown is skipped, since background checkpoint threads may still
-      hold callbacks for a closed event loop and would print tracebacks.
+    define: defines the command's flags.
+    body: the command's work.
+    argv: its command line, program name first.
+
+  Returns:
+    The exit status `main` would give: 0, or 2 after one ``error:`` line on
+    stderr.
   """
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  if teardown:
-    sys.exit(2)
-  os._exit(2)  # pylint: disable=protected-access
+  flag_values = flags.FlagValues()
+  define(flag_values, argv)
+  try:
+    parse_flags(argv, flag_values)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return _run_body(body, flag_values)
+
+
+def main(define: Define, body: Body) -> None:
+  """Runs a command from ``sys.argv`` under absl (``--help`` included)."""
+  define(flags.FLAGS, sys.argv)
+
+  def parse(argv):
+    try:
+      return parse_flags(argv)
+    except UsageError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+
+  def run(argv):
+    del argv
+    status = _run_body(body, flags.FLAGS)
+    if status:
+      # Background checkpoint threads may still hold callbacks for a closed
+      # event loop and would print tracebacks at the interpreter's teardown.
+      sys.stdout.flush()
+      os._exit(status)  # pylint: disable=protected-access
+
+  app.run(run, flags_parser=parse)

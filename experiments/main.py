@@ -9,30 +9,25 @@ or missing data stops the run with one line on stderr (exit status 2) before
 any training starts.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
 from sparsify.experiment import run as run_lib
-from sparsify.experiment.config import ConfigError
-from sparsify.data import MissingDataError
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
-                               "metrics and the report.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  del argv
-  cli.quiet_logging()
-  try:
-    run_lib.run(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, MissingDataError) as e:
-    cli.fail(str(e), teardown=False)
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+  config_flags.DEFINE_config_file(
+      "config", None, "Path to a config file (configs/*.py[:PRESET]).",
+      flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics "
+                      "and the report.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+
+
+def train(flag_values: flags.FlagValues) -> None:
+  run_lib.run(flag_values.config, flag_values.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.main(define_flags, train)

@@ -29,6 +29,7 @@ From Python: ``rows = run_sweep(config, workdir,
 """
 
 import ast
+from collections.abc import Mapping, Sequence
 import copy
 import csv
 import difflib
@@ -39,15 +40,16 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
 from typing import Any
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
 from experiments import cli
-from sparsify.experiment import config as config_lib
 from sparsify import models
+from sparsify.experiment import config as config_lib
 from sparsify.experiment import run as run_lib
 
 # Groups whose keys are free (a model's keyword arguments): a new key may be
@@ -495,38 +497,28 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid,
   return rows
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Path to a config file (configs/*.py[:PRESET]).",
-      lock_config=True)
-  flags.DEFINE_string("workdir", None, "The sweep's directory.")
+      flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "The sweep's directory.",
+                      flag_values=flag_values)
   flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: values of one "
-                            "field; several --grid give their product.")
-  flags.DEFINE_multi_string("set", [], "FIELD=VALUE, set in every run.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  return flags
+                            "field; several --grid give their product.",
+                            flag_values=flag_values)
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE, set in every run.",
+                            flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
-def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from sparsify.data import MissingDataError  # pylint: disable=g-import-not-at-top
-  del argv
-  cli.quiet_logging()
-  fl = flags.FLAGS
-  try:
-    grid = [parse_assignment(g, several=True) for g in fl.grid]
-    overrides = dict(parse_assignment(s, several=False) for s in fl.set)
-    rows = run_sweep(fl.config, fl.workdir, grid, overrides)
-  except (config_lib.ConfigError, MissingDataError) as e:
-    cli.fail(str(e), teardown=False)
+def sweep(flag_values: flags.FlagValues) -> None:
+  grid = [parse_assignment(g, several=True) for g in flag_values.grid]
+  overrides = dict(parse_assignment(s, several=False) for s in flag_values.set)
+  rows = run_sweep(flag_values.config, flag_values.workdir, grid, overrides)
   print()
   print(markdown(rows))
-  print(f"results: {os.path.join(fl.workdir, 'results.csv')}")
+  print(f"results: {os.path.join(flag_values.workdir, 'results.csv')}")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.main(define_flags, sweep)

@@ -1,19 +1,16 @@
 """Bad input stops a run with one line, before any training starts."""
 
 import os
-import subprocess
-import sys
 
 import pytest
+from train_test import set_fields
+from train_test import tiny_config
 
+from sparsify.data import MissingDataError
 from sparsify.experiment import config as config_lib
 from sparsify.experiment import registry
 from sparsify.experiment import run as run_lib
 from sparsify.experiment import trainer as trainer_lib
-from sparsify.data import MissingDataError
-from train_test import ROOT
-from train_test import set_fields
-from train_test import tiny_config
 
 
 @pytest.mark.parametrize("field,value,allowed", [
@@ -96,6 +93,14 @@ def test_workdir_of_another_model_is_refused_and_kept(tmp_path):
       "model.name: got 'lenet5'; allowed: 'lenet_300_100', the value of the "
       "run whose checkpoints are in")):
     trainer_lib.Trainer(other, str(tmp_path))
+  # Stages that select by accuracy hold validation examples out of training:
+  # the run trained on all of them, so it cannot go on without them.
+  selecting = tiny_config(**{"post.stages": "search",
+                             "post.validation_examples": 500})
+  with pytest.raises(config_lib.ConfigError, match=(
+      "post.stages: 'search' holds out 500 training examples for validation; "
+      "allowed: .* that hold out 0, as the run whose checkpoints")):
+    trainer_lib.Trainer(selecting, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
   with open(tmp_path / "run.json") as f:
     assert f.read() == run_json
@@ -117,28 +122,22 @@ def test_broken_checkpoint_is_refused_and_kept(tmp_path):
   assert os.path.exists(ckpt / str(last))
 
 
-def test_cli_prints_one_line_and_exits_2(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.main", "--config",
-       os.path.join(ROOT, "configs", "lenet_300_100.py:gmp"), "--workdir",
-       str(tmp_path), "--config.compression[0].kwargs.sparsity=1.5"],
-      cwd=ROOT, capture_output=True, text=True, check=False)
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines() == [
-      "error: compression[0].kwargs.sparsity: got 1.5; allowed: a fraction "
-      "in [0, 1)"]
+def test_cli_prints_one_line_and_exits_2(command, tmp_path):
+  status, lines = command(
+      "main", "--config", "configs/lenet_300_100.py:gmp", "--workdir",
+      str(tmp_path), "--config.compression[0].kwargs.sparsity=1.5")
+  assert status == 2
+  assert lines == ["error: compression[0].kwargs.sparsity: got 1.5; allowed: "
+                   "a fraction in [0, 1)"]
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_cli_unknown_override_is_one_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.main", "--config",
-       os.path.join(ROOT, "configs", "lenet5.py"), "--workdir", str(tmp_path),
-       "--config.model.kwargs.depth=3"],
-      cwd=ROOT, capture_output=True, text=True, check=False)
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and "--config.model.kwargs.depth" in lines[0]
+def test_cli_unknown_override_is_one_line(command, tmp_path):
+  status, lines = command("main", "--config", "configs/lenet5.py",
+                          "--workdir", str(tmp_path),
+                          "--config.model.kwargs.depth=3")
+  assert status == 2
+  assert len(lines) == 1 and "--config.model.kwargs.depth" in lines[0], lines
 
 
 @pytest.mark.parametrize("config_arg,expected", [
@@ -148,13 +147,11 @@ def test_cli_unknown_override_is_one_line(tmp_path):
     ("configs/missing.py", "error: --config: got 'configs/missing.py', no such"
      " file; allowed: configs/lenet5.py"),
 ])
-def test_cli_bad_config_argument_is_one_line(config_arg, expected, tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.main", "--config", config_arg,
-       "--workdir", str(tmp_path)],
-      cwd=ROOT, capture_output=True, text=True, check=False)
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
+def test_cli_bad_config_argument_is_one_line(config_arg, expected, command,
+                                             tmp_path):
+  status, lines = command("main", "--config", config_arg, "--workdir",
+                          str(tmp_path))
+  assert status == 2
   assert len(lines) == 1 and lines[0].startswith(expected), lines
 
 

@@ -3,8 +3,8 @@
 import collections
 import gzip
 import hashlib
-import itertools
 import importlib.resources
+import itertools
 import os
 import struct
 import threading

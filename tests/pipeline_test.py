@@ -1,17 +1,20 @@
-"""Stages after training, end to end through `train_and_evaluate`."""
+"""Stages after training, end to end through `sparsify.run`.
+
+Tests of one training (the same key of `trained_once`) share it: the first
+trains, the others run their stages on a copy of its finished run.
+"""
 
 import math
 import os
 
 import numpy as np
 import pytest
-
 from train_test import set_fields
 
 from sparsify import spz
 from sparsify.experiment import config as config_lib
-from sparsify.experiment import stages
 from sparsify.experiment import run as run_lib
+from sparsify.experiment import stages
 
 
 def _config(preset, **overrides):
@@ -25,6 +28,7 @@ def _config(preset, **overrides):
   config.train.epochs = 1.0
   config.train.log_every = 50
   config.train.checkpoint_every = 1000
+  config.train.plots = False
   config.post.validation_examples = 800
   config.post.finetune.epochs = 0.25
   set_fields(config, overrides)
@@ -42,12 +46,13 @@ def _file_matches_record(results, workdir):
 
 
 @pytest.mark.parametrize("multiple", [1, 8])
-def test_sss_slim_keeps_the_function_and_removes_units(multiple, tmp_path):
+def test_sss_slim_keeps_the_function_and_removes_units(multiple, trained_once,
+                                                       tmp_path):
   config = _config("sss", **{"optimizer.kwargs.strength": 0.3,
                              "post.stages": "slim",
                              "post.slim.multiple": multiple})
   assert config.model.kwargs.gates  # the preset switches gates on
-  results = run_lib.run(config, str(tmp_path))
+  results = trained_once("mlp_sss", config)
   trained, slim = results["post"]["stages"]
   assert sum(slim["units_after"].values()) < 48  # APG zeroed some gates
   assert slim["params"] < trained["params"]
@@ -79,9 +84,10 @@ def test_resnet_blocks_and_channels_slimmed_exactly(tmp_path):
   _file_matches_record(results, str(tmp_path))
 
 
-def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
+def test_search_removes_neurons_within_tolerance_then_finetunes(trained_once,
+                                                               tmp_path):
   config = _config("search", **{"post.search.tolerance": 0.02})
-  results = run_lib.run(config, str(tmp_path))
+  results = trained_once("mlp_held_out", config)
   trained, search, tuned = results["post"]["stages"]
   bound = sum(math.ceil(math.log2(n)) + 1 for n in (32, 16))
   assert search["evaluations"] <= bound + 1  # plus the baseline
@@ -97,7 +103,8 @@ def test_search_removes_neurons_within_tolerance_then_finetunes(tmp_path):
 
 
 def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
-  config = _config("pq", **{"post.pq.dim": 4, "post.pq.centroids": 8})
+  config = _config("pq", **{"post.pq.dim": 4, "post.pq.centroids": 8,
+                            "train.epochs": 0.25})
   results = run_lib.run(config, str(tmp_path))
   _file_matches_record(results, str(tmp_path))
   params, meta = spz.load(os.path.join(str(tmp_path), "model.spz"))
@@ -118,10 +125,10 @@ def test_pq_file_holds_codes_and_its_size_is_counted(tmp_path):
         pq_bytes < 4 * n * m)
 
 
-def test_lct_leaves_ternary_layers_in_the_file(tmp_path):
+def test_lct_leaves_ternary_layers_in_the_file(trained_once, tmp_path):
   config = _config("lct", **{"post.lct.steps": 20, "post.lct.prune_steps": 20,
                              "post.lct.budget": 1.0})
-  results = run_lib.run(config, str(tmp_path))
+  results = trained_once("mlp_held_out", config)
   lct = results["post"]["stages"][-1]
   # With the whole budget every layer is accepted, least significant first.
   assert lct["ternary_layers"] == lct["order"]
@@ -141,10 +148,11 @@ def test_unknown_stage_is_named(tmp_path):
     run_lib.run(config, str(tmp_path))
 
 
-def test_deep_compression_shares_values_of_the_surviving_weights(tmp_path):
-  config = _config("deep_compression", **{"compression[0].kwargs.target_sparsity": 0.9,
-                                          "post.share.bits": 3})
-  results = run_lib.run(config, str(tmp_path))
+def test_deep_compression_shares_values_of_the_surviving_weights(
+    trained_once, tmp_path):
+  config = _config("deep_compression", **{
+      "compression[0].kwargs.target_sparsity": 0.9, "post.share.bits": 3})
+  results = trained_once("mlp_dat", config)
   _file_matches_record(results, str(tmp_path))
   params, _ = spz.load(os.path.join(str(tmp_path), "model.spz"))
   report = spz.file_report(os.path.join(str(tmp_path), "model.spz"))
@@ -177,9 +185,9 @@ def test_lenet5_search_cuts_filters_through_the_flatten(tmp_path):
   _file_matches_record(results, str(tmp_path))
 
 
-def test_stages_run_later_on_a_finished_run(tmp_path):
-  config = _config("dat", **{"compression[0].kwargs.target_sparsity": 0.8})
-  first = run_lib.run(config, str(tmp_path))
+def test_stages_run_later_on_a_finished_run(trained_once, tmp_path):
+  config = _config("dat", **{"compression[0].kwargs.target_sparsity": 0.9})
+  first = trained_once("mlp_dat", config)
   assert "post" not in first
   config.post.stages = "share"  # the same run, compressed afterwards
   again = run_lib.run(config, str(tmp_path))

@@ -18,8 +18,8 @@ import shlex
 import numpy as np
 import pytest
 
-import sparsify
 from experiments import sweep
+import sparsify
 from sparsify.experiment import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

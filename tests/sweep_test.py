@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `experiments` is a folder of the repository
   sys.path.insert(0, ROOT)
 from experiments import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -25,6 +25,7 @@ def tiny_config():
   config.data.batch_size = 32
   config.train.epochs = 0.1  # 25 steps of the 8,000 training digits
   config.train.log_every = 5
+  config.train.plots = False
   # Masks at steps 0, 5, ..., 20.
   config.compression = [config_lib.method("gmp", end=0.8, update_every=5)]
   return config
@@ -201,15 +202,12 @@ def test_split_values_and_run_names():
   assert len(sweep.run_name({"x": "y" * 500})) <= 220
 
 
-def test_command_line_reports_a_bad_field_in_one_line(tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "experiments.sweep", "--config",
-       "configs/lenet_300_100.py:dat", "--workdir", str(tmp_path),
-       "--grid", "compression[0].kwargs.target_sparsity=0.8,0.9",
-       "--grid", "compression[0].kwargs.cc=1,3"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert out.returncode == 2
-  lines = out.stderr.strip().splitlines()
+def test_command_line_reports_a_bad_field_in_one_line(command, tmp_path):
+  status, lines = command(
+      "sweep", "--config", "configs/lenet_300_100.py:dat", "--workdir",
+      str(tmp_path), "--grid", "compression[0].kwargs.target_sparsity=0.8,0.9",
+      "--grid", "compression[0].kwargs.cc=1,3")
+  assert status == 2
   assert len(lines) == 1 and lines[0].startswith(
       "error: compression[0].kwargs.cc: no such config field; close matches: "
       "compression[0].kwargs.c,"), lines

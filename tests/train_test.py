@@ -8,14 +8,14 @@ import sys
 import time
 
 import jax
+from ml_collections.config_flags import config_path
 import numpy as np
 import pytest
-from ml_collections.config_flags import config_path
 
+from sparsify import data as data_lib
 from sparsify.core import paths
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
-from sparsify import data as data_lib
 from sparsify.experiment import run as run_lib
 from sparsify.experiment import trainer as trainer_lib
 
@@ -29,6 +29,7 @@ def tiny_config(**overrides):
   config.train.epochs = 0.25
   config.train.log_every = 20
   config.train.checkpoint_every = 20
+  config.train.plots = False  # see test_same_config_and_seed_...
   set_fields(config, overrides)
   return config
 
@@ -70,7 +71,11 @@ def test_same_config_and_seed_give_the_same_parameters(tmp_path):
   config = tiny_config(compression=[config_lib.method(
       "gmp", sparsity=0.8, update_every=10)])
   a = run_lib.run(config, str(tmp_path / "a"))
+  config.train.plots = True  # plots change nothing but the PNGs
   b = run_lib.run(config, str(tmp_path / "b"))
+  pngs = {"sparsity.png", "training.png", "histograms.png"}
+  assert pngs <= set(os.listdir(tmp_path / "b"))
+  assert not pngs & set(os.listdir(tmp_path / "a"))
   pa, pb = (checkpoint.load(str(tmp_path / d))["params"] for d in "ab")
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
   assert a["eval_accuracy"] == b["eval_accuracy"]
@@ -88,24 +93,28 @@ def test_seed_changes_the_result(tmp_path):
   assert not np.array_equal(pa["fc1"]["kernel"], pb["fc1"]["kernel"])
 
 
-def _cli(workdir, *flags):
-  return [sys.executable, "-m", "experiments.main",
-          "--config", os.path.join(ROOT, "configs", "lenet_300_100.py:gmp"),
-          "--workdir", str(workdir), "--config.data.batch_size=32",
-          "--config.train.epochs=1", "--config.train.checkpoint_every=25",
-          "--config.train.log_every=50",
-          "--config.compression[0].kwargs.sparsity=0.9",
-          "--config.compression[0].kwargs.update_every=20", *flags]
+_RESUME_FIELDS = {
+    "data.batch_size": 32, "train.epochs": 0.5, "train.checkpoint_every": 25,
+    "train.log_every": 50, "compression[0].kwargs.sparsity": 0.9,
+    "compression[0].kwargs.update_every": 20, "train.plots": False}
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _resume_config():
+  config = _load_config("lenet_300_100", "gmp")
+  set_fields(config, _RESUME_FIELDS)
+  return config
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, caplog):
   whole, killed = tmp_path / "whole", tmp_path / "killed"
-  subprocess.run(_cli(whole), cwd=ROOT, env=env, check=True,
-                 capture_output=True)
-
-  proc = subprocess.Popen(_cli(killed), cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # The run to kill is the command line, in a process of its own.
+  overrides = [f"--config.{k}={v}" for k, v in _RESUME_FIELDS.items()]
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.main", "--config",
+       os.path.join(ROOT, "configs", "lenet_300_100.py:gmp"), "--workdir",
+       str(killed), *overrides], cwd=ROOT,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
   ckpt = killed / "checkpoints"
   deadline = time.monotonic() + 120
   while time.monotonic() < deadline and proc.poll() is None:
@@ -116,12 +125,13 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   assert proc.wait() == -signal.SIGKILL, "the run ended before it was killed"
   assert not (killed / "results.json").exists()
   saved = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-  total = 8000 // 32
+  total = 8000 // 32 // 2  # half an epoch
   assert saved and saved[-1] < total
 
-  resumed = subprocess.run(_cli(killed), cwd=ROOT, env=env, check=True,
-                           capture_output=True, text=True)
-  assert f"resumed from step {saved[-1]}" in resumed.stdout + resumed.stderr
+  run_lib.run(_resume_config(), str(whole))
+  with caplog.at_level("INFO", logger="sparsify"):
+    run_lib.run(_resume_config(), str(killed))
+  assert f"resumed from step {saved[-1]}" in caplog.text
   a, b = checkpoint.load(str(whole)), checkpoint.load(str(killed))
   assert int(a["step"]) == int(b["step"]) == total
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
@@ -139,7 +149,6 @@ def _sharded_config():
 _SHARDED_RUN = """
 import sys, jax
 from sparsify.experiment import run as run_lib
-from sparsify.experiment import trainer as trainer_lib
 sys.path.insert(0, {tests!r})
 from train_test import _sharded_config
 run_lib.run(_sharded_config(), sys.argv[1])
@@ -148,17 +157,16 @@ print("devices", jax.device_count())
 
 
 def test_eight_devices_match_one_device(tmp_path):
+  assert jax.device_count() == 1  # this process: the one-device run
+  run_lib.run(_sharded_config(), str(tmp_path / "1"))
   script = _SHARDED_RUN.format(tests=os.path.join(ROOT, "tests"))
-  counts = {}
-  for n in (1, 8):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                         f" --xla_force_host_platform_device_count={n}")}
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / str(n))],
-                         cwd=ROOT, env=env, check=True, capture_output=True,
-                         text=True).stdout
-    counts[n] = out.split("devices")[-1].strip()
-  assert counts == {1: "1", 8: "8"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                       " --xla_force_host_platform_device_count=8")}
+  out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "8")],
+                       cwd=ROOT, env=env, check=True, capture_output=True,
+                       text=True).stdout
+  assert out.split("devices")[-1].strip() == "8"
   one, eight = (checkpoint.load(str(tmp_path / str(n))) for n in (1, 8))
   init = trainer_lib.Trainer(_sharded_config(), str(tmp_path / "init")).init_state()
   # Same global batch, different reduction order: the two runs differ by

@@ -13,8 +13,8 @@ import logging
 import os
 import tempfile
 
-import sparsify
 from experiments.benchmarks import common
+import sparsify
 
 
 def run(model: str, epochs: float, dataset: str, workdir: str) -> dict:

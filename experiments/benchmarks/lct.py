@@ -36,8 +36,8 @@ import os
 import tempfile
 import time
 
-import sparsify
 from experiments.benchmarks import common
+import sparsify
 from sparsify import spz
 
 LCT_FIELDS = {"sparsity": float, "budget": float, "steps": int,

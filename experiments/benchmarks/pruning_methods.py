@@ -27,8 +27,8 @@ import time
 import jax
 import numpy as np
 
-import sparsify
 from experiments.benchmarks import common
+import sparsify
 from sparsify import data as data_lib
 from sparsify.experiment import trainer as trainer_lib
 

@@ -59,8 +59,8 @@ import jax
 import numpy as np
 import optax
 
-import sparsify
 from experiments.benchmarks import common
+import sparsify
 from sparsify import data as data_lib
 from sparsify import models
 from sparsify import spz

@@ -130,6 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 1
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2
+  c.train.plots = True  # the run's PNGs at the end (needs matplotlib)
   return c
 
 

@@ -166,8 +166,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     json.dump(results, f, indent=2, default=str)
   mngr.close()
   plots.save_weights(workdir, jax.device_get(state.params), "after")
-  if importlib.util.find_spec("matplotlib"):  # an optional dependency
-    plots.plot_run(workdir)
+  if config.train.plots and importlib.util.find_spec("matplotlib"):
+    plots.plot_run(workdir)  # matplotlib is an optional dependency
   return results
 
 

@@ -397,7 +397,9 @@ def remove_blocks(
     >>> from sparsify.models import resnet
     >>> kwargs = {'depth': 8, 'width': 4, 'block_gates': True}
     >>> model = resnet.ResNet(**kwargs)
-    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0),
+    ...                         jnp.ones((1, 8, 8, 3)))
+    >>> variables = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
     >>> variables['params']['block2_0']['block_gate']['gate'] = jnp.zeros(())
     >>> slim, slim_kwargs = resnet.remove_blocks(variables, kwargs)
     >>> slim_kwargs['block_plan'], sorted(slim['params']['block2_0'])

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_init
 import pytest
 
 import sparsify
@@ -19,8 +20,7 @@ def _shapes(model, image_shape):
 
 
 def _variables(model, image_shape, seed=0):
-  variables = model.init(jax.random.key(seed), jnp.ones((1, *image_shape)))
-  return jax.tree.map(np.asarray, variables)
+  return numpy_init.init(model, jnp.ones((1, *image_shape)), seed=seed)
 
 
 def _leaf_shapes(variables):

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_init
 import pytest
 
 from sparsify import data
@@ -38,7 +39,7 @@ def test_slim_model_equals_gated_model_on_real_digits(name, kwargs):
   ds = data.load_dataset("embedded_mnist")
   x = next(data.eval_batches(ds.eval, batch_size=64, mean=ds.mean,
                              std=ds.std))["image"]
-  variables = gated.init(jax.random.key(0), x[:1])
+  variables = numpy_init.init(gated, x[:1])
   if "batch_stats" in variables:  # non-trivial running statistics
     _, updates = gated.apply(variables, x, train=True, mutable=["batch_stats"])
     variables = {**variables, **updates}
@@ -96,7 +97,7 @@ def test_resnet_blocks_and_channels_removed_equal_gated_model(block):
   ds = data.load_dataset("embedded_mnist")
   x = next(data.eval_batches(ds.eval, batch_size=32, mean=ds.mean,
                              std=ds.std))["image"]
-  variables = gated.init(jax.random.key(0), x[:1])
+  variables = numpy_init.init(gated, x[:1])
   _, updates = gated.apply(variables, x, train=True, mutable=["batch_stats"])
   variables = _set_gates({**variables, **updates}, rng, zero_fraction=0.3)
   # Zero the gates of an identity block and of a projection block.
@@ -132,8 +133,7 @@ def test_lenet5_filters_and_neurons_removed_like_zeroed_ones():
   ds = data.load_dataset("embedded_mnist")
   x = next(data.eval_batches(ds.eval, batch_size=32, mean=ds.mean,
                              std=ds.std))["image"]
-  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), x[:1]))[
-      "params"]
+  params = numpy_init.init(model, x[:1])["params"]
   spec = models.structure("lenet5")
   keep = {u.name: rng.random(n) < 0.6 for u, n in
           zip(spec, (20, 50, 500))}
