@@ -77,6 +77,7 @@ from sparsify.transforms.proximal import APGState
 from sparsify.transforms.proximal import group_lasso_prox
 from sparsify.transforms.proximal import proximal_sgd
 from sparsify.transforms.proximal import soft_threshold
+from sparsify.transforms.random import random_pruning
 from sparsify.transforms.random import random_sparsity
 from sparsify.transforms.sss import network_slimming
 from sparsify.transforms.sss import slimming_threshold
@@ -148,6 +149,7 @@ __all__ = (
     "pq_quantize",
     "pq_storage_bits",
     "proximal_sgd",
+    "random_pruning",
     "random_sparsity",
     "run",
     "save_compressed",

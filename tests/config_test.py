@@ -19,7 +19,7 @@ from sparsify.experiment import trainer as trainer_lib
     ("data.source", "ftp", "auto, embedded, idx, tfds"),
     ("compression[0].name", "prune_it_all",
      "binary, dat, gmp, group_lasso, kcentre, l1, magnitude, random, "
-     "slimming"),
+     "random_pruning, slimming"),
     ("post.search.order", "random", "backward, forward, size"),
     ("post.share.bits", 17, "an integer >= 1 and <= 16"),
     ("optimizer.name", "rmsprop",

@@ -54,6 +54,7 @@ METHODS: dict[str, Method] = {
                   window=("begin_step", "end_step")),
     "magnitude": Method(magnitude.magnitude_pruning, window=("step", None)),
     "random": Method(random.random_sparsity),
+    "random_pruning": Method(random.random_pruning, window=("step", None)),
     "binary": Method(penalties.binary_attractor, "penalty"),
     "kcentre": Method(penalties.kcentre_attractor, "penalty"),
     "l1": Method(penalties.l1, "penalty"),
