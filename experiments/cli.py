@@ -12,6 +12,7 @@ from collections.abc import Callable
 import logging
 import os
 import sys
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -73,15 +74,23 @@ def quiet_logging() -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _run_body(body: Body, flag_values: flags.FlagValues) -> int:
-  """Runs ``body``; bad input is one ``error:`` line and status 2."""
-  quiet_logging()
+def _error(e: Exception) -> int:
+  print(f"error: {e}", file=sys.stderr, flush=True)
+  return 2
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> int:
+  """Calls ``fn(*args)``: 0, or status 2 after one ``error:`` line."""
   try:
-    body(flag_values)
+    fn(*args)
   except (UsageError, ConfigError, MissingDataError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
+    return _error(e)
   return 0
+
+
+def _run_body(body: Body, flag_values: flags.FlagValues) -> int:
+  quiet_logging()
+  return _guarded(body, flag_values)
 
 
 def call(define: Define, body: Body, argv: list[str]) -> int:
@@ -98,12 +107,8 @@ def call(define: Define, body: Body, argv: list[str]) -> int:
   """
   flag_values = flags.FlagValues()
   define(flag_values, argv)
-  try:
-    parse_flags(argv, flag_values)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  return _run_body(body, flag_values)
+  return (_guarded(parse_flags, argv, flag_values)
+          or _run_body(body, flag_values))
 
 
 def main(define: Define, body: Body) -> None:
@@ -114,8 +119,7 @@ def main(define: Define, body: Body) -> None:
     try:
       return parse_flags(argv)
     except UsageError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
+      sys.exit(_error(e))
 
   def run(argv):
     del argv

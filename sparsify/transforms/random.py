@@ -20,6 +20,17 @@ from sparsify.core import topk
 from sparsify.core import types
 
 
+def _keep_largest(scores, sparsity, allocation):
+  """Per layer, a mask of its largest scores at its share of ``sparsity``."""
+  if allocation == "erk":
+    per_layer = [1.0 - d for d in distributions.erk_densities(
+        [x.shape for x in scores], sparsity)]
+  else:
+    per_layer = [sparsity] * len(scores)
+  return [topk.top_k_mask([x], topk.keep_count(x.size, s))[0]
+          for x, s in zip(scores, per_layer)]
+
+
 def random_sparsity(
     sparsity: types.ScalarOrSchedule,
     *,
@@ -71,17 +82,11 @@ def random_sparsity(
 
   def init_masks(params):
     leaves, treedef = jax.tree.flatten(params)
-    s = schedules.value_at(sparsity, jnp.zeros([], jnp.int32))
-    if allocation == "erk":
-      per_layer = [1.0 - d for d in distributions.erk_densities(
-          [p.shape for p in leaves], s)]
-    else:
-      per_layer = [s] * len(leaves)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     scores = [jax.random.uniform(key, p.shape) for key, p in zip(keys, leaves)]
-    masks = [topk.top_k_mask([x], topk.keep_count(x.size, s))[0]
-             for x, s in zip(scores, per_layer)]
-    return treedef.unflatten(masks)
+    return treedef.unflatten(_keep_largest(
+        scores, schedules.value_at(sparsity, jnp.zeros([], jnp.int32)),
+        allocation))
 
   return masking.mask_updates(init_masks=init_masks, where=where)
 
@@ -140,18 +145,14 @@ def random_pruning(
   def update_masks(count, weights, masks):
     del weights  # the scores are random
     leaves, treedef = jax.tree.flatten(masks)
-    s = schedules.value_at(sparsity, count)
-    per_layer = ([1.0 - d for d in distributions.erk_densities(
-        [m.shape for m in leaves], s)] if allocation == "erk"
-                 else [s] * len(leaves))
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), count),
                             len(leaves))
-    # Drawn flat: one random program per layer size, not per shape.
+    # Drawn flat and reshaped: XLA compiles random bits of a flat shape in a
+    # fraction of the time it takes for a kernel's 2-D or 4-D shape.
     scores = [jnp.where(m, jax.random.uniform(k, (m.size,)).reshape(m.shape),
                         -1.0) for k, m in zip(keys, leaves)]
-    return treedef.unflatten([
-        topk.top_k_mask([x], topk.keep_count(x.size, s_l))[0]
-        for x, s_l in zip(scores, per_layer)])
+    return treedef.unflatten(_keep_largest(
+        scores, schedules.value_at(sparsity, count), allocation))
 
   return masking.mask_updates(update_masks=update_masks, update_every=1,
                               begin_step=step, end_step=step, where=where)
