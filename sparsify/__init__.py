@@ -28,6 +28,10 @@ from sparsify.experiment.plots import save_weights
 from sparsify.experiment.run import run
 from sparsify.experiment.run import train_and_evaluate
 from sparsify.experiment.trainer import TrainState
+from sparsify.flops import effective_flops
+from sparsify.flops import LeafFlops
+from sparsify.flops import nnx_apply
+from sparsify.flops import param_flops
 from sparsify.quantize import kmeans
 from sparsify.quantize import pq_compression_rate
 from sparsify.quantize import pq_decode
@@ -97,6 +101,7 @@ __all__ = (
     "CompressionReport",
     "ConfigError",
     "Gate",
+    "LeafFlops",
     "MaskState",
     "Masks",
     "PQCode",
@@ -118,6 +123,7 @@ __all__ = (
     "compression_report",
     "default_config",
     "dynamic_adaptive_threshold",
+    "effective_flops",
     "erk_densities",
     "file_report",
     "find_masks",
@@ -137,6 +143,8 @@ __all__ = (
     "named_leaves",
     "neuron_masks",
     "neuron_scores",
+    "nnx_apply",
+    "param_flops",
     "pareto",
     "pareto_front",
     "path_name",
