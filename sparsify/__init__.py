@@ -65,9 +65,15 @@ from sparsify.structure.neuron_search import neuron_scores
 from sparsify.structure.neuron_search import SearchResult
 from sparsify.structure.significance import layer_significance
 from sparsify.structure.significance import Significance
-from sparsify.structure.surgery import keep_nonzero
+from sparsify.structure.spec import keep_nonzero
+from sparsify.structure.spec import spec_for
+from sparsify.structure.surgery import export_slim
+from sparsify.structure.surgery import mask
 from sparsify.structure.surgery import slim
-from sparsify.structure.surgery import spec_for
+from sparsify.structure.surgery import slim_model
+from sparsify.structure.trace import Structure
+from sparsify.structure.trace import structure_of
+from sparsify.structure.trace import StructureError
 from sparsify.structure.units import Unit
 from sparsify.transforms.dat import dynamic_adaptive_threshold
 from sparsify.transforms.magnitude import gradual_magnitude_pruning
@@ -111,6 +117,8 @@ __all__ = (
     "SharedCode",
     "SharedLayer",
     "Significance",
+    "Structure",
+    "StructureError",
     "TernaryLayer",
     "TernaryState",
     "TrainState",
@@ -125,6 +133,7 @@ __all__ = (
     "dynamic_adaptive_threshold",
     "effective_flops",
     "erk_densities",
+    "export_slim",
     "file_report",
     "find_masks",
     "gradual_magnitude_pruning",
@@ -138,9 +147,10 @@ __all__ = (
     "layer_significance",
     "load_compressed",
     "magnitude_pruning",
+    "mask",
     "mask_updates",
-    "network_slimming",
     "named_leaves",
+    "network_slimming",
     "neuron_masks",
     "neuron_scores",
     "nnx_apply",
@@ -170,11 +180,13 @@ __all__ = (
     "shared_layer",
     "sigma_of",
     "slim",
+    "slim_model",
     "slimming_threshold",
     "soft_threshold",
     "sparse_structure_selection",
-    "spec_for",
     "sss_optimizer",
+    "spec_for",
+    "structure_of",
     "ternarize",
     "ternary_bits",
     "ternary_constrained",

@@ -190,7 +190,7 @@ class Context:
             "bytes_sparse": rep.bytes_sparse}
 
 
-def _spec(model: Model) -> list[units.Unit]:
+def _spec(model: Model) -> list[units.SpecUnit]:
   return models.structure(model.name, **model.kwargs)
 
 

@@ -76,7 +76,7 @@ class ModelEntry:
       ``(variables, kwargs)``, or None for a model built without block gates.
   """
   factory: Callable[..., nn.Module]
-  structure: Callable[..., list[units.Unit]]
+  structure: Callable[..., list[units.SpecUnit]]
   slimmed_kwargs: Callable[[dict[str, Any], dict[str, int]], dict[str, Any]]
   remove_blocks: Callable[..., Any] | None = None
 
@@ -154,10 +154,10 @@ def get_model(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
   return MODELS[name].factory(num_classes=num_classes, **kwargs)
 
 
-def structure(name: str, **kwargs: Any) -> list[units.Unit]:
+def structure(name: str, **kwargs: Any) -> list[units.SpecUnit]:
   """The removable neurons or channels of a registered model.
 
-  Each `units.Unit` names the parameter slices that one layer's neurons or
+  Each `units.SpecUnit` names the parameter slices that one layer's neurons or
   channels own (producers) and those that read them (consumers), and the
   gate that scales them in a gated model; `sparsify.keep_nonzero` and
   `sparsify.slim` work from it. Each model's module says what they are (its
@@ -170,7 +170,7 @@ def structure(name: str, **kwargs: Any) -> list[units.Unit]:
       ``stages``, ``depth``, ``block``, ...); gate switches may be given.
 
   Returns:
-    The list of `units.Unit`.
+    The list of `units.SpecUnit`.
 
   Raises:
     ValueError: for an unknown model name or argument.

@@ -61,7 +61,7 @@ class LeNet5(nn.Module):
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def structure(**kwargs: Any) -> list[units.Unit]:
+def structure(**kwargs: Any) -> list[units.SpecUnit]:
   """The filters of both convolutions and the ``fc1`` neurons of `LeNet5`.
 
   LeNet-5 has no gates: the units are for filter and neuron pruning
@@ -83,7 +83,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
      ('fc1', (('head/kernel', 0),))]
   """
   del kwargs  # every LeNet5 has the same layers
-  return [units.Unit(name=name, gate=None,
+  return [units.SpecUnit(name=name, gate=None,
                      producers=((f"{name}/kernel", out), (f"{name}/bias", 0)),
                      consumers=((f"{nxt}/kernel", _INPUT_AXIS[nxt]),))
           for (name, out), (nxt, _) in zip(_CHAIN, _CHAIN[1:])]

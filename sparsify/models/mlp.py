@@ -88,7 +88,7 @@ def lenet_300_100(num_classes: int = 10, gates: bool = False,
   return MLP(hidden=tuple(hidden), num_classes=num_classes, gates=gates)
 
 
-def structure(**kwargs: Any) -> list[units.Unit]:
+def structure(**kwargs: Any) -> list[units.SpecUnit]:
   """The hidden neurons of the `MLP` that ``kwargs`` build, one unit a layer.
 
   Neuron ``j`` of hidden layer ``fc{i}`` owns column ``j`` of ``fc{i}/kernel``
@@ -100,7 +100,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
       ``num_classes``).
 
   Returns:
-    One `units.Unit` per hidden layer, named ``fc1``, ``fc2``, ...
+    One `units.SpecUnit` per hidden layer, named ``fc1``, ``fc2``, ...
 
   Example:
     >>> from sparsify.models import mlp
@@ -108,7 +108,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
     [('fc1', (('fc2/kernel', 0),)), ('fc2', (('head/kernel', 0),))]
   """
   names = [f"fc{i + 1}" for i in range(len(MLP(**kwargs).hidden))] + ["head"]
-  return [units.Unit(name=name, gate=f"{name}_gate/gate",
+  return [units.SpecUnit(name=name, gate=f"{name}_gate/gate",
                      producers=((f"{name}/kernel", 1), (f"{name}/bias", 0)),
                      consumers=((f"{nxt}/kernel", 0),))
           for name, nxt in zip(names, names[1:])]

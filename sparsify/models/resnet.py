@@ -292,7 +292,7 @@ def _plan(model: ResNet) -> tuple[str, ...]:
   return model.block_plan or ("full",) * len(names)
 
 
-def structure(**kwargs: Any) -> list[units.Unit]:
+def structure(**kwargs: Any) -> list[units.SpecUnit]:
   """The channels inside the residual branches of the `ResNet` of ``kwargs``.
 
   Inner layer ``k`` of a branch (all but its last: one in a basic block, two
@@ -308,7 +308,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
       ``channel_gates``, ``block_plan``, ...).
 
   Returns:
-    One `units.Unit` per inner layer, named ``block{s}_{i}/gate{k}``.
+    One `units.SpecUnit` per inner layer, named ``block{s}_{i}/gate{k}``.
 
   Example:
     >>> from sparsify.models import resnet
@@ -325,7 +325,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
     if plan != "full":
       continue
     for k in range(1, _LAYERS_PER_BLOCK[model.block]):  # inner k -> k + 1
-      spec.append(units.Unit(
+      spec.append(units.SpecUnit(
           name=f"{b}/gate{k}", gate=f"{b}/gate{k}/gate",
           producers=((f"{b}/conv{k}/kernel", 3),) + tuple(
               (f"{b}/bn{k}/{v}", 0) for v in ("scale", "bias", "mean",

@@ -219,7 +219,7 @@ def _blocks(model: VGG) -> list[str]:
           for i in range(len(stage))]
 
 
-def structure(**kwargs: Any) -> list[units.Unit]:
+def structure(**kwargs: Any) -> list[units.SpecUnit]:
   """The conv channels of the `VGG` that ``kwargs`` build, one unit a block.
 
   Channel ``j`` of block ``b`` owns output channel ``j`` of ``b/conv/kernel``
@@ -234,7 +234,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
       ``gates``, ``num_classes``).
 
   Returns:
-    One `units.Unit` per conv block, named like the block
+    One `units.SpecUnit` per conv block, named like the block
     (``block1_0``, ...).
 
   Example:
@@ -252,7 +252,7 @@ def structure(**kwargs: Any) -> list[units.Unit]:
   for b, nxt in zip(blocks, blocks[1:] + ["head"]):
     consumer = (f"{nxt}/kernel", 0) if nxt == "head" else (
         f"{nxt}/conv/kernel", 2)
-    spec.append(units.Unit(
+    spec.append(units.SpecUnit(
         name=b, gate=f"{b}/gate/gate",
         producers=((f"{b}/conv/kernel", 3),) + tuple(
             (f"{b}/bn/{v}", 0) for v in ("scale", "bias", "mean", "var")),

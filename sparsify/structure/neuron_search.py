@@ -1,6 +1,6 @@
 """Binary-search neuron pruning: how many neurons each hidden layer can lose.
 
-Neurons (Dense units, conv filters) are the `units.Unit` groups of a
+Neurons (Dense units, conv filters) are the `units.SpecUnit` groups of a
 structure specification. Each neuron is scored by the norm of its incoming
 weights; in every hidden layer the number of lowest-scoring neurons that can
 be removed while the accuracy stays within a tolerance of the unpruned
@@ -27,7 +27,7 @@ NORMS = ("l1", "l2")
 ORDERS = ("forward", "backward", "size")
 
 
-def _kernels(flat: Mapping[str, Any], unit: units.Unit) -> list[tuple[
+def _kernels(flat: Mapping[str, Any], unit: units.SpecUnit) -> list[tuple[
     np.ndarray, int]]:
   """The unit's producer kernels present in ``flat``, with their unit axis."""
   out = [(np.asarray(flat[path]), axis) for path, axis in unit.producers
@@ -40,7 +40,7 @@ def _kernels(flat: Mapping[str, Any], unit: units.Unit) -> list[tuple[
   return out
 
 
-def neuron_scores(params: types.Params, spec: Sequence[units.Unit],
+def neuron_scores(params: types.Params, spec: Sequence[units.SpecUnit],
                   norm: Norm = "l1") -> dict[str, np.ndarray]:
   r"""The norm of each neuron's incoming weights, per unit group.
 
@@ -140,7 +140,7 @@ def neuron_masks(scores: Mapping[str, np.ndarray],
   return masks
 
 
-def apply_neuron_masks(params: types.Params, spec: Sequence[units.Unit],
+def apply_neuron_masks(params: types.Params, spec: Sequence[units.SpecUnit],
                        keep: Mapping[str, Any], *,
                        consumers: bool = False) -> types.Params:
   """Zeroes the producer slices of the removed neurons.
@@ -200,7 +200,7 @@ def apply_neuron_masks(params: types.Params, spec: Sequence[units.Unit],
       if k.ndim == 1 and k.size and x.shape[axis] != k.size and (
           x.shape[axis] % k.size == 0):
         # Flattened (positions, units) inputs, units innermost, as after
-        # flattening NHWC maps into a Dense layer (see `units.Unit`).
+        # flattening NHWC maps into a Dense layer (see `units.SpecUnit`).
         k = jnp.tile(k, x.shape[axis] // k.size)
       if k.shape != (x.shape[axis],):
         raise ValueError(f"keep[{name!r}]: shape {k.shape}, but {path} has "
@@ -213,8 +213,8 @@ def apply_neuron_masks(params: types.Params, spec: Sequence[units.Unit],
   return paths.map_with_name(zero, params)
 
 
-def ungated_spec(spec: Sequence[units.Unit],
-                 params: types.Params) -> list[units.Unit]:
+def ungated_spec(spec: Sequence[units.SpecUnit],
+                 params: types.Params) -> list[units.SpecUnit]:
   """The specification with the gates that ``params`` lacks set to None.
 
   `sparsify.models.structure` names the gates of gated models; for the same
@@ -225,7 +225,7 @@ def ungated_spec(spec: Sequence[units.Unit],
     params: the parameters of the model actually trained.
 
   Returns:
-    A new list of `units.Unit`; units whose gate path is not a leaf of
+    A new list of `units.SpecUnit`; units whose gate path is not a leaf of
     ``params`` get ``gate=None``.
 
   Example:
@@ -277,7 +277,7 @@ class SearchResult(NamedTuple):
   baseline: float
 
 
-def _visit_order(spec: Sequence[units.Unit], sizes: Mapping[str, int],
+def _visit_order(spec: Sequence[units.SpecUnit], sizes: Mapping[str, int],
                  order: str, layers: Sequence[str] | None,
                  min_keep: int) -> list[str]:
   """Validates the options and returns the unit names in visiting order."""
@@ -314,7 +314,7 @@ def binary_search_prune(
     evaluate: Callable[[types.Params], float],
     tolerance: float,
     *,
-    spec: Sequence[units.Unit],
+    spec: Sequence[units.SpecUnit],
     norm: Norm = "l1",
     order: Literal["forward", "backward", "size"] = "forward",
     relative: bool = False,

@@ -1,226 +1,316 @@
-"""Surgery: physically remove neurons and channels, folding gates into weights.
+"""Surgery: remove units from a model's variables and run the smaller model.
 
-A network is slimmed from a declared *structure specification*: a list of
-`units.Unit` groups, each naming the parameters whose slices along one axis
-belong to the same neurons or channels. For a hidden layer of an MLP with gates::
+The units come from `sparsify.structure_of`. Removing element ``j`` of a
+unit drops index ``unit.slots[k].index[j]`` along every slot's axis: the
+producers (kernel columns, biases, normalization scales, shifts and running
+statistics, gates) and the consumers (the next layers' kernel rows).
+*Masking* instead zeroes the producer slices and keeps every shape: for an
+exact unit, the slim model computes what the masked model computes.
 
-  units.Unit(name="fc1", gate="fc1_gate/gate",
-       producers=(("fc1/kernel", 1), ("fc1/bias", 0)),
-       consumers=(("fc2/kernel", 0),))
-
-Removing unit ``j`` drops slice ``j`` of every producer (the layer that
-computes it: kernel columns, bias, BatchNorm scale, shift and running
-statistics) and of every consumer (the next layer's input rows or input
-channels). A surviving gate value :math:`\\lambda_j` is folded into the
-units' own producers where the unit declares it (``fold``; the BatchNorm
-scale and shift of VGG and ResNet channels, times :math:`\\lambda_j`, valid
-for a non-negative gate after a relu: the next conv keeps the input scale
-its BatchNorm statistics were measured at, which matters for fine-tuning),
-otherwise into the consumers, :math:`W'_{j\\cdot} = \\lambda_j
-W_{j\\cdot}`; the gate is
-removed, so the slim network computes the same function as the gated one.
-
-Folding into the next layer is exact when everything between the gate and
-the consumer is linear and commutes with a scale: average pooling, flatten,
-zero padding always; max pooling only for :math:`\\lambda \\ge 0` (SSS keeps
-gates non-negative). Each model of `sparsify.models` declares its own
-specification (`sparsify.models.structure`, also `spec_for` here: MLP
-neurons, LeNet-5 filters, VGG channels, ResNet channels inside residual
-branches) and the arguments of its slim version
-(`sparsify.models.slimmed_kwargs`); a user's own model is slimmed by writing
-its specification. Whole residual blocks whose gate is zero are removed
-before, by `sparsify.models.remove_blocks`. What it cannot handle: units
-whose consumers are not linear in them (a gate before a non-linearity), and
-coupled axes that are not declared (e.g. residual additions across blocks,
-which ResNet channel gates avoid by gating only inside the residual branch).
+A user's model cannot be built at the new widths without editing it (a
+Linen module checks the shapes of the variables it is given), so
+`slim_model` returns the smaller model as a function: the traced
+computation evaluated at the new shapes (`rebuild.evaluate`), jit-able,
+differentiable and exportable with `jax.export` (`export_slim`).
 """
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from sparsify import models
 from sparsify.core import paths
-from sparsify.core import types
+from sparsify.structure import rebuild
+from sparsify.structure import spec
+from sparsify.structure import trace as trace_lib
 from sparsify.structure import units
 
 
-def _flat(tree: Any) -> dict[str, np.ndarray]:
-  return {name: np.asarray(leaf) for name, leaf in paths.named_leaves(tree)}
+def check_keep(structure: trace_lib.Structure,
+               keep: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Validates ``keep`` against ``structure``: names, sizes, something kept.
 
+  Args:
+    structure: from `sparsify.structure_of`.
+    keep: ``{unit name: boolean array of the unit's size}``; units not named
+      keep every element.
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = out
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
+  Returns:
+    ``keep`` as numpy boolean arrays.
+
+  Raises:
+    ValueError: for an unknown unit, an array of the wrong size, or a unit
+      left with no element.
+  """
+  names = structure.names()
+  unknown = sorted(set(keep) - set(names))
+  if unknown:
+    raise ValueError(f"keep: unknown unit(s) {unknown}; allowed: {names}")
+  out = {}
+  for name, k in keep.items():
+    k = np.asarray(k)
+    size = structure[name].size
+    if k.shape != (size,) or k.dtype != bool:
+      raise ValueError(f"keep[{name!r}]: got {k.dtype} {k.shape}; allowed: "
+                       f"a boolean array of shape ({size},)")
+    if not k.any():
+      raise ValueError(f"keep[{name!r}]: removes all {size} elements; "
+                       "allowed: keep at least one")
+    out[name] = k
   return out
 
 
-def _take(x: np.ndarray, keep: np.ndarray, axis: int) -> np.ndarray:
-  return np.take(x, np.flatnonzero(keep), axis=axis)
+def _axis_masks(structure, keep, shapes: Mapping[str, tuple[int, ...]],
+                consumers: bool) -> dict[str, list[np.ndarray]]:
+  """Per variable path, the kept entries along each axis."""
+  masks = {name: [np.ones(d, bool) for d in shape]
+           for name, shape in shapes.items()}
+  for name, k in keep.items():
+    for slot in structure[name].slots:
+      if slot.consumer and not consumers:
+        continue
+      if slot.path not in masks:
+        raise ValueError(f"unit {name!r}: variable {slot.path!r} is not in "
+                         "the variables given")
+      removed = slot.index[~k].ravel()
+      masks[slot.path][slot.axis][removed] = False
+  return masks
 
 
-def slim(variables: dict[str, Any], spec: list[units.Unit],
-         keep: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Removes units and folds surviving gates into their consumers.
+def _map(fn, variables):
+  """Maps ``fn(name, leaf)`` over the array leaves; RNG keys pass through."""
+  def each(path, x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32),
+                             jax.dtypes.prng_key):
+      return x
+    return fn(paths.path_name(path), x)
+  return jax.tree_util.tree_map_with_path(each, variables)
 
-  For each unit group, the slices of the removed units are dropped from
-  every producer and consumer, and a surviving gate :math:`\\lambda_j` is
-  folded into the weights that read unit :math:`j` (rows of the next
-  kernel)::
 
-    W'[j, :] = lambda_j * W[j, :]
-
-  or, for units that declare ``fold`` and a non-negative gate, into their
-  own producers (BatchNorm scale and shift times :math:`\\lambda_j`). The
-  slim network computes the same function as the gated one when the gates
-  of the removed units are zero.
+def mask(variables: Any, structure: trace_lib.Structure,
+         keep: Mapping[str, Any]) -> Any:
+  """The masked model: the removed elements' producer slices set to zero.
 
   Args:
-    variables: ``{'params': ..., 'batch_stats': ...}`` of the gated model
-      (collections other than ``params`` are sliced by the same paths, e.g.
-      BatchNorm running ``mean`` and ``var``).
-    spec: the structure specification.
-    keep: ``{unit name: boolean array}`` of the units to keep.
+    variables: the model's variables, as given to `sparsify.structure_of`.
+    structure: its `Structure`.
+    keep: ``{unit name: boolean array}``, True for the elements kept.
 
   Returns:
-    The variables of the slim, ungated model (numpy arrays).
+    ``variables`` with the same shapes (numpy arrays), the producer slices
+    (kernel columns, biases, normalization parameters, gates) of every
+    removed element zeroed; running statistics and consumers are kept.
 
   Example:
-    A gated hidden layer of three neurons, one gate at zero: the slim layer
-    has two neurons and the head absorbs the surviving gates:
-
-    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, numpy as np
     >>> import sparsify
-    >>> params = {'fc1': {'kernel': jnp.arange(6.0).reshape(2, 3),
-    ...                   'bias': jnp.zeros(3)},
-    ...           'fc1_gate': {'gate': jnp.array([0.0, 2.0, 0.5])},
-    ...           'head': {'kernel': jnp.ones((3, 1))}}
-    >>> spec = sparsify.spec_for('mlp', hidden=(3,))
-    >>> keep = sparsify.keep_nonzero(params, spec)
-    >>> slim = sparsify.slim({'params': params}, spec, keep)['params']
-    >>> sorted(slim), slim['fc1']['kernel'].shape
-    (['fc1', 'head'], (2, 2))
-    >>> slim['head']['kernel']
-    array([[2. ],
-           [0.5]], dtype=float32)
+    >>> net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((1, 2))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> structure = sparsify.structure_of(net.apply, variables, x)
+    >>> masked = sparsify.mask(variables, structure,
+    ...                        {'layers_0': np.array([True, False, True])})
+    >>> masked['params']['layers_0']['kernel'][:, 1]
+    array([0., 0.], dtype=float32)
+  """
+  keep = check_keep(structure, keep)
+  zeroed = {}
+  for name, k in keep.items():
+    for slot in structure[name].slots:
+      if not slot.consumer and not slot.path.startswith("batch_stats/"):
+        zeroed.setdefault(slot.path, []).append((slot.axis,
+                                                 slot.index[~k].ravel()))
+
+  def zero(name, x):
+    x = np.array(x)
+    for axis, idx in zeroed.get(name, ()):
+      index = [slice(None)] * x.ndim
+      index[axis] = idx
+      x[tuple(index)] = 0
+    return x
+
+  return _map(zero, variables)
+
+
+def slim(variables: Any, structure: trace_lib.Structure,
+         keep: Mapping[str, Any]) -> Any:
+  r"""Removes units: every slot of a removed element is sliced away.
+
+  For a slot ``(path, axis, index)`` and the kept elements :math:`K`,
+
+  .. math::
+    W' = W[\dots, \textstyle\bigcup_{j \in K} \mathrm{index}_j, \dots]
+    \quad\text{(along ``axis``, indices in order)},
+
+  so a removed neuron loses its kernel column and bias and the next layer
+  its kernel row.
+
+  Args:
+    variables: the model's variables, as given to `sparsify.structure_of`
+      (a pytree: Linen collections, boxed parameters, an NNX state).
+    structure: its `Structure` (or a built-in model's declared list of
+      `units.SpecUnit`, `sparsify.spec_for`, slimmed by `spec.slim_spec`).
+    keep: ``{unit name: boolean array}``, True for the elements kept;
+      units not named are kept whole.
+
+  Returns:
+    ``variables`` with smaller arrays (numpy), same tree structure. Run
+    them with `slim_model`'s function.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> import sparsify
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((1, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> structure = sparsify.structure_of(net.apply, variables, x)
+    >>> keep = {'layers_0': np.array([True, False, True, True])}
+    >>> small = sparsify.slim(variables, structure, keep)
+    >>> jax.tree.map(np.shape, small)['params']['layers_2']
+    {'bias': (2,), 'kernel': (3, 2)}
 
   References:
-    Huang & Wang, "Data-driven sparse structure selection for deep neural
-    networks", ECCV 2018 (removing the structures whose scale is zero).
-    Liu et al., "Learning efficient convolutional networks through network
-    slimming", ICCV 2017.
+    Li et al., "Pruning filters for efficient ConvNets", ICLR 2017
+    (removing filters and the next layer's input channels). Fang et al.,
+    "DepGraph: towards any structural pruning", CVPR 2023 (grouping
+    coupled parameters by their dependencies, here read from the jaxpr).
   """
-  flat = {c: _flat(t) for c, t in variables.items()}
-  params = flat["params"]
-  for unit in spec:
-    if unit.name not in keep:  # e.g. inside a residual block removed before
-      continue
-    mask = np.asarray(keep[unit.name], bool)
-    # A model built without gates has none to fold.
-    gate = (params.pop(unit.gate) if unit.gate in params else
-            np.ones(mask.shape))
-    into_producers = bool(unit.fold) and bool(np.all(gate[mask] >= 0))
-    for path, axis in unit.producers:
-      for coll in flat.values():  # BatchNorm statistics are in batch_stats
-        if path in coll:
-          x = coll[path]
-          if into_producers and path in unit.fold:
-            shape = [1] * x.ndim
-            shape[axis] = -1
-            x = x * gate.reshape(shape).astype(x.dtype)
-          coll[path] = _take(x, mask, axis)
-    if into_producers:
-      gate = np.ones(mask.shape)
-    for path, axis in unit.consumers:
-      w = params[path]
-      n = mask.size
-      if w.shape[axis] != n:  # flattened (..., units) inputs: units innermost
-        view = w.shape[:axis] + (w.shape[axis] // n, n) + w.shape[axis + 1:]
-        shape = [1] * len(view)
-        shape[axis + 1] = -1
-        sliced = _take(w.reshape(view) * gate.reshape(shape), mask, axis + 1)
-        params[path] = sliced.reshape(
-            w.shape[:axis] + (-1,) + w.shape[axis + 1:])
-        continue
-      shape = [1] * w.ndim
-      shape[axis] = -1
-      params[path] = _take(w * gate.reshape(shape), mask, axis)
-  return {c: _unflatten(f) for c, f in flat.items() if f}
+  if not isinstance(structure, trace_lib.Structure):  # a declared spec
+    return spec.slim_spec(variables, structure, keep)
+  keep = check_keep(structure, keep)
+  shapes = {name: np.shape(x) for name, x in trace_lib.leaves(variables)}
+  masks = _axis_masks(structure, keep, shapes, consumers=True)
+  return _map(lambda name, x: rebuild.take(np.asarray(x), masks[name]),
+              variables)
 
 
-def keep_nonzero(params: types.Params, spec: list[units.Unit],
-                 threshold: float = 0.0) -> dict[str, np.ndarray]:
-  """Keeps the units whose gate magnitude exceeds ``threshold``.
+def slim_model(apply_fn: Callable[..., Any], variables: Any,
+               keep: Mapping[str, Any], *example_args: Any,
+               **example_kwargs: Any) -> tuple[Callable[..., Any], Any]:
+  """The smaller model, runnable without editing the model's code.
 
-  A layer keeps at least its largest gate, so that no layer vanishes; when
-  that gate is zero its folded consumer weights are zero and the function
-  is unchanged.
+  Traces ``apply_fn`` as `sparsify.structure_of` does, removes the units
+  (`slim`) and returns a function that evaluates the traced computation at
+  the new shapes. The function retraces for new input shapes (a different
+  batch size); under `jax.jit` that happens once per shape.
 
   Args:
-    params: the gated model's parameters.
-    spec: the structure specification; units without a gate in ``params``
-      are left out.
-    threshold: gates with magnitude at or below it are removed.
+    apply_fn: ``apply_fn(variables, *args, **kwargs)``.
+    variables: the model's variables.
+    keep: ``{unit name: boolean array}``, True for the elements kept.
+    *example_args: example inputs, as for `sparsify.structure_of`.
+    **example_kwargs: example keyword arguments.
 
   Returns:
-    ``{unit name: boolean array}``, `True` for the units kept.
+    ``(slim_apply, slim_variables)``: ``slim_apply(slim_variables, *args,
+    **kwargs)`` computes the smaller network.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, numpy as np
     >>> import sparsify
-    >>> params = {'fc1': {'kernel': jnp.arange(6.0).reshape(2, 3),
-    ...                   'bias': jnp.zeros(3)},
-    ...           'fc1_gate': {'gate': jnp.array([0.0, 2.0, 0.5])},
-    ...           'head': {'kernel': jnp.ones((3, 1))}}
-    >>> spec = sparsify.spec_for('mlp', hidden=(3,))
-    >>> sparsify.keep_nonzero(params, spec)
-    {'fc1': array([False,  True,  True])}
-    >>> sparsify.keep_nonzero(params, spec, threshold=1.0)
-    {'fc1': array([False,  True, False])}
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((5, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> keep = {'layers_0': np.array([True, False, True, True])}
+    >>> slim_apply, small = sparsify.slim_model(net.apply, variables, keep, x)
+    >>> structure = sparsify.structure_of(net.apply, variables, x)
+    >>> masked = sparsify.mask(variables, structure, keep)
+    >>> bool(jnp.allclose(slim_apply(small, x), net.apply(masked, x)))
+    True
   """
-  flat = _flat(params)
-  keep = {}
-  for u in spec:
-    if u.gate in flat:
-      g = np.abs(flat[u.gate])
-      k = g > threshold
-      k[np.argmax(g)] = True
-      keep[u.name] = k
-  return keep
+  structure = trace_lib.structure_of(apply_fn, variables, *example_args,
+                                     approximate=True, **example_kwargs)
+  keep = check_keep(structure, keep)
+  full = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
+                                                      jnp.result_type(x)),
+                      variables)
+  small = slim(variables, structure, keep)
+
+  cache: dict[Any, Any] = {}
+
+  def slim_apply(slim_variables, *args, **kwargs):
+    static = repr(([(i, a) for i, a in enumerate(args)
+                    if trace_lib.is_static(a)],
+                   [(k, v) for k, v in sorted(kwargs.items())
+                    if trace_lib.is_static(v)]))
+    fn, args, kwargs = trace_lib.static_apart(apply_fn, args, kwargs)
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
+                                                        jnp.result_type(x)),
+                         (args, kwargs))
+    key = static, jax.tree.structure(specs), tuple(
+        (s.shape, str(s.dtype)) for s in jax.tree.leaves(specs))
+    if key not in cache:
+      t = trace_lib.trace(fn, full, *specs[0], **specs[1])
+      again = trace_lib.find_units(t, approximate=True)
+      if [u.name for u in again] != structure.names():
+        raise trace_lib.StructureError(
+            "slim_model: the model has different units for inputs of "
+            f"shapes {[s.shape for s in jax.tree.leaves(specs)]} than for "
+            "the example inputs")
+      cache[key] = (t, node_keep(t, keep))
+    t, kept = cache[key]
+    flat = jax.tree.leaves((slim_variables, args, kwargs))
+    outs = rebuild.evaluate(t.frame, kept, t.closed.consts, flat)
+    return jax.tree.unflatten(t.out_tree, outs)
+
+  return slim_apply, small
 
 
-def spec_for(model: str, **kwargs: Any) -> list[units.Unit]:
-  """The structure specification of a `sparsify.models` network.
-
-  The model's own module declares it; this is `sparsify.models.structure`
-  under the name the flat API gives it.
+def node_keep(t: trace_lib.Traced, keep: Mapping[str, np.ndarray]
+              ) -> np.ndarray:
+  """Which nodes of a traced graph are kept.
 
   Args:
-    model: ``'mlp'`` / ``'lenet_300_100'`` (hidden neurons), ``'lenet5'``
-      (filters of both convolutions and ``fc1`` neurons; no gates), ``'vgg'``
-      (conv channels; built with ``gates=True``) or ``'resnet'`` (channels
-      inside residual branches; built with ``channel_gates=True``).
-    **kwargs: the model's configuration (``hidden``, ``stages``, or
-      ``depth`` and ``block``).
+    t: a traced computation whose units were found (`trace.find_units`).
+    keep: ``{unit name: boolean array}``.
 
   Returns:
-    The list of `units.Unit`.
+    A boolean array over the graph's nodes.
+  """
+  removed = [c for name, k in keep.items()
+             for j in np.flatnonzero(~np.asarray(k))
+             for c in t.element_comps[name][j]]
+  return ~np.isin(t.labels, removed)
 
-  Raises:
-    ValueError: for a model name not listed above, or an argument the model
-      does not take.
+
+def export_slim(slim_apply: Callable[..., Any], slim_variables: Any,
+                *example_args: Any) -> bytes:
+  """Serializes the slim forward pass with `jax.export`.
+
+  The artifact needs only JAX to run: ``jax.export.deserialize(data)
+  .call(slim_variables, *args)``. Its batch size is the examples'.
+
+  Args:
+    slim_apply: from `slim_model`.
+    slim_variables: from `slim_model`.
+    *example_args: inputs of the shapes the artifact will take.
+
+  Returns:
+    The serialized `jax.export.Exported`.
 
   Example:
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, numpy as np
     >>> import sparsify
-    >>> spec = sparsify.spec_for('mlp', hidden=(300, 100))
-    >>> [(u.name, u.gate) for u in spec]
-    [('fc1', 'fc1_gate/gate'), ('fc2', 'fc2_gate/gate')]
-    >>> spec[0].producers, spec[0].consumers
-    ((('fc1/kernel', 1), ('fc1/bias', 0)), (('fc2/kernel', 0),))
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((5, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> keep = {'layers_0': np.array([True, False, True, True])}
+    >>> slim_apply, small = sparsify.slim_model(net.apply, variables, keep, x)
+    >>> data = sparsify.export_slim(slim_apply, small, x)
+    >>> loaded = jax.export.deserialize(data)
+    >>> bool(jnp.allclose(loaded.call(small, x), slim_apply(small, x)))
+    True
   """
-  return models.structure(model, **kwargs)
+  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
+                                                      jnp.result_type(x)),
+                       (slim_variables, example_args))
+  exported = jax.export.export(jax.jit(slim_apply))(specs[0], *specs[1])
+  return bytes(exported.serialize())
+
+

@@ -74,7 +74,7 @@ def test_units_are_the_slices_of_the_built_model(name, kwargs, image,
 def test_structure_of_the_models_by_hand():
   assert models.structure("lenet_300_100") == models.structure("mlp")
   fc1 = models.structure("mlp", hidden=[3])[0]  # config lists are fine
-  assert fc1 == sparsify.Unit(name="fc1", gate="fc1_gate/gate",
+  assert fc1 == units.SpecUnit(name="fc1", gate="fc1_gate/gate",
                               producers=(("fc1/kernel", 1), ("fc1/bias", 0)),
                               consumers=(("head/kernel", 0),))
   conv2 = models.structure("lenet5")[1]

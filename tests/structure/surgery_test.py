@@ -11,6 +11,7 @@ import pytest
 from sparsify import data
 from sparsify import models
 from sparsify.core import paths
+from sparsify.structure import spec as spec_lib
 from sparsify.structure import surgery
 
 
@@ -45,7 +46,7 @@ def test_slim_model_equals_gated_model_on_real_digits(name, kwargs):
     variables = {**variables, **updates}
   variables = _set_gates(variables, rng, zero_fraction=0.4)
   spec = models.structure(name, **kwargs)
-  keep = surgery.keep_nonzero(variables["params"], spec)
+  keep = spec_lib.keep_nonzero(variables["params"], spec)
   slim_vars = surgery.slim(variables, spec, keep)
   slim_model = models.get_model(
       name, **models.slimmed_kwargs(name, {**kwargs, **gate_arg}, keep))
@@ -69,7 +70,7 @@ def test_mlp_slicing_by_hand(first_gate):
   # Declared to fold into fc1 (a relu sits between fc1 and its gate).
   spec = [dataclasses.replace(u, fold=("fc1/kernel", "fc1/bias"))
           for u in models.structure("mlp", hidden=(4,))]
-  keep = surgery.keep_nonzero(params, spec)
+  keep = spec_lib.keep_nonzero(params, spec)
   out = surgery.slim({"params": params}, spec, keep)["params"]
   if first_gate > 0:
     # Non-negative gates after a relu go into fc1's columns and bias.
@@ -114,7 +115,7 @@ def test_resnet_blocks_and_channels_removed_equal_gated_model(block):
   assert set(slim_vars["params"]["block2_0"]) == {"shortcut_conv",
                                                   "shortcut_bn"}
   spec = models.structure("resnet", **slim_kw)
-  keep = surgery.keep_nonzero(slim_vars["params"], spec)
+  keep = spec_lib.keep_nonzero(slim_vars["params"], spec)
   slim_vars = surgery.slim(slim_vars, spec, keep)
   slim_model = models.get_model(
       "resnet", **models.slimmed_kwargs("resnet", slim_kw, keep))

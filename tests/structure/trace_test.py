@@ -1,0 +1,144 @@
+"""structure_of, slim and slim_model on models sparsify did not define."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import zoo
+
+import sparsify
+from sparsify import flops
+
+
+def _model(name):
+  case = zoo.CASES[name]
+  if case.kind == "nnx":
+    apply_fn, variables = flops.nnx_apply(case.build())
+  else:
+    apply_fn = functools.partial(case.build().apply, **case.apply_kwargs)
+    variables = zoo.variables(case)
+  return case, apply_fn, variables, jnp.asarray(case.example())
+
+
+def _random_keep(structure, seed=0):
+  rng = np.random.default_rng(seed)
+  keep = {}
+  for u in structure:
+    k = rng.random(u.size) < 0.5
+    k[rng.integers(u.size)] = True
+    keep[u.name] = k
+  return keep
+
+
+@pytest.mark.parametrize("name", sorted(zoo.CASES))
+def test_slimmed_outputs_equal_the_masked_model(name):
+  case, apply_fn, variables, x = _model(name)
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  assert len(structure) > 0, f"{name}: no removable structure found"
+  keep = _random_keep(structure)
+  masked = sparsify.mask(variables, structure, keep)
+  slim_apply, small = sparsify.slim_model(apply_fn, variables, keep, x)
+  before = sum(np.size(v) for v in jax.tree.leaves(variables))
+  after = sum(np.size(v) for v in jax.tree.leaves(small))
+  assert after < before
+  np.testing.assert_allclose(slim_apply(small, x), apply_fn(masked, x),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_a_residual_stream_is_one_unit_of_every_block():
+  case, apply_fn, variables, x = _model("resnet18")
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  kinds = {u.kind for u in structure}
+  assert {"stream", "channel"} <= kinds
+  stream = next(u for u in structure if u.kind == "stream")
+  producers = {s.path for s in stream.producers()}
+  # The stem and the last conv of the first block's branch add into it.
+  assert sum(p.endswith("/kernel") for p in producers) >= 2
+
+
+def test_grouped_convolutions_remove_whole_groups():
+  case, apply_fn, variables, x = _model("regnet")
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  groups = [u for u in structure if u.kind == "group"]
+  assert groups
+  for u in groups:
+    assert u.size == 4  # the zoo's RegNet has 4 groups per grouped conv
+
+
+def test_attention_heads_are_units_and_layernorm_features_are_not():
+  case, apply_fn, variables, x = _model("vit")
+  exact = sparsify.structure_of(apply_fn, variables, x)
+  assert any(u.kind == "head" and u.size == 2 for u in exact)
+  every = sparsify.structure_of(apply_fn, variables, x, approximate=True)
+  inexact = [u for u in every if not u.exact]
+  assert inexact and all("reduce" in u.note for u in inexact)
+  assert not set(u.name for u in inexact) & set(exact.names())
+
+
+def test_concatenated_inputs_keep_their_offsets():
+  # Two branches of 3 and 5 channels concatenated, read by one Dense.
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      a = nn.relu(nn.Dense(3)(x))
+      b = nn.relu(nn.Dense(5)(x))
+      return nn.Dense(2)(jnp.concatenate([a, b], -1))
+
+  x = jnp.ones((2, 4))
+  variables = Net().init(jax.random.key(0), x)
+  structure = sparsify.structure_of(Net().apply, variables, x)
+  head = {u.name: next(s for s in u.consumers()) for u in structure}
+  np.testing.assert_array_equal(head["Dense_0"].index.ravel(), [0, 1, 2])
+  np.testing.assert_array_equal(head["Dense_1"].index.ravel(),
+                                [3, 4, 5, 6, 7])
+
+
+def test_slimmed_shapes_equal_the_model_built_narrower():
+  case, apply_fn, variables, x = _model("mlp")
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  keep = {u.name: np.arange(u.size) < u.size // 2 for u in structure}
+  small = sparsify.slim(variables, structure, keep)
+  narrow = zoo.variables(case, features=(16, 8))
+  assert jax.tree.map(np.shape, small) == jax.tree.map(np.shape, narrow)
+
+
+def test_the_export_reloads_and_matches():
+  case, apply_fn, variables, x = _model("lenet")
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  keep = _random_keep(structure, seed=1)
+  slim_apply, small = sparsify.slim_model(apply_fn, variables, keep, x)
+  loaded = jax.export.deserialize(sparsify.export_slim(slim_apply, small, x))
+  np.testing.assert_allclose(loaded.call(small, x), slim_apply(small, x),
+                             atol=1e-6)
+
+
+def test_bad_keeps_name_what_is_allowed():
+  case, apply_fn, variables, x = _model("mlp")
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  name = structure[0].name
+  with pytest.raises(ValueError, match="unknown unit"):
+    sparsify.slim(variables, structure, {"nope": np.ones(3, bool)})
+  with pytest.raises(ValueError, match="boolean array of shape"):
+    sparsify.slim(variables, structure, {name: np.ones(3, bool)})
+  with pytest.raises(ValueError, match="keep at least one"):
+    sparsify.slim(variables, structure,
+                  {name: np.zeros(structure[0].size, bool)})
+
+
+def test_an_unknown_primitive_is_an_error_naming_it():
+  def apply_fn(variables, x):
+    return jax.lax.cumsum(x @ variables["params"]["w"], axis=0) @ (
+        variables["params"]["v"])
+
+  variables = {"params": {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}}
+  x = jnp.ones((2, 3))
+  # cumsum over the batch is followed; a primitive with no rule is refused.
+  sparsify.structure_of(apply_fn, variables, x)
+  with pytest.raises(sparsify.StructureError, match="fft"):
+    sparsify.structure_of(
+        lambda v, x: jnp.fft.fft(x @ v["params"]["w"]).real @ v["params"]["v"],
+        variables, x)
