@@ -46,7 +46,6 @@ from sparsify.quantize import shared_decode
 from sparsify.quantize import SharedCode
 from sparsify.report import compression_report
 from sparsify.report import CompressionReport
-from sparsify.report import layer_output_shapes
 from sparsify.spz import CompressedFileError
 from sparsify.spz import file_report
 from sparsify.spz import load as load_compressed
@@ -65,12 +64,13 @@ from sparsify.structure.neuron_search import neuron_scores
 from sparsify.structure.neuron_search import SearchResult
 from sparsify.structure.significance import layer_significance
 from sparsify.structure.significance import Significance
-from sparsify.structure.spec import keep_nonzero
-from sparsify.structure.spec import spec_for
+from sparsify.structure.scales import keep_nonzero
+from sparsify.structure.scales import unit_scales
 from sparsify.structure.surgery import export_slim
 from sparsify.structure.surgery import mask
 from sparsify.structure.surgery import slim
 from sparsify.structure.surgery import slim_model
+from sparsify.structure.surgery import slimmed_apply
 from sparsify.structure.trace import Structure
 from sparsify.structure.trace import structure_of
 from sparsify.structure.trace import StructureError
@@ -123,6 +123,7 @@ __all__ = (
     "TernaryState",
     "TrainState",
     "Unit",
+    "unit_scales",
     "accelerated_proximal_gradient",
     "apply_masks",
     "apply_neuron_masks",
@@ -143,7 +144,6 @@ __all__ = (
     "keep_nonzero",
     "kmeans",
     "l1",
-    "layer_output_shapes",
     "layer_significance",
     "load_compressed",
     "magnitude_pruning",
@@ -181,11 +181,11 @@ __all__ = (
     "sigma_of",
     "slim",
     "slim_model",
+    "slimmed_apply",
     "slimming_threshold",
     "soft_threshold",
     "sparse_structure_selection",
     "sss_optimizer",
-    "spec_for",
     "structure_of",
     "ternarize",
     "ternary_bits",

@@ -1,25 +1,23 @@
 """Binary-search neuron pruning: how many neurons each hidden layer can lose.
 
-Neurons (Dense units, conv filters) are the `units.SpecUnit` groups of a
-structure specification. Each neuron is scored by the norm of its incoming
-weights; in every hidden layer the number of lowest-scoring neurons that can
+Neurons (Dense units, conv filters, groups, heads) are the elements of the
+units `sparsify.structure_of` finds in any Flax model. Each neuron is scored
+by the norm of its incoming weights; in every hidden layer the number of lowest-scoring neurons that can
 be removed while the accuracy stays within a tolerance of the unpruned
 model's is found by binary search, layer after layer, with optional
 fine-tuning in between. Removed neurons are zeroed in place
 (`apply_neuron_masks`), so the pruned network is evaluated with the original
-model; `surgery.slim` then builds the smaller network.
+model; `sparsify.slim_model` then builds the smaller network.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-import dataclasses
 import math
 from typing import Any, Literal, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
-from sparsify.core import paths
-from sparsify.core import types
+from sparsify.structure import surgery
+from sparsify.structure import trace
 from sparsify.structure import units
 
 Norm = Literal["l1", "l2"]
@@ -27,56 +25,61 @@ NORMS = ("l1", "l2")
 ORDERS = ("forward", "backward", "size")
 
 
-def _kernels(flat: Mapping[str, Any], unit: units.SpecUnit) -> list[tuple[
-    np.ndarray, int]]:
-  """The unit's producer kernels present in ``flat``, with their unit axis."""
-  out = [(np.asarray(flat[path]), axis) for path, axis in unit.producers
-         if path in flat and path.rsplit("/", 1)[-1] == "kernel"]
+def _kernels(flat: Mapping[str, Any], unit: units.Unit) -> list[tuple[
+    np.ndarray, units.Slot]]:
+  """The unit's producer kernels (parameters of two or more axes)."""
+  out = [(np.asarray(flat[s.path]), s) for s in unit.producers()
+         if not s.path.startswith("batch_stats/") and s.path in flat
+         and np.ndim(flat[s.path]) >= 2]
   if not out:
     raise ValueError(
         f"unit {unit.name!r}: none of its producers "
-        f"{[p for p, _ in unit.producers]} is a kernel in params; a unit "
-        "needs at least one producer whose path ends in 'kernel'")
+        f"{[s.path for s in unit.producers()]} is a kernel (a parameter of "
+        "two or more axes); a neuron is scored by its incoming weights")
   return out
 
 
-def neuron_scores(params: types.Params, spec: Sequence[units.SpecUnit],
+def neuron_scores(variables: Any, structure: Sequence[units.Unit],
                   norm: Norm = "l1") -> dict[str, np.ndarray]:
-  r"""The norm of each neuron's incoming weights, per unit group.
+  r"""The norm of each neuron's incoming weights, per unit.
 
-  For neuron :math:`j` of a unit whose producer kernel :math:`W` has the
-  units along axis ``a``,
+  For element :math:`j` of a unit whose producer kernel :math:`W` holds it
+  at indices :math:`I_j` of axis ``a`` (one index for a neuron or channel,
+  several for a group),
 
   .. math::
-    s_j = \|W_{[\dots, j, \dots]}\|_1 = \sum |W_{[\dots, j, \dots]}|
+    s_j = \sum_{i \in I_j} \|W_{[\dots, i, \dots]}\|_1
     \quad\text{or}\quad
-    s_j = \|W_{[\dots, j, \dots]}\|_2,
+    s_j = \Big(\sum_{i \in I_j} \|W_{[\dots, i, \dots]}\|_2^2\Big)^{1/2},
 
-  the slice taken at index ``j`` of axis ``a``: a Dense kernel's column, a
-  conv kernel's output filter (all its spatial taps and input channels).
-  Only producers whose path ends in ``kernel`` count; biases, BatchNorm
-  parameters and gates are not included. A unit with several kernel
-  producers gets the norm of all of them together.
+  the slice taken at index ``i`` of axis ``a``: a Dense kernel's column, a
+  conv kernel's output filter (all its taps and input channels). Only
+  kernels count (producers of two or more axes); biases, normalization
+  parameters and gates do not. A unit with several producer kernels (a
+  residual stream) gets the norm of all of them together.
 
   Args:
-    params: the model's parameters.
-    spec: the structure specification (see `sparsify.models.structure`).
+    variables: the model's variables, as given to `sparsify.structure_of`.
+    structure: its units (`sparsify.structure_of`), or some of them.
     norm: ``'l1'`` or ``'l2'``.
 
   Returns:
-    ``{unit name: float64 array of shape (N,)}``.
+    ``{unit name: float64 array of shape (size,)}``.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp
     >>> import sparsify
-    >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
-    ...                                        [1.0, 0.0, 0.5, -1.0]]),
-    ...                   'bias': jnp.zeros(4)},
-    ...           'head': {'kernel': jnp.ones((4, 1))}}
-    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
-    >>> sparsify.neuron_scores(params, spec)
-    {'fc1': array([2. , 2. , 0.5, 4. ])}
-    >>> sparsify.neuron_scores(params, spec, norm='l2')['fc1'].round(3)
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(1)])
+    >>> x = jnp.ones((1, 2))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> variables['params']['layers_0']['kernel'] = jnp.array(
+    ...     [[1.0, -2.0, 0.0, 3.0], [1.0, 0.0, 0.5, -1.0]])
+    >>> structure = sparsify.structure_of(net.apply, variables, x)
+    >>> sparsify.neuron_scores(variables, structure)
+    {'layers_0': array([2. , 2. , 0.5, 4. ])}
+    >>> sparsify.neuron_scores(variables, structure, norm='l2')[
+    ...     'layers_0'].round(3)
     array([1.414, 2.   , 0.5  , 3.162])
 
   References:
@@ -85,18 +88,15 @@ def neuron_scores(params: types.Params, spec: Sequence[units.SpecUnit],
   """
   if norm not in NORMS:
     raise ValueError(f"norm: got {norm!r}; allowed: {', '.join(NORMS)}")
-  flat = dict(paths.named_leaves(params))
+  flat = dict(trace.leaves(variables))
   scores = {}
-  for unit in spec:
-    total = None
-    for w, axis in _kernels(flat, unit):
-      w = np.moveaxis(np.asarray(w, np.float64), axis, 0).reshape(
-          w.shape[axis], -1)
-      part = (np.abs(w) if norm == "l1" else np.square(w)).sum(axis=1)
-      if total is not None and total.shape != part.shape:
-        raise ValueError(f"unit {unit.name!r}: its kernels have "
-                         f"{total.shape[0]} and {part.shape[0]} units")
-      total = part if total is None else total + part
+  for unit in structure:
+    total = np.zeros(unit.size)
+    for w, slot in _kernels(flat, unit):
+      w = np.moveaxis(np.asarray(w, np.float64), slot.axis, 0).reshape(
+          w.shape[slot.axis], -1)
+      per_index = (np.abs(w) if norm == "l1" else np.square(w)).sum(axis=1)
+      total += per_index[slot.index].sum(axis=1)
     scores[unit.name] = total if norm == "l1" else np.sqrt(total)
   return scores
 
@@ -140,107 +140,42 @@ def neuron_masks(scores: Mapping[str, np.ndarray],
   return masks
 
 
-def apply_neuron_masks(params: types.Params, spec: Sequence[units.SpecUnit],
+def apply_neuron_masks(variables: Any, structure: Sequence[units.Unit],
                        keep: Mapping[str, Any], *,
-                       consumers: bool = False) -> types.Params:
-  """Zeroes the producer slices of the removed neurons.
+                       consumers: bool = False) -> Any:
+  """Zeroes the producer slices of the removed neurons (`surgery.mask`).
 
-  Every producer of a unit present in ``params`` (kernel slice, bias,
-  BatchNorm scale and shift) is set to zero at the removed indices, so a
-  removed neuron outputs :math:`f(0) = 0` after an activation with
-  :math:`f(0) = 0` (relu, tanh), and the model computes what `surgery.slim`
-  of the same ``keep`` computes. Producers outside ``params`` (BatchNorm running
-  statistics) are left alone: with scale and shift at zero they do not
-  matter. Consumer slices (the next layer's input rows) are kept unless
-  ``consumers=True``; they multiply zero either way.
+  Every producer of a removed element (kernel slice, bias, normalization
+  scale and shift, gate) is set to zero, so for an exact unit the model
+  computes what `sparsify.slim` of the same ``keep`` computes. Running
+  statistics are left alone. Consumer slices (the next layer's input rows)
+  are kept unless ``consumers=True``; they multiply zero either way.
 
   Args:
-    params: the model's parameters.
-    spec: the structure specification.
-    keep: ``{unit name: boolean (N,) array}``; units absent are untouched.
+    variables: the model's variables.
+    structure: its `sparsify.Structure`.
+    keep: ``{unit name: boolean (size,) array}``; units absent are whole.
     consumers: also zero the consumer slices of the removed neurons.
 
   Returns:
-    Params of the same structure, shapes and dtypes.
+    Variables of the same structure, shapes and dtypes (numpy arrays).
 
   Example:
-    Removing the two neurons of lowest L1 score (columns 0 and 2):
-
-    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, numpy as np
     >>> import sparsify
-    >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
-    ...                                        [1.0, 0.0, 0.5, -1.0]]),
-    ...                   'bias': jnp.zeros(4)},
-    ...           'head': {'kernel': jnp.ones((4, 1))}}
-    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
-    >>> keep = sparsify.neuron_masks(sparsify.neuron_scores(params, spec),
-    ...                              {"fc1": 2})
-    >>> pruned = sparsify.apply_neuron_masks(params, spec, keep)
-    >>> pruned['fc1']['kernel']
-    Array([[ 0., -2.,  0.,  3.],
-           [ 0.,  0.,  0., -1.]], dtype=float32)
-    >>> pruned['head']['kernel'].ravel()  # consumers are kept by default
-    Array([1., 1., 1., 1.], dtype=float32)
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(1)])
+    >>> x = jnp.ones((1, 2))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> structure = sparsify.structure_of(net.apply, variables, x)
+    >>> keep = {'layers_0': np.array([False, True, False, True])}
+    >>> pruned = sparsify.apply_neuron_masks(variables, structure, keep)
+    >>> bool((pruned['params']['layers_0']['kernel'][:, [0, 2]] == 0).all())
+    True
+    >>> bool((pruned['params']['layers_2']['kernel'] != 0).all())
+    True
   """
-  units = {u.name: u for u in spec}
-  unknown = sorted(set(keep) - set(units))
-  if unknown:
-    raise ValueError(f"keep: unknown unit(s) {unknown}; allowed: "
-                     f"{sorted(units)}")
-  slices: dict[str, list[tuple[int, Any, str]]] = {}
-  for name, k in keep.items():
-    unit = units[name]
-    pairs = unit.producers + (unit.consumers if consumers else ())
-    for path, axis in pairs:
-      slices.setdefault(path, []).append((axis, k, name))
-
-  def zero(path, x):
-    for axis, k, name in slices.get(path, ()):
-      k = jnp.asarray(k, bool)
-      if k.ndim == 1 and k.size and x.shape[axis] != k.size and (
-          x.shape[axis] % k.size == 0):
-        # Flattened (positions, units) inputs, units innermost, as after
-        # flattening NHWC maps into a Dense layer (see `units.SpecUnit`).
-        k = jnp.tile(k, x.shape[axis] // k.size)
-      if k.shape != (x.shape[axis],):
-        raise ValueError(f"keep[{name!r}]: shape {k.shape}, but {path} has "
-                         f"{x.shape[axis]} units along axis {axis}")
-      shape = [1] * x.ndim
-      shape[axis] = -1
-      x = jnp.where(k.reshape(shape), x, jnp.zeros((), x.dtype))
-    return x
-
-  return paths.map_with_name(zero, params)
-
-
-def ungated_spec(spec: Sequence[units.SpecUnit],
-                 params: types.Params) -> list[units.SpecUnit]:
-  """The specification with the gates that ``params`` lacks set to None.
-
-  `sparsify.models.structure` names the gates of gated models; for the same
-  model built without gates, this is the specification `surgery.slim` needs.
-
-  Args:
-    spec: the structure specification of the gated model.
-    params: the parameters of the model actually trained.
-
-  Returns:
-    A new list of `units.SpecUnit`; units whose gate path is not a leaf of
-    ``params`` get ``gate=None``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import sparsify
-    >>> from sparsify.structure import neuron_search
-    >>> params = {'fc1': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)},
-    ...           'head': {'kernel': jnp.ones((4, 1))}}
-    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
-    >>> spec[0].gate, neuron_search.ungated_spec(spec, params)[0].gate
-    ('fc1_gate/gate', None)
-  """
-  names = {name for name, _ in paths.named_leaves(params)}
-  return [u if u.gate in names else dataclasses.replace(u, gate=None)
-          for u in spec]
+  return surgery.mask(variables, structure, keep, consumers=consumers)
 
 
 class SearchStep(NamedTuple):
@@ -260,11 +195,11 @@ class SearchResult(NamedTuple):
   """What `binary_search_prune` found.
 
   Attributes:
-    keep: ``{unit name: boolean (N,) array}`` for every unit of the spec
+    keep: ``{unit name: boolean (size,) array}`` for every unit searched
       (all ``True`` for units not searched), ready for `surgery.slim`.
     counts: neurons removed per unit.
     kept: neurons kept per unit.
-    params: the final parameters with removed neurons zeroed (after the
+    variables: the final variables with removed neurons zeroed (after the
       last fine-tuning, when given).
     log: a `SearchStep` per call of ``evaluate``, the baseline first.
     baseline: the accuracy of the unpruned parameters.
@@ -272,12 +207,12 @@ class SearchResult(NamedTuple):
   keep: dict[str, np.ndarray]
   counts: dict[str, int]
   kept: dict[str, int]
-  params: types.Params
+  variables: Any
   log: list[SearchStep]
   baseline: float
 
 
-def _visit_order(spec: Sequence[units.SpecUnit], sizes: Mapping[str, int],
+def _visit_order(spec: Sequence[units.Unit], sizes: Mapping[str, int],
                  order: str, layers: Sequence[str] | None,
                  min_keep: int) -> list[str]:
   """Validates the options and returns the unit names in visiting order."""
@@ -285,7 +220,7 @@ def _visit_order(spec: Sequence[units.SpecUnit], sizes: Mapping[str, int],
     raise ValueError(f"order: got {order!r}; allowed: {', '.join(ORDERS)}")
   names = [u.name for u in spec]
   if len(set(names)) != len(names):
-    raise ValueError(f"spec: unit names must be unique; got {names}")
+    raise ValueError(f"structure: unit names must be unique; got {names}")
   if layers is not None:
     if isinstance(layers, str):
       raise ValueError(f"layers: give a list of unit names, not the string "
@@ -310,22 +245,21 @@ def _visit_order(spec: Sequence[units.SpecUnit], sizes: Mapping[str, int],
 
 
 def binary_search_prune(
-    params: types.Params,
-    evaluate: Callable[[types.Params], float],
+    variables: Any,
+    evaluate: Callable[[Any], float],
     tolerance: float,
     *,
-    spec: Sequence[units.SpecUnit],
+    structure: Sequence[units.Unit],
     norm: Norm = "l1",
     order: Literal["forward", "backward", "size"] = "forward",
     relative: bool = False,
-    finetune: Callable[[types.Params, dict[str, np.ndarray]],
-                       types.Params] | None = None,
+    finetune: Callable[[Any, dict[str, np.ndarray]], Any] | None = None,
     min_keep: int = 1,
     layers: Sequence[str] | None = None,
 ) -> SearchResult:
   r"""Finds by binary search how many neurons each hidden layer can lose.
 
-  With :math:`a_0` = ``evaluate(params)`` the unpruned accuracy and
+  With :math:`a_0` = ``evaluate(variables)`` the unpruned accuracy and
   :math:`\varepsilon` = ``tolerance`` (or ``tolerance`` :math:`\cdot|a_0|`
   when ``relative``), each unit group of :math:`N` neurons, in the chosen
   order, is searched by
@@ -344,22 +278,27 @@ def binary_search_prune(
   removed. Scores (`neuron_scores`) are computed when a layer is visited,
   from the current parameters with the inputs from neurons already removed
   zeroed, so fine-tuning between layers changes the ranking of later
-  layers. After each layer, ``finetune(params, keep)`` (if given) receives
-  the masked parameters and the keep-masks of every unit so far; its
+  layers. After each layer, ``finetune(variables, keep)`` (if given)
+  receives the masked variables and the keep-masks of every unit so far; its
   result, with the removed neurons zeroed again, is the starting point of
   the next layer. The baseline :math:`a_0` stays the unpruned accuracy.
 
+  The units searched are, by default, the exact ones of ``structure``
+  whose elements are neurons, channels, heads or groups (`Unit.kind`);
+  residual-stream features are searched only when named in ``layers``.
+
   Args:
-    params: the trained model's parameters.
-    evaluate: ``params -> accuracy`` (higher is better), any Python callable;
-      called once on ``params``, then once per search step.
+    variables: the trained model's variables.
+    evaluate: ``variables -> accuracy`` (higher is better), any Python
+      callable; called once on ``variables``, then once per search step.
     tolerance: :math:`\ge 0`, the accuracy that may be lost.
-    spec: the unit groups (see `sparsify.models.structure`).
+    structure: the model's units (`sparsify.structure_of`).
     norm: ``'l1'`` or ``'l2'`` norm of the incoming weights.
-    order: ``'forward'`` (spec order), ``'backward'`` or ``'size'`` (largest
-      groups first, ties in spec order).
+    order: ``'forward'`` (the structure's order), ``'backward'`` or
+      ``'size'`` (largest units first, ties in forward order).
     relative: ``tolerance`` is a fraction of the baseline accuracy.
-    finetune: optional ``(params, keep) -> params`` called after each layer.
+    finetune: optional ``(variables, keep) -> variables`` called after each
+      layer.
     min_keep: neurons every searched layer keeps, ``>= 1``.
     layers: unit names to search (default all); the others keep every
       neuron.
@@ -372,27 +311,28 @@ def binary_search_prune(
     changes (0 is the best); with a tolerance of 0.5 only the weakest
     neuron (column 2) can go, found in two evaluations after the baseline:
 
-    >>> import jax
-    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp
     >>> import sparsify
-    >>> from sparsify.structure import neuron_search
-    >>> params = {'fc1': {'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
-    ...                                        [1.0, 0.0, 0.5, -1.0]]),
-    ...                   'bias': jnp.zeros(4)},
-    ...           'head': {'kernel': jnp.ones((4, 1))}}
-    >>> spec = sparsify.spec_for('mlp', hidden=(4,))
-    >>> def output(p, x=jnp.ones((1, 2))):
-    ...   h = jax.nn.relu(x @ p['fc1']['kernel'] + p['fc1']['bias'])
-    ...   return h @ p['head']['kernel']
-    >>> def evaluate(p):
-    ...   return -float(jnp.abs(output(p) - output(params)).sum())
-    >>> result = sparsify.binary_search_prune(params, evaluate, 0.5, spec=spec)
-    >>> result.counts, result.keep['fc1'], len(result.log)
-    ({'fc1': 1}, array([ True,  True, False,  True]), 3)
-    >>> slim = sparsify.slim({'params': result.params},
-    ...                      neuron_search.ungated_spec(spec, params),
-    ...                      result.keep)
-    >>> slim['params']['fc1']['kernel'].shape
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(1)])
+    >>> x = jnp.ones((1, 2))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> variables['params']['layers_0'] = {
+    ...     'kernel': jnp.array([[1.0, -2.0, 0.0, 3.0],
+    ...                          [1.0, 0.0, 0.5, -1.0]]),
+    ...     'bias': jnp.zeros(4)}
+    >>> variables['params']['layers_2']['kernel'] = jnp.ones((4, 1))
+    >>> structure = sparsify.structure_of(net.apply, variables, x)
+    >>> def evaluate(v):
+    ...   return -float(jnp.abs(net.apply(v, x) - net.apply(variables, x)
+    ...                         ).sum())
+    >>> result = sparsify.binary_search_prune(variables, evaluate, 0.5,
+    ...                                       structure=structure)
+    >>> result.counts, result.keep['layers_0'], len(result.log)
+    ({'layers_0': 1}, array([ True,  True, False,  True]), 3)
+    >>> slim_apply, small = sparsify.slim_model(net.apply, result.variables,
+    ...                                         result.keep, x)
+    >>> small['params']['layers_0']['kernel'].shape
     (2, 3)
 
   References:
@@ -410,36 +350,41 @@ def binary_search_prune(
     raise ValueError(f"norm: got {norm!r}; allowed: {', '.join(NORMS)}")
   if finetune is not None and not callable(finetune):
     raise ValueError(f"finetune: got {finetune!r}; allowed: None or a "
-                     "callable (params, keep) -> params")
-  sizes = {u: s.shape[0] for u, s in neuron_scores(params, spec).items()}
+                     "callable (variables, keep) -> variables")
+  if layers is None:
+    spec = [u for u in structure if u.exact and u.kind != "stream"]
+  else:
+    spec = list(structure)
+  sizes = {u.name: u.size for u in spec}
   names = _visit_order(spec, sizes, order, layers, min_keep)
-  baseline = float(evaluate(params))
+  searched = [u for u in spec if u.name in set(names)]
+  baseline = float(evaluate(variables))
   eps = tol * abs(baseline) if relative else tol
   log = [SearchStep(None, 0, baseline, True)]
-  keep = {u: np.ones(n, bool) for u, n in sizes.items()}
-  current = params
+  keep = {u: np.ones(sizes[u], bool) for u in names}
+  current = variables
   for name in names:
     scores = neuron_scores(
-        apply_neuron_masks(current, spec, keep, consumers=True), spec,
-        norm)[name]
+        apply_neuron_masks(current, searched, keep, consumers=True),
+        [u for u in searched if u.name == name], norm)[name]
     lo, hi = 0, scores.shape[0] - min_keep
     while lo < hi:
       mid = (lo + hi + 1) // 2
       trial = {**keep, **neuron_masks({name: scores}, {name: mid})}
-      acc = float(evaluate(apply_neuron_masks(current, spec, trial)))
+      acc = float(evaluate(apply_neuron_masks(current, searched, trial)))
       accepted = acc >= baseline - eps
       log.append(SearchStep(name, mid, acc, accepted))
       lo, hi = (mid, hi) if accepted else (lo, mid - 1)
     keep[name] = neuron_masks({name: scores}, {name: lo})[name]
-    current = apply_neuron_masks(current, spec, keep)
+    current = apply_neuron_masks(current, searched, keep)
     if finetune is not None:
       current = apply_neuron_masks(
-          finetune(current, {k: v.copy() for k, v in keep.items()}), spec,
-          keep)
+          finetune(current, {k: v.copy() for k, v in keep.items()}),
+          searched, keep)
   return SearchResult(
       keep=keep,
       counts={n: int(np.sum(~k)) for n, k in keep.items()},
       kept=units.count_kept(keep),
-      params=current,
+      variables=current,
       log=log,
       baseline=baseline)

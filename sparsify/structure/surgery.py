@@ -14,7 +14,7 @@ computation evaluated at the new shapes (`rebuild.evaluate`), jit-able,
 differentiable and exportable with `jax.export` (`export_slim`).
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,12 +28,12 @@ from sparsify.structure import trace as trace_lib
 from sparsify.structure import units
 
 
-def check_keep(structure: trace_lib.Structure,
+def check_keep(structure: Sequence[units.Unit],
                keep: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Validates ``keep`` against ``structure``: names, sizes, something kept.
 
   Args:
-    structure: from `sparsify.structure_of`.
+    structure: from `sparsify.structure_of` (or some of its units).
     keep: ``{unit name: boolean array of the unit's size}``; units not named
       keep every element.
 
@@ -44,14 +44,15 @@ def check_keep(structure: trace_lib.Structure,
     ValueError: for an unknown unit, an array of the wrong size, or a unit
       left with no element.
   """
-  names = structure.names()
-  unknown = sorted(set(keep) - set(names))
+  by_name = {u.name: u for u in structure}
+  unknown = sorted(set(keep) - set(by_name))
   if unknown:
-    raise ValueError(f"keep: unknown unit(s) {unknown}; allowed: {names}")
+    raise ValueError(f"keep: unknown unit(s) {unknown}; allowed: "
+                     f"{list(by_name)}")
   out = {}
   for name, k in keep.items():
     k = np.asarray(k)
-    size = structure[name].size
+    size = by_name[name].size
     if k.shape != (size,) or k.dtype != bool:
       raise ValueError(f"keep[{name!r}]: got {k.dtype} {k.shape}; allowed: "
                        f"a boolean array of shape ({size},)")
@@ -89,19 +90,21 @@ def _map(fn, variables):
   return jax.tree_util.tree_map_with_path(each, variables)
 
 
-def mask(variables: Any, structure: trace_lib.Structure,
-         keep: Mapping[str, Any]) -> Any:
+def mask(variables: Any, structure: Sequence[units.Unit],
+         keep: Mapping[str, Any], *, consumers: bool = False) -> Any:
   """The masked model: the removed elements' producer slices set to zero.
 
   Args:
     variables: the model's variables, as given to `sparsify.structure_of`.
-    structure: its `Structure`.
+    structure: its `Structure` (or some of its units).
     keep: ``{unit name: boolean array}``, True for the elements kept.
+    consumers: also zero the consumer slices (the next layers' kernel rows).
 
   Returns:
     ``variables`` with the same shapes (numpy arrays), the producer slices
     (kernel columns, biases, normalization parameters, gates) of every
-    removed element zeroed; running statistics and consumers are kept.
+    removed element zeroed; running statistics are kept, and consumers
+    unless ``consumers``.
 
   Example:
     >>> import flax.linen as nn
@@ -117,10 +120,12 @@ def mask(variables: Any, structure: trace_lib.Structure,
     array([0., 0.], dtype=float32)
   """
   keep = check_keep(structure, keep)
+  by_name = {u.name: u for u in structure}
   zeroed = {}
   for name, k in keep.items():
-    for slot in structure[name].slots:
-      if not slot.consumer and not slot.path.startswith("batch_stats/"):
+    for slot in by_name[name].slots:
+      if (consumers or not slot.consumer) and not slot.path.startswith(
+          "batch_stats/"):
         zeroed.setdefault(slot.path, []).append((slot.axis,
                                                  slot.index[~k].ravel()))
 
@@ -226,11 +231,58 @@ def slim_model(apply_fn: Callable[..., Any], variables: Any,
   structure = trace_lib.structure_of(apply_fn, variables, *example_args,
                                      approximate=True, **example_kwargs)
   keep = check_keep(structure, keep)
-  full = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
-                                                      jnp.result_type(x)),
-                      variables)
-  small = slim(variables, structure, keep)
+  return (_slim_apply(apply_fn, _shapes(variables), keep, structure.names()),
+          slim(variables, structure, keep))
 
+
+def slimmed_apply(apply_fn: Callable[..., Any], variables: Any,
+                  keep: Mapping[str, Any], *example_args: Any,
+                  **example_kwargs: Any) -> Callable[..., Any]:
+  """`slim_model`'s function alone, from the full model's shapes.
+
+  For rebuilding a slim model whose variables were saved: only the shapes
+  of the full model's variables are needed, not their values.
+
+  Args:
+    apply_fn: ``apply_fn(variables, *args, **kwargs)`` of the full model.
+    variables: the full model's variables, arrays or
+      `jax.ShapeDtypeStruct` (from `jax.eval_shape`).
+    keep: ``{unit name: boolean array}``, True for the elements kept.
+    *example_args: example inputs, as for `sparsify.structure_of`.
+    **example_kwargs: example keyword arguments.
+
+  Returns:
+    ``slim_apply(slim_variables, *args, **kwargs)``, as `slim_model`
+    returns it.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> import sparsify
+    >>> net = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    >>> x = jnp.ones((5, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> keep = {'layers_0': np.array([True, False, True, True])}
+    >>> slim_apply, small = sparsify.slim_model(net.apply, variables, keep, x)
+    >>> shapes = jax.eval_shape(lambda: variables)
+    >>> again = sparsify.slimmed_apply(net.apply, shapes, keep, x)
+    >>> bool(jnp.array_equal(again(small, x), slim_apply(small, x)))
+    True
+  """
+  shapes = _shapes(variables)
+  structure = trace_lib.structure_of(apply_fn, shapes, *example_args,
+                                     approximate=True, **example_kwargs)
+  keep = check_keep(structure, keep)
+  return _slim_apply(apply_fn, shapes, keep, structure.names())
+
+
+def _shapes(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
+
+
+def _slim_apply(apply_fn, full, keep, names):
+  """The traced computation of ``apply_fn`` at ``full`` shapes, slimmed."""
   cache: dict[Any, Any] = {}
 
   def slim_apply(slim_variables, *args, **kwargs):
@@ -239,15 +291,13 @@ def slim_model(apply_fn: Callable[..., Any], variables: Any,
                    [(k, v) for k, v in sorted(kwargs.items())
                     if trace_lib.is_static(v)]))
     fn, args, kwargs = trace_lib.static_apart(apply_fn, args, kwargs)
-    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
-                                                        jnp.result_type(x)),
-                         (args, kwargs))
+    specs = _shapes((args, kwargs))
     key = static, jax.tree.structure(specs), tuple(
         (s.shape, str(s.dtype)) for s in jax.tree.leaves(specs))
     if key not in cache:
       t = trace_lib.trace(fn, full, *specs[0], **specs[1])
       again = trace_lib.find_units(t, approximate=True)
-      if [u.name for u in again] != structure.names():
+      if [u.name for u in again] != names:
         raise trace_lib.StructureError(
             "slim_model: the model has different units for inputs of "
             f"shapes {[s.shape for s in jax.tree.leaves(specs)]} than for "
@@ -258,7 +308,7 @@ def slim_model(apply_fn: Callable[..., Any], variables: Any,
     outs = rebuild.evaluate(t.frame, kept, t.closed.consts, flat)
     return jax.tree.unflatten(t.out_tree, outs)
 
-  return slim_apply, small
+  return slim_apply
 
 
 def node_keep(t: trace_lib.Traced, keep: Mapping[str, np.ndarray]
@@ -307,9 +357,7 @@ def export_slim(slim_apply: Callable[..., Any], slim_variables: Any,
     >>> bool(jnp.allclose(loaded.call(small, x), slim_apply(small, x)))
     True
   """
-  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
-                                                      jnp.result_type(x)),
-                       (slim_variables, example_args))
+  specs = _shapes((slim_variables, example_args))
   exported = jax.export.export(jax.jit(slim_apply))(specs[0], *specs[1])
   return bytes(exported.serialize())
 

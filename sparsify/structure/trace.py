@@ -23,7 +23,7 @@ removed together. A component is removable when it holds a parameter slice,
 touches no input or output of the model, no window of a convolution or
 pooling, and is not itself a merged axis (one element of a flattened feature
 map is a pixel of a channel: the channel is the structure). Components of the
-same parameter slots are gathered into one `units.SpecUnit`: the channels of a
+same parameter slots are gathered into one `units.Unit`: the channels of a
 conv layer, the heads of an attention layer, the groups of a grouped
 convolution, the features of a residual stream.
 
@@ -352,6 +352,13 @@ class _Tracer:
     out = self.g.fresh(shape, all_zero=x.all_zero)
     origin = list(out.origin)
     for ins_axes, out_axes in reshape_groups(x.shape, shape):
+      if ins_axes and out_axes and all(x.shape[k] == 1 for k in ins_axes):
+        # Only one element: it is the element of every output axis (a
+        # bias of one feature reshaped to (1, 1) to broadcast).
+        for b in out_axes:
+          self.g.tie(x.nodes[ins_axes[0]], out.nodes[b])
+          out.zero[b], origin[b] = x.zero[ins_axes[0]], x.origin[ins_axes[0]]
+        continue
       ins_axes = [k for k in ins_axes if x.shape[k] > 1]
       out_axes = [k for k in out_axes if shape[k] > 1]
       if not ins_axes:
@@ -800,7 +807,7 @@ def leaves(variables) -> list[tuple[str, Any]]:
 class Structure(Sequence):
   """The removable units of a model, and the graph they were found in.
 
-  A sequence of `units.SpecUnit`; ``structure['name']`` looks one up by name.
+  A sequence of `units.Unit`; ``structure['name']`` looks one up by name.
   """
   units: tuple[units_lib.Unit, ...]
   graph: Any = dataclasses.field(repr=False, compare=False)
@@ -1099,7 +1106,7 @@ def structure_of(apply_fn: Callable[..., Any], variables: Any, *args: Any,
     **kwargs: example keyword arguments for ``apply_fn``.
 
   Returns:
-    A `Structure`: a sequence of `units.SpecUnit`, looked up by name.
+    A `Structure`: a sequence of `units.Unit`, looked up by name.
 
   Raises:
     StructureError: for an operation the tracer cannot follow.
