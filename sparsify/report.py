@@ -4,20 +4,29 @@ A report has one row per parameter leaf (``'Dense_0/kernel'``,
 ``'Dense_0/bias'``, ...) and a total row. Rows are per leaf rather than per
 module so that every number belongs to exactly one array.
 
-FLOPs are forward FLOPs per example, 2 per multiply-accumulate with a kernel
-weight. A kernel (a leaf named ``.../kernel`` of rank >= 2, see
-`paths.DEFAULT_PRUNABLE`) is used once per output position, so::
+FLOPs are forward FLOPs per example, exact, from the counts of
+`sparsify.flops.param_flops` (``compression_report(params, masks,
+flops=param_flops(apply_fn, variables, x))``), which reads them from the
+traced computation of any Linen or NNX model: 2 per multiply-accumulate (MAC)
+of every ``dot_general`` and convolution, each product counted as XLA's cost
+analysis (``jax.jit(f).lower(...).compile().cost_analysis()['flops']``)
+counts it: a Dense layer at every token, a padded convolution only where a
+kernel tap lands on the input. (XLA also counts elementwise operations, 1
+FLOP per output entry; here they count 0.) A row's FLOPs are those of the
+products that read its leaf as their weight::
 
-  flops_dense     = 2 * kernel.size * positions
-  flops_effective = 2 * nonzeros    * positions
+  flops_dense     = 2 * sum(macs)
+  flops_effective = 2 * sum(macs[w * m != 0])
 
-with ``positions = prod(output_shape[1:-1])`` of the module that owns the
-kernel (batch first, features last): 1 for a Dense layer on ``(batch, in)``,
-``Ho * Wo`` for a 2-D convolution. Grouped and dilated convolutions follow the
-same formula. Zero weights are skipped everywhere, padding edge effects are
-ignored. Biases, normalisation, activations and pooling count 0 FLOPs.
-Kernels of rank > 2 are read as channels-last convolution kernels; kernels of
-`nn.DenseGeneral` with several output axes are not recognised.
+where ``macs`` holds, per entry of the leaf, the MACs it takes part in
+(`sparsify.flops.LeafFlops`): a zero or masked weight saves exactly its own
+MACs, and a border tap of a padded convolution saves fewer than the centre
+tap. Biases, normalisation, activation functions and pooling count 0. The
+total adds to the rows the products that no row owns: those with no weight
+or two (attention's ``q @ k^T``, a product of two parameters), counted under
+``'activations'``, and those whose weight is a variable outside ``params``;
+masking does not change these. The total is thus every matmul and
+convolution FLOP of the model.
 
 Bytes assume float32 values (4 bytes each, whatever the stored dtype). The
 sparse size of a leaf is the smallest of three encodings (ties go to the
@@ -43,16 +52,14 @@ import os
 import textwrap
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from sparsify import flops as flops_lib
 from sparsify.core import paths
 from sparsify.core import types
 from sparsify.spz import encodings
 
 BYTES_PER_VALUE = 4  # float32
-_IS_KERNEL = paths.path_predicate(None)
 
 
 def _ratio(num: int | None, den: int | None) -> float | None:
@@ -76,8 +83,8 @@ class LayerReport:
     params: number of entries.
     nonzeros: number of nonzero entries of ``param * mask``.
     sparsity: ``1 - nonzeros / params``.
-    flops_dense: forward FLOPs per example with every weight; None when the
-      output shape of a convolution is unknown.
+    flops_dense: forward FLOPs per example of the products reading the leaf
+      as their weight (for the total: of the model); None without counts.
     flops_effective: the same, skipping zero weights.
     bytes_dense: ``4 * params``.
     bytes_sparse: bytes of the smallest encoding.
@@ -127,7 +134,8 @@ class CompressionReport:
 
   Attributes:
     layers: one `LayerReport` per parameter leaf, in tree-flattening order.
-    total: the sums over ``layers``, named ``'total'``.
+    total: the sums over ``layers``, named ``'total'``; its FLOPs add those
+      of the products that no row owns (see the module docstring).
   """
   layers: tuple[LayerReport, ...]
   total: LayerReport
@@ -172,14 +180,21 @@ class CompressionReport:
 
     rule = "-" * len(line(header))
     speedup = self.total.flops_ratio
-    speedup = ("unknown: pass output_shapes" if speedup is None else
+    speedup = ("unknown: pass flops=param_flops(...)" if speedup is None else
                f"{_fmt_ratio(speedup)} fewer in total")
+    unowned = self.total.flops_dense
+    if unowned is not None:
+      unowned -= sum(layer.flops_dense for layer in self.layers)
+    unowned = (f"; the total includes {_fmt_flops(unowned)} of products "
+               "with no weight among the rows (attention's q @ k^T)"
+               if unowned else "")
     notes = [
-        "FLOPs: forward, per example, 2 per multiply-accumulate with a kernel"
-        f" weight; eff. skips zero weights ({speedup}).",
-        "sparse: per layer the smallest of dense (4 B/value), bitmask (1 bit/"
-        "entry + 4 B/nonzero) and csr (4 B/nonzero + column indices + row"
-        " pointers, 1/2/4 B each); index: bytes of bitmask or indices.",
+        ("FLOPs: forward, per example, 2 per multiply-accumulate of every "
+         "matmul and convolution, as XLA counts those; eff. skips zero "
+         f"weights ({speedup}){unowned}."),
+        ("sparse: per layer the smallest of dense (4 B/value), bitmask (1 "
+         "bit/entry + 4 B/nonzero) and csr (4 B/nonzero + column indices + "
+         "row pointers, 1/2/4 B each); index: bytes of bitmask or indices."),
     ]
     width = max(80, len(rule))
     return "\n".join([line(header), rule, *map(line, body), rule, line(total),
@@ -225,31 +240,9 @@ def _sparsity(nonzeros: int, params: int) -> float:
   return 1.0 - nonzeros / params if params else 0.0
 
 
-def _flops(name: str, x: np.ndarray, nnz: int,
-           output_shapes: Mapping[str, Any] | None
-           ) -> tuple[int | None, int | None]:
-  """Dense and effective forward FLOPs per example of one leaf."""
-  if not _IS_KERNEL(name, x):
-    return 0, 0
-  module = name.rpartition("/")[0]
-  known = output_shapes is not None and module in output_shapes
-  if known:
-    positions = math.prod(int(d) for d in output_shapes[module][1:-1])
-  elif x.ndim == 2:  # Dense on (batch, features).
-    positions = 1
-  elif output_shapes is None:
-    return None, None
-  else:
-    raise ValueError(
-        f"No output shape for module {module!r} of convolution kernel "
-        f"{name!r}: add it to output_shapes, e.g. with "
-        "layer_output_shapes(model, variables, input_shape).")
-  return 2 * x.size * positions, 2 * nnz * positions
-
-
 def _layer(name: str, value: Any, mask: Any,
-           output_shapes: Mapping[str, Any] | None) -> LayerReport:
-  """The report row of one parameter leaf."""
+           leaf_flops: flops_lib.LeafFlops | None) -> LayerReport:
+  """The report row of one parameter leaf (FLOPs None without counts)."""
   x = np.asarray(value)
   if mask is not None:
     m = np.asarray(mask, dtype=bool)
@@ -260,7 +253,14 @@ def _layer(name: str, value: Any, mask: Any,
                        f" broadcast to the parameter's {x.shape}.") from None
     x = np.where(m, x, np.zeros((), x.dtype))
   params, nnz = int(x.size), int(np.count_nonzero(x))
-  flops_dense, flops_effective = _flops(name, x, nnz, output_shapes)
+  flops_dense = flops_effective = None
+  if leaf_flops is not None:
+    if leaf_flops.shape != x.shape:
+      raise ValueError(
+          f"flops[{leaf_flops.name!r}] counts a leaf of shape "
+          f"{leaf_flops.shape}, but parameter {name!r} has shape {x.shape}: "
+          "count flops with param_flops on the variables of these params.")
+    flops_dense, flops_effective = leaf_flops.flops, leaf_flops.effective(x)
   stored = encodings.smallest_lossless(x.shape, nnz, BYTES_PER_VALUE)
   return LayerReport(
       name=name, shape=tuple(int(d) for d in x.shape), params=params,
@@ -270,19 +270,25 @@ def _layer(name: str, value: Any, mask: Any,
       encoding=stored.encoding)
 
 
-def _total(layers: tuple[LayerReport, ...]) -> LayerReport:
-  """Sums the rows; FLOPs are None if any layer's are."""
+def _total(layers: tuple[LayerReport, ...],
+           unowned: float | None) -> LayerReport:
+  """Sums the rows; FLOPs add ``unowned``, and are None if it is."""
   def add(field):
     values = [getattr(layer, field) for layer in layers]
     return None if None in values else sum(values)
+
+  def add_flops(field):
+    rows = add(field)
+    return None if unowned is None or rows is None else rows + unowned
 
   params, nnz = add("params"), add("nonzeros")
   encodings = {layer.encoding for layer in layers}
   return LayerReport(
       name="total", shape=None, params=params, nonzeros=nnz,
-      sparsity=_sparsity(nnz, params), flops_dense=add("flops_dense"),
-      flops_effective=add("flops_effective"), bytes_dense=add("bytes_dense"),
-      bytes_sparse=add("bytes_sparse"), bytes_index=add("bytes_index"),
+      sparsity=_sparsity(nnz, params), flops_dense=add_flops("flops_dense"),
+      flops_effective=add_flops("flops_effective"),
+      bytes_dense=add("bytes_dense"), bytes_sparse=add("bytes_sparse"),
+      bytes_index=add("bytes_index"),
       encoding=encodings.pop() if len(encodings) == 1 else "mixed")
 
 
@@ -290,52 +296,70 @@ def compression_report(
     params: types.Params,
     masks: types.Masks | None = None,
     *,
-    output_shapes: Mapping[str, Any] | None = None,
+    flops: Mapping[str, flops_lib.LeafFlops] | None = None,
 ) -> CompressionReport:
   """Counts size, sparsity, FLOPs and sparse storage of every parameter.
 
   For each leaf ``w`` with keep-mask ``m`` (all True when absent):
-  ``nonzeros = count_nonzero(w * m)``, ``sparsity = 1 - nonzeros / size``;
-  FLOPs and bytes as in the module docstring. The total sums the rows and
-  recomputes sparsity and the ratios from the sums.
+  ``nonzeros = count_nonzero(w * m)``, ``sparsity = 1 - nonzeros / size``,
+  ``flops_dense = flops[w].flops``, ``flops_effective =
+  flops[w].effective(w * m)``; bytes as in the module docstring. The total
+  sums the rows, adds the FLOPs of the entries of ``flops`` that are no row
+  (``'activations'``, variables outside ``params``), and recomputes sparsity
+  and the ratios from the sums.
 
   Args:
-    params: a pytree of arrays (``variables['params']`` of a Flax model).
+    params: a pytree of arrays: ``variables['params']`` of a Linen model
+      (or all its ``variables``), ``nnx.state(model, nnx.Param)`` of an NNX
+      one.
     masks: None, or a pytree of boolean keep-masks with the structure of
       ``params``, where a leaf may be None or `optax.MaskedNode` (or absent
       from a dict) for "no mask". A mask broadcasts to its parameter's shape,
       so a scalar ``False`` zeroes the whole leaf.
-    output_shapes: ``{module path: output shape}``, as returned by
-      `layer_output_shapes`, giving the output positions of convolutions. If
-      None, convolution FLOPs (and so the total FLOPs) are None while Dense
-      FLOPs are still counted; if given, a convolution missing from it
-      raises a ValueError. A 2-D kernel missing from it counts one position.
+    flops: None, or the counts of `sparsify.flops.param_flops` traced on
+      the model's variables (which hold ``params``); its keys name the
+      leaves as `param_flops` does, the Linen ``'params/'`` prefix dropped.
+      As `param_flops` counts every leaf it is given, 0 FLOPs for those that
+      no product reads, a leaf of ``params`` missing from it is an error, not
+      0 FLOPs. If None, every FLOPs field is None.
 
   Returns:
     A `CompressionReport`.
 
   Raises:
     ValueError: if a mask names no parameter or does not broadcast to it, or
-      a convolution's output shape is missing from ``output_shapes``.
+      ``flops`` has no entry, or one of another shape, for a parameter.
 
   Example:
+    >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
     >>> import numpy as np
     >>> import sparsify
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):  # x: [batch, 4, 4, 1]
+    ...     x = nn.Conv(8, (3, 3), padding='SAME', name='conv')(x)
+    ...     return nn.Dense(10, name='head')(x.reshape(len(x), -1))
     >>> params = {'conv': {'kernel': np.ones((3, 3, 1, 8), np.float32),
     ...                    'bias': np.ones(8, np.float32)},
     ...           'head': {'kernel': np.ones((128, 10), np.float32),
     ...                    'bias': np.ones(10, np.float32)}}
+    >>> flops = sparsify.param_flops(Net().apply, {'params': params},
+    ...                              jnp.ones((1, 4, 4, 1)))
     >>> keep = np.arange(1280).reshape(128, 10) % 10 == 0  # 10 % of head
     >>> report = sparsify.compression_report(
-    ...     params, {'head': {'kernel': keep}},
-    ...     output_shapes={'conv': (1, 28, 28, 8)})  # conv: 28x28 positions
+    ...     params, {'head': {'kernel': keep}}, flops=flops)
     >>> [(row.name, row.nonzeros, row.encoding, row.bytes_sparse)
     ...  for row in report.layers]
     [('conv/bias', 8, 'dense', 32), ('conv/kernel', 72, 'dense', 288),
      ('head/bias', 10, 'dense', 40), ('head/kernel', 128, 'bitmask', 672)]
+    >>> report.layers[1].flops_dense  # 2 * 8 * (3 + 4 + 3) ** 2, not 2*72*16
+    1600
     >>> total = report.total
     >>> total.params, round(total.sparsity, 3), total.flops_dense
-    (1370, 0.841, 115456)
+    (1370, 0.841, 4160)
+    >>> total.flops_effective  # 1600 + 2 * 128
+    1856
   """
   leaves = paths.named_leaves(params)
   mask_of = dict(paths.named_leaves(masks)) if masks is not None else {}
@@ -343,66 +367,21 @@ def compression_report(
   if unknown:
     raise ValueError(f"Masks {unknown} match no parameter; masks must follow"
                      " the structure of params.")
-  layers = tuple(_layer(name, value, mask_of.get(name), output_shapes)
-                 for name, value in leaves)
-  return CompressionReport(layers=layers, total=_total(layers))
-
-
-def layer_output_shapes(
-    model: Any,
-    variables: Any,
-    input_shape: tuple[int, ...],
-    *,
-    dtype: Any = jnp.float32,
-    **apply_kwargs: Any,
-) -> dict[str, tuple[int, ...]]:
-  """Returns the output shape of every Flax Linen submodule, by tracing only.
-
-  Traces ``model.apply(variables, x, capture_intermediates=True)`` with
-  `jax.eval_shape`, so nothing is computed. A module called several times
-  reports its first call; modules returning something other than one array
-  are left out.
-
-  Args:
-    model: a `flax.linen.Module`.
-    variables: its variables (``{'params': ...}`` and any other collection);
-      arrays or `jax.ShapeDtypeStruct`.
-    input_shape: shape of the input, batch first.
-    dtype: dtype of the input.
-    **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
-
-  Returns:
-    ``{module path: shape}`` with paths joined by ``'/'`` (``'Conv_0'``,
-    ``'block1/conv1'``); ``''`` is the model itself.
-
-  Example:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import sparsify
-    >>> from sparsify import models
-    >>> model = models.LeNet5()
-    >>> variables = jax.eval_shape(model.init, jax.random.key(0),
-    ...                            jnp.ones((1, 28, 28, 1)))
-    >>> shapes = sparsify.layer_output_shapes(model, variables, (1, 28, 28, 1))
-    >>> shapes['conv1'], shapes['conv2'], shapes['head']
-    ((1, 24, 24, 20), (1, 8, 8, 50), (1, 10))
-  """
-  def run(variables, x):
-    _, state = model.apply(variables, x, capture_intermediates=True,
-                           mutable=["intermediates"], **apply_kwargs)
-    return state["intermediates"]
-
-  x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
-  shapes = {}
-
-  def collect(tree, path):
-    for key, value in tree.items():
-      if key == "__call__":
-        first = value[0] if isinstance(value, tuple) and value else value
-        if hasattr(first, "shape"):
-          shapes.setdefault("/".join(path), tuple(first.shape))
-      elif isinstance(value, Mapping):
-        collect(value, (*path, str(key)))
-
-  collect(jax.eval_shape(run, variables, x), ())
-  return shapes
+  keys = flops_lib._names(params)  # pylint: disable=protected-access
+  if flops is not None:
+    missing = [name for (name, _), key in zip(leaves, keys)
+               if key not in flops]
+    if missing:
+      raise ValueError(
+          f"flops has no entry for parameters {missing}: "
+          "count flops with param_flops on the variables of these params.")
+  layers = tuple(
+      _layer(name, value, mask_of.get(name),
+             None if flops is None else flops[key])
+      for (name, value), key in zip(leaves, keys))
+  unowned = None
+  if flops is not None:
+    owned = set(keys)
+    unowned = sum(leaf.flops for key, leaf in flops.items()
+                  if key not in owned)
+  return CompressionReport(layers=layers, total=_total(layers, unowned))

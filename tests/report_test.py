@@ -1,8 +1,14 @@
-"""Tests for sparsify.report: every number is worked out by hand below."""
+"""Tests for sparsify.report: every number is worked out by hand below.
+
+FLOPs are also checked against XLA's cost analysis of the same model, and
+effective FLOPs against numpy counts of the nonzero weights each product
+reads.
+"""
 
 import json
 import math
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,8 +16,11 @@ import numpy as np
 import optax
 import pytest
 
+from sparsify import flops as flops_lib
 from sparsify import report as report_lib
 from sparsify import spz
+
+B = 2  # the example batch
 
 # Dense_0/kernel (4, 3): 5 nonzeros -> bitmask wins.
 DENSE0 = np.array([[1., 0., 2.],
@@ -33,7 +42,22 @@ DENSE1[0, 0], DENSE1[0, 299], DENSE1[1, 150] = 1., -1., 2.
 PARAMS = {"Conv_0": {"kernel": CONV},
           "Dense_0": {"kernel": DENSE0, "bias": BIAS0},
           "Dense_1": {"kernel": DENSE1}}
-OUTPUT_SHAPES = {"Conv_0": (2, 5, 5, 4), "Dense_0": (2, 3)}
+
+
+def _apply(params, image, x0, x1):
+  """Each leaf's one product: Conv_0 VALID 3x3 on 7x7 (5x5 positions, every
+  tap at each), Dense_0 and Dense_1 on one position."""
+  p = params["params"]
+  conv = jax.lax.conv_general_dilated(
+      image, p["Conv_0"]["kernel"], (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dense0 = x0 @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+  return conv, dense0, x1 @ p["Dense_1"]["kernel"]
+
+
+FLOPS = flops_lib.param_flops(
+    _apply, {"params": PARAMS}, np.ones((B, 7, 7, 2), np.float32),
+    np.ones((B, 4), np.float32), np.ones((B, 2), np.float32))
 
 
 def _ones(x):
@@ -99,7 +123,7 @@ def _check_row(row, name):
 @pytest.mark.parametrize("mask_kind", sorted(MASKS))
 def test_hand_made_pytree(mask_kind):
   report = report_lib.compression_report(
-      PARAMS, MASKS[mask_kind], output_shapes=OUTPUT_SHAPES)
+      PARAMS, MASKS[mask_kind], flops=FLOPS)
   assert [r.name for r in report.layers] == sorted(EXPECTED)
   for row in report.layers:
     _check_row(row, row.name)
@@ -123,7 +147,7 @@ def test_hand_made_pytree(mask_kind):
 
 
 def test_without_masks_counts_stored_zeros_only():
-  report = report_lib.compression_report(PARAMS, output_shapes=OUTPUT_SHAPES)
+  report = report_lib.compression_report(PARAMS, flops=FLOPS)
   conv = report.layers[0]
   assert conv.nonzeros == 71
   assert conv.flops_effective == 2 * 71 * 25
@@ -174,22 +198,25 @@ def test_csr_index_widths(shape, nonzero_at, encoding, bytes_sparse):
   assert row.bytes_index == bytes_sparse - 4 * row.nonzeros
 
 
-def test_unknown_conv_shapes():
+def test_without_flops_every_flops_field_is_none():
   report = report_lib.compression_report(PARAMS, MASKS["full"])
-  conv = report.layers[0]
-  assert conv.flops_dense is None and conv.flops_effective is None
-  assert report.layers[2].flops_dense == 2 * 4 * 3  # Dense still counted.
-  assert report.total.flops_dense is None
+  for row in (*report.layers, report.total):
+    assert row.flops_dense is None and row.flops_effective is None
   assert report.total.flops_ratio is None
   assert "n/a" in report.table()
-  with pytest.raises(ValueError, match="Conv_0/kernel"):
-    report_lib.compression_report(PARAMS, output_shapes={"Dense_0": (2, 3)})
+  assert "pass flops=" in report.table()
 
 
-def test_dense_on_sequence_counts_positions():
-  report = report_lib.compression_report(
-      {"Dense_0": {"kernel": DENSE0}}, output_shapes={"Dense_0": (1, 7, 3)})
-  assert report.layers[0].flops_dense == 2 * 4 * 3 * 7
+def test_flops_must_count_every_parameter():
+  partial = {k: v for k, v in FLOPS.items() if k != "Dense_0/bias"}
+  with pytest.raises(ValueError, match="Dense_0/bias"):
+    report_lib.compression_report(PARAMS, flops=partial)
+  other = flops_lib.param_flops(
+      lambda p, x: x @ p["Dense_0"]["kernel"],
+      {"Dense_0": {"kernel": DENSE0.T}}, np.ones((B, 3), np.float32))
+  with pytest.raises(ValueError, match="Dense_0/kernel"):
+    report_lib.compression_report({"Dense_0": {"kernel": DENSE0}},
+                                  flops=other)
 
 
 def test_bad_masks():
@@ -202,7 +229,7 @@ def test_bad_masks():
 
 def test_json_round_trip_and_table(tmp_path):
   report = report_lib.compression_report(
-      PARAMS, MASKS["full"], output_shapes=OUTPUT_SHAPES)
+      PARAMS, MASKS["full"], flops=FLOPS)
   path = tmp_path / "report.json"
   report.to_json(path)
   with open(path) as f:
@@ -226,35 +253,6 @@ def test_json_round_trip_and_table(tmp_path):
     assert text in footer  # 4824 / 416 = 11.6.
 
 
-class _Block(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Conv(6, (3, 3), strides=2, padding="VALID", name="conv1")(x)
-
-
-class _Tiny(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Conv(4, (3, 3), strides=2, padding="SAME")(x)
-    x = _Block(name="block1")(x)
-    return nn.Dense(3)(x.reshape((x.shape[0], -1)))
-
-
-def test_layer_output_shapes():
-  model = _Tiny()
-  x = jax.ShapeDtypeStruct((2, 9, 9, 1), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  shapes = report_lib.layer_output_shapes(model, variables, (2, 9, 9, 1))
-  # SAME, stride 2: ceil(9 / 2) = 5. VALID 3x3, stride 2: (5 - 3) // 2 + 1 = 2.
-  assert shapes["Conv_0"] == (2, 5, 5, 4)
-  assert shapes["block1/conv1"] == (2, 2, 2, 6)
-  assert shapes["block1"] == (2, 2, 2, 6)
-  assert shapes["Dense_0"] == (2, 3)
-  assert shapes[""] == (2, 3)
-
-
 class _LeNet(nn.Module):
 
   @nn.compact
@@ -269,36 +267,171 @@ class _LeNet(nn.Module):
     return nn.Dense(10)(x)
 
 
+def _valid_taps(size, kernel, out, stride=1, pad=0):
+  """Per kernel tap: of ``out`` output positions, those at which it reads an
+  input entry (numpy, from the definition of a strided convolution whose
+  input is padded with ``pad`` zeros in front)."""
+  rows = np.arange(out)[:, None] * stride - pad + np.arange(kernel)[None]
+  return ((rows >= 0) & (rows < size)).sum(0)
+
+
 def test_lenet_report():
   model = _LeNet()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  x = np.ones((4, 28, 28, 1), np.float32)
+  variables = model.init(jax.random.key(0), x)
   params = variables["params"]
   rng = np.random.default_rng(0)
   masks = {name: {"kernel": rng.random(layer["kernel"].shape) < 0.3}
            for name, layer in params.items()}
-  shapes = report_lib.layer_output_shapes(model, variables, (4, 28, 28, 1))
-  report = report_lib.compression_report(params, masks, output_shapes=shapes)
+  flops = flops_lib.param_flops(model.apply, variables, x)
+  report = report_lib.compression_report(params, masks, flops=flops)
   rows = {r.name: r for r in report.layers}
 
-  def nnz(name):
-    return int(np.count_nonzero(np.asarray(params[name]["kernel"])
-                                * masks[name]["kernel"]))
+  def kept(name):
+    return np.asarray(params[name]["kernel"]) * masks[name]["kernel"] != 0
 
-  # Conv_0: SAME on 28x28 -> 28x28; Conv_1: VALID 5x5 on 14x14 -> 10x10.
-  assert rows["Conv_0/kernel"].flops_dense == 2 * 5 * 5 * 1 * 6 * 28 * 28
-  assert rows["Conv_0/kernel"].flops_effective == 2 * nnz("Conv_0") * 28 * 28
+  # Conv_0: 5x5 SAME on 28x28, a tap at each output position it reads the
+  # image from; Conv_1: VALID 5x5 on 14x14 -> every tap at 10x10.
+  taps = _valid_taps(28, 5, 28, pad=2)
+  assert taps.tolist() == [26, 27, 28, 27, 26]
+  per_tap = np.outer(taps, taps)[:, :, None, None]
+  assert rows["Conv_0/kernel"].flops_dense == 2 * 6 * taps.sum() ** 2
+  assert rows["Conv_0/kernel"].flops_effective == 2 * int(
+      (per_tap * kept("Conv_0")).sum())
   assert rows["Conv_1/kernel"].flops_dense == 2 * 5 * 5 * 6 * 16 * 10 * 10
-  assert rows["Conv_1/kernel"].flops_effective == 2 * nnz("Conv_1") * 10 * 10
+  assert rows["Conv_1/kernel"].flops_effective == (
+      2 * np.count_nonzero(kept("Conv_1")) * 10 * 10)
   assert rows["Dense_0/kernel"].flops_dense == 2 * 400 * 120
-  assert rows["Dense_2/kernel"].flops_effective == 2 * nnz("Dense_2")
+  assert rows["Dense_2/kernel"].flops_effective == 2 * np.count_nonzero(
+      kept("Dense_2"))
   assert rows["Conv_0/bias"].flops_dense == 0
   assert report.total.params == ((5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 16 + 16)
                                  + (400 * 120 + 120) + (120 * 84 + 84)
                                  + (84 * 10 + 10))
   assert report.total.flops_dense == (
-      2 * 5 * 5 * 1 * 6 * 28 * 28 + 2 * 5 * 5 * 6 * 16 * 10 * 10
+      2 * 6 * taps.sum() ** 2 + 2 * 5 * 5 * 6 * 16 * 10 * 10
       + 2 * 400 * 120 + 2 * 120 * 84 + 2 * 84 * 10)
   assert report.total.flops_effective == sum(
       r.flops_effective for r in report.layers)
   # Flax initialises biases to zero, so only kernels hold nonzeros.
-  assert report.total.nonzeros == sum(nnz(n) for n in masks)
+  assert report.total.nonzeros == sum(
+      np.count_nonzero(kept(n)) for n in masks)
+
+
+# Whole models against XLA: with no bias and no elementwise work, XLA's
+# FLOPs of the batch are the products' only, B times the report's total.
+
+
+def xla_flops(fn, *args):
+  """``cost_analysis()['flops']`` of ``jax.jit(fn)`` compiled on ``args``."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # one dict per device in older JAX
+    cost = cost[0]
+  return cost["flops"]
+
+
+def _linen_report(model, x, masks=None):
+  variables = model.init(jax.random.key(0), x)
+  flops = flops_lib.param_flops(model.apply, variables, x)
+  report = report_lib.compression_report(variables["params"], masks,
+                                         flops=flops)
+  return report, xla_flops(model.apply, variables, x)
+
+
+def test_dense_on_tokens_matches_xla():
+  x = np.ones((B, 7, 3), np.float32)  # [batch, tokens, features]
+  report, xla = _linen_report(nn.Dense(5, use_bias=False), x)
+  assert B * report.total.flops_dense == xla
+  assert report.layers[0].flops_dense == 2 * 7 * 3 * 5  # every token
+
+
+def test_padded_strided_conv_matches_xla():
+  x = np.ones((B, 9, 9, 2), np.float32)
+  model = nn.Conv(4, (3, 3), strides=2, padding="SAME", use_bias=False)
+  report, xla = _linen_report(model, x)
+  assert B * report.total.flops_dense == xla
+  # SAME, stride 2 on 9: 5 outputs, pads (1, 1); the taps read 4, 5, 4 of
+  # them, not 3 * 5 (the count at every output position).
+  taps = _valid_taps(9, 3, 5, stride=2, pad=1)
+  assert taps.tolist() == [4, 5, 4]
+  assert report.total.flops_dense == 2 * 2 * 4 * taps.sum() ** 2
+  assert report.total.flops_dense < 2 * 3 * 3 * 2 * 4 * 5 * 5
+
+
+class _NnxNet(nnx.Module):
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(2, 3, (3, 3), strides=2, padding="SAME",
+                         use_bias=False, rngs=rngs)
+    self.head = nnx.Linear(3 * 3 * 3, 4, use_bias=False, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(self.conv(x).reshape(x.shape[0], -1))
+
+
+def test_nnx_model_matches_xla():
+  model = _NnxNet(nnx.Rngs(0))
+  x = np.ones((B, 6, 6, 2), np.float32)
+  apply_fn, state = flops_lib.nnx_apply(model)
+  flops = flops_lib.param_flops(apply_fn, state, x)
+  report = report_lib.compression_report(nnx.state(model, nnx.Param),
+                                         flops=flops)
+  assert [r.name for r in report.layers] == ["conv/kernel", "head/kernel"]
+  assert B * report.total.flops_dense == xla_flops(apply_fn, state, x)
+  # SAME, stride 2 on 6: 3 outputs, pads (0, 1); taps read 3, 3, 2 of them.
+  taps = _valid_taps(6, 3, 3, stride=2, pad=0)
+  assert taps.tolist() == [3, 3, 2]
+  assert report.layers[0].flops_dense == 2 * 2 * 3 * taps.sum() ** 2
+
+
+def test_effective_flops_of_half_the_columns():
+  model = nn.Dense(6, use_bias=False)
+  x = np.ones((B, 7, 4), np.float32)  # 7 tokens
+  variables = model.init(jax.random.key(0), x)
+  kernel = np.asarray(variables["params"]["kernel"])
+  keep = np.zeros((4, 6), bool)
+  keep[:, ::2] = True  # columns 0, 2, 4
+  report, _ = _linen_report(model, x, {"kernel": keep})
+  # numpy: one multiply-add per token and nonzero kept weight.
+  macs = sum(np.count_nonzero(kernel[i, j] * keep[i, j])
+             for _ in range(7) for i in range(4) for j in range(6))
+  assert report.total.flops_effective == 2 * macs == 2 * 7 * 4 * 3
+  assert report.total.flops_dense == 2 * 7 * 4 * 6
+  assert report.total.flops_ratio == 2
+  # The same as XLA's count of the layer without the masked columns.
+  narrow = {"params": {"kernel": kernel[:, ::2]}}
+  assert B * report.total.flops_effective == xla_flops(
+      nn.Dense(3, use_bias=False).apply, narrow, x)
+
+
+def test_all_variables_as_params_drop_the_collection_prefix():
+  model = nn.Dense(3)
+  x = np.ones((B, 4), np.float32)
+  variables = model.init(jax.random.key(0), x)
+  flops = flops_lib.param_flops(model.apply, variables, x)
+  report = report_lib.compression_report(variables, flops=flops)
+  rows = {r.name: r.flops_dense for r in report.layers}
+  assert rows == {"params/bias": 0, "params/kernel": 2 * 4 * 3}
+
+
+def test_total_counts_products_without_a_weight():
+  # q @ k^T reads no weight: the total holds it, no row does.
+  def attention(p, x):
+    q, k = x @ p["q"], x @ p["k"]
+    return jnp.einsum("btd,bsd->bts", q, k)
+
+  rng = np.random.default_rng(0)
+  params = {name: rng.standard_normal((4, 3)).astype(np.float32)
+            for name in ("k", "q")}
+  x = np.ones((B, 5, 4), np.float32)  # 5 tokens
+  flops = flops_lib.param_flops(attention, params, x)
+  report = report_lib.compression_report(params, {"q": np.zeros((4, 3))},
+                                         flops=flops)
+  scores = 2 * 5 * 5 * 3
+  assert [r.flops_dense for r in report.layers] == [2 * 5 * 4 * 3] * 2
+  assert report.total.flops_dense == 2 * 2 * 5 * 4 * 3 + scores
+  assert B * report.total.flops_dense == xla_flops(attention, params, x)
+  # Masking q removes its products, not those of the scores.
+  assert report.total.flops_effective == 2 * 5 * 4 * 3 + scores
+  assert "the total includes 150 of products" in " ".join(
+      report.table().split())
