@@ -3,7 +3,9 @@
 Every config file under ``configs/`` starts from `default_config()` and
 changes what it needs, so all configs share one schema:
 
-* ``model``: ``name`` plus the model's keyword arguments (``model.kwargs``).
+* ``model``: ``name`` (a built-in model, or ``module.path:Attribute`` of
+  one defined elsewhere), the model's keyword arguments (``model.kwargs``)
+  and ``train_arg``, the keyword by which it switches to training.
 * ``data``: dataset ``name``, ``source``, ``data_dir``, batch sizes.
 * ``optimizer``: the optax optimizer and its learning-rate schedule.
 * ``compression``: a list of methods, each ``method(name, begin=, end=,
@@ -75,6 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet_300_100"
   c.model.kwargs = ml_collections.ConfigDict()
+  # The keyword of the model's __call__ that switches training mode:
+  # 'train', 'training', 'deterministic' or 'use_running_average' (these two
+  # negated), or '' for a model that takes none (`models.get_model`).
+  c.model.train_arg = "train"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "embedded_mnist"
@@ -346,6 +352,22 @@ def _in_range(field: str, value: Any, low: float, high: float | None = None,
     raise ConfigError(field, value, f"{kind} {lo}{hi}")
 
 
+def _check_model(model: ml_collections.ConfigDict) -> None:
+  """Checks ``model.name`` and ``model.train_arg``, importing nothing."""
+  name = model.name
+  if isinstance(name, str) and ":" in name:
+    module, _, attribute = name.partition(":")
+    if not module or not attribute:
+      raise ConfigError("model.name", name, "a built-in model ("
+                        f"{', '.join(sorted(models.MODELS))}) or "
+                        "'module.path:Attribute'")
+  else:
+    _one_of("model.name", name, models.MODELS)
+  if model.train_arg not in models.TRAIN_ARGS:
+    raise ConfigError("model.train_arg", model.train_arg,
+                      ", ".join(map(repr, models.TRAIN_ARGS)))
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks names and numeric ranges of ``config``; raises `ConfigError`.
 
@@ -367,7 +389,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ...   print(e)
     data.batch_size: got 0; allowed: an integer >= 1
   """
-  _one_of("model.name", config.model.name, models.MODELS)
+  _check_model(config.model)
   _one_of("data.name", config.data.name, data.DATASETS)
   _one_of("data.source", config.data.source, data.SOURCES)
   _in_range("data.batch_size", config.data.batch_size, 1, integer=True)

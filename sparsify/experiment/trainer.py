@@ -231,10 +231,12 @@ class Trainer:
     try:
       self.model = models.get_model(
           config.model.name, num_classes=self.dataset.num_classes,
-          **config.model.kwargs.to_dict())
+          train_arg=config.model.train_arg, **config.model.kwargs.to_dict())
     except (ValueError, TypeError) as e:
-      message = str(e).removeprefix("model: ")
-      raise config_lib.ConfigError(f"model.kwargs: {message}") from e
+      message = str(e)
+      if not message.startswith("model."):  # e.g. 'model.name: ...'
+        message = "model.kwargs: " + message.removeprefix("model: ")
+      raise config_lib.ConfigError(message) from e
     try:
       self.tx = self.make_tx(self.total_steps)
     except ValueError as e:
