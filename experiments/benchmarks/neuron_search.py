@@ -30,19 +30,21 @@ A setting is ``TOLERANCE[:FINETUNE_STEPS[:ORDER]]``:
 """
 
 import argparse
+import functools
 import math
 import os
 import tempfile
 import time
+import types
 
 import jax
 import numpy as np
 
 from experiments.benchmarks import common
+import sparsify
 from sparsify import models
 from sparsify.experiment import stages
 from sparsify.experiment import trainer as trainer_lib
-from sparsify.structure import neuron_search
 
 
 def make_config(model, dataset, epochs):
@@ -64,20 +66,40 @@ def parse_setting(text):
 def random_baseline(ctx, trained, search, steps, seeds):
   """Removes as many random neurons per layer as the search did.
 
+  The units are those `sparsify.structure_of` finds in the trained model;
+  `sparsify.slim_model` cuts them out. The smaller network is fine-tuned as
+  the registered model rebuilt at the kept widths, whose variables have the
+  shapes `slim_model` leaves.
+
   Returns per seed the test accuracy of the smaller network before and
   after fine-tuning for ``steps`` steps.
   """
-  spec = neuron_search.ungated_spec(
-      models.structure(trained.name, **trained.kwargs),
-      trained.variables["params"])
+  apply_fn = functools.partial(trained.apply_fn, train=False)
+  example = np.zeros((1, *ctx.dataset.input_shape), np.float32)
+  structure = sparsify.structure_of(apply_fn, trained.variables, example)
+  before, after = search["units_before"], search["units_after"]
   out = []
   for seed in seeds:
     rng = np.random.default_rng(seed)
-    keep = {u.name: rng.permutation(search["units_before"][u.name]) <
-            search["units_after"][u.name] for u in spec}
-    small = stages._slimmed(trained, spec, keep)  # pylint: disable=protected-access
+    keep = {u.name: rng.permutation(before[u.name]) < after[u.name]
+            for u in structure if u.name in before}
+    slim_apply, slim_variables = sparsify.slim_model(
+        apply_fn, trained.variables, keep, example)
+    small = stages.Model(
+        trained.name,
+        models.slimmed_kwargs(trained.name, trained.kwargs, keep),
+        slim_variables)
+    shapes = jax.eval_shape(small.module.init, jax.random.key(0), example)
+    if jax.tree.map(np.shape, shapes) != jax.tree.map(np.shape,
+                                                      slim_variables):
+      raise ValueError(f"{trained.name}: the model rebuilt at the kept "
+                       "widths does not take the variables slim_model left")
+    # Before fine-tuning, the slim function itself is evaluated.
+    accuracy = ctx.trainer.evaluate(
+        types.SimpleNamespace(apply_fn=slim_apply), None,
+        slim_variables)["eval/accuracy"]
     tuned = ctx.finetune(small, steps, ctx.config.post.finetune.learning_rate)
-    out.append({"seed": seed, "before_finetune": ctx.accuracy(small),
+    out.append({"seed": seed, "before_finetune": accuracy,
                 "after_finetune": ctx.accuracy(
                     stages.Model(small.name, small.kwargs, tuned))})
   return out
