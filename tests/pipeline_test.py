@@ -57,14 +57,15 @@ def test_sss_slim_keeps_the_function_and_removes_units(multiple, trained_once,
   assert sum(slim["units_after"].values()) < 48  # APG zeroed some gates
   assert slim["params"] < trained["params"]
   assert slim["flops"] < trained["flops"]
-  # Removing zero-gated units and folding the others is exact.
+  # Removing zero-gated units is exact.
   assert slim["test_accuracy"] == pytest.approx(trained["test_accuracy"],
                                                 abs=1e-9)
   hidden = tuple(slim["units_after"][f"fc{i}"] for i in (1, 2))
   assert all(h % multiple == 0 for h in hidden)  # 32 and 16 wide at most
-  # Parameters of the slim MLP, counted by hand: 784 -> h1 -> h2 -> 10.
+  # Parameters of the slim MLP, counted by hand: 784 -> h1 -> h2 -> 10,
+  # and the kept gates, one per neuron.
   expected = 784 * hidden[0] + hidden[0] + hidden[0] * hidden[1] + (
-      hidden[1] + hidden[1] * 10 + 10)
+      hidden[1] + hidden[1] * 10 + 10) + sum(hidden)
   assert slim["params"] == expected
   _file_matches_record(results, str(tmp_path))
 
@@ -208,14 +209,16 @@ def test_slim_threshold_absolute_or_relative_to_the_largest_gate(relative,
             "fc1_gate": {"gate": np.array([10.0, 0.5, 5.0, 0.05], np.float32)},
             "head": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
                      "bias": np.zeros(3, np.float32)}}
-  model = stages.Model("mlp", {"hidden": (4,), "gates": True},
-                         {"params": params})
+  model = stages.Model("mlp", {"hidden": (4,), "gates": True,
+                               "num_classes": 3},
+                       {"params": params}, input_shape=(6,))
   cfg = config_lib.default_config().post.slim
   cfg.threshold, cfg.relative = 0.01, relative
   slim, record = stages.slim_stage(None, model, cfg)
   # Relative: kept above 0.01 * 10 = 0.1, so the 0.05 gate goes.
   assert record["units_after"] == {"fc1": kept}
-  assert slim.kwargs["hidden"] == (kept,)
+  assert slim.variables["params"]["fc1"]["kernel"].shape == (6, kept)
+  assert slim.variables["params"]["head"]["kernel"].shape == (kept, 3)
 
 
 def test_vgg_search_cuts_channels_with_their_batchnorm(tmp_path):
@@ -227,7 +230,8 @@ def test_vgg_search_cuts_channels_with_their_batchnorm(tmp_path):
   config.model.kwargs = {"stages": ((8,), (16,)), "width": 1.0}
   results = run_lib.run(config, str(tmp_path))
   trained, search = results["post"]["stages"]
-  c1, c2 = (search["units_after"][n] for n in ("block1_0", "block2_0"))
+  c1, c2 = (search["units_after"][n]
+            for n in ("block1_0/conv", "block2_0/conv"))
   # 3x3 convs with BatchNorm (scale, bias), then the head on pooled c2.
   expected = (9 * 1 * c1 + 2 * c1) + (9 * c1 * c2 + 2 * c2) + (c2 * 10 + 10)
   assert search["params"] == expected

@@ -14,6 +14,14 @@ A stage is a plain function ``(context, model, stage_config) -> (model,
 record)``; adding one means adding an entry to `STAGES`. Stages evaluate and
 fine-tune with the run's `Trainer`: its jitted steps, its fit loop and its
 optimizer chain, never a copy of them.
+
+The structural stages (``slim``, ``search``) read the model's units from its
+computation (`sparsify.structure_of`), so they work on any model the config
+names, built-in or imported. A slimmed model is the original model with a
+*plan*: the elements kept by each structural stage, in order; its apply
+function is the traced computation at the kept widths
+(`sparsify.slimmed_apply`), and the compressed file records the plan, so
+that the model is rebuilt from it without any per-model code.
 """
 
 import dataclasses
@@ -25,10 +33,12 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from sparsify import data as data_lib
+from sparsify import flops as flops_lib
 from sparsify import models
 from sparsify import quantize
 from sparsify import report as report_lib
@@ -36,8 +46,10 @@ from sparsify import spz
 from sparsify.core import masking
 from sparsify.core import paths
 from sparsify.structure import neuron_search
+from sparsify.structure import scales
 from sparsify.structure import significance
 from sparsify.structure import surgery
+from sparsify.structure import trace
 from sparsify.structure import units
 from sparsify.transforms import sss
 from sparsify.transforms import ternary
@@ -56,12 +68,18 @@ class Model:
     masks: keep-masks of the params (None: every weight kept).
     encodings: per-leaf encodings for the compressed file
       (`sparsify.compressed`), keyed ``'params/<path>'``.
+    plan: the elements kept by each structural stage so far, in order:
+      ``({unit name: boolean array}, ...)``, units as `sparsify.structure_of`
+      names them in the model the stage received.
+    input_shape: one example's shape (the model is traced at batch 1).
   """
   name: str
   kwargs: dict[str, Any]
   variables: dict[str, Any]
   masks: Any = None
   encodings: dict[str, Any] = dataclasses.field(default_factory=dict)
+  plan: tuple[dict[str, np.ndarray], ...] = ()
+  input_shape: tuple[int, ...] | None = None
 
   @functools.cached_property
   def module(self):
@@ -70,8 +88,49 @@ class Model:
 
   @property
   def apply_fn(self):
-    """The module's ``apply``, as the trainer's evaluation takes it."""
-    return self.module.apply
+    """``apply(variables, x, train=..., mutable=...)`` of the model.
+
+    The module's own ``apply``, or for a slimmed model the module's
+    computation at the widths its plan keeps.
+    """
+    if not self.plan:
+      return self.module.apply
+    return _planned_apply(self.module, self.name, self.kwargs, self.plan,
+                          self.input_shape)
+
+  # `Trainer.state_for` takes anything with an ``apply``.
+  apply = apply_fn
+
+  def example(self) -> np.ndarray:
+    """A batch of one zero input, the shape the model is traced at."""
+    if self.input_shape is None:
+      raise ValueError("Model.input_shape is not set; the structural "
+                       "stages trace the model on one example input")
+    return np.zeros((1, *self.input_shape), np.float32)
+
+
+_PLANNED: dict[Any, Any] = {}
+
+
+def _planned_apply(module, name, kwargs, plan, input_shape):
+  """The module's apply with the plan's units removed, cached per plan."""
+  key = (name, repr(sorted(kwargs.items())), input_shape, tuple(
+      tuple((u, np.asarray(k).tobytes()) for u, k in sorted(keep.items()))
+      for keep in plan))
+  if key not in _PLANNED:
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    shapes = jax.eval_shape(functools.partial(module.init, train=False),
+                            jax.random.key(0), x)
+    apply = module.apply
+    for keep in plan:
+      structure = trace.structure_of(apply, shapes, x, train=False,
+                                     approximate=True)
+      keep = {u: np.asarray(k, bool) for u, k in keep.items()}
+      apply, shapes = (surgery.slimmed_apply(apply, shapes, keep, x,
+                                             train=False),
+                       surgery.slim(shapes, structure, keep))
+    _PLANNED[key] = apply
+  return _PLANNED[key]
 
 
 # Stages that select with a validation accuracy: with one of them in
@@ -148,7 +207,7 @@ class Context:
         steps, learning_rate=learning_rate, compression=False,
         optimizer=self.config.post.finetune.optimizer, masks=full,
         extra=extra)
-    state = self.trainer.state_for(model.module, model.variables, tx)
+    state = self.trainer.state_for(model, model.variables, tx)
     state = self.trainer.fit(state, steps, seed=self.config.seed + 1,
                              desc="finetune")
     out = {"params": state.params}
@@ -179,25 +238,30 @@ class Context:
       ``{'test_accuracy', 'params', 'nonzeros', 'flops', 'flops_effective',
       'bytes_sparse'}``, as in `report.compression_report`'s total.
     """
-    shapes = report_lib.layer_output_shapes(
-        model.module, model.variables, (1, *self.dataset.input_shape))
+    flops = flops_lib.param_flops(model.apply_fn, model.variables,
+                                  model.example(), train=False)
     rep = report_lib.compression_report(
-        model.variables["params"], model.masks,
-        output_shapes=shapes).total
+        model.variables["params"], model.masks, flops=flops).total
     return {"test_accuracy": self.accuracy(model), "params": rep.params,
             "nonzeros": rep.nonzeros, "flops": rep.flops_dense,
             "flops_effective": rep.flops_effective,
             "bytes_sparse": rep.bytes_sparse}
 
 
-def _spec(model: Model) -> list[units.SpecUnit]:
-  return models.structure(model.name, **model.kwargs)
+def _structure(model: Model) -> list[units.Unit]:
+  """The exact units of ``model``, read from its computation."""
+  structure = trace.structure_of(model.apply_fn, model.variables,
+                                 model.example(), train=False,
+                                 approximate=True)
+  return [u for u in structure if u.exact]
 
 
-def _slimmed(model: Model, spec, keep) -> Model:
-  variables = surgery.slim(model.variables, spec, keep)
-  kwargs = models.slimmed_kwargs(model.name, model.kwargs, keep)
-  return Model(model.name, kwargs, variables)
+def _slimmed(model: Model, structure, keep) -> Model:
+  """``model`` without the elements ``keep`` removes (masks are dropped)."""
+  variables = surgery.slim(model.variables, structure, keep)
+  return Model(model.name, model.kwargs, variables,
+               encodings=model.encodings, plan=(*model.plan, keep),
+               input_shape=model.input_shape)
 
 
 # ----------------------------------------------------------------- stages
@@ -232,31 +296,27 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   record = {}
   # Whole blocks with zero block gates (ResNet branches) go first, then
   # channels.
-  removed = models.remove_blocks(model.name, model.variables, model.kwargs,
-                                 cfg.threshold)
+  removed = None if model.plan else models.remove_blocks(
+      model.name, model.variables, model.kwargs, cfg.threshold)
   if removed is not None:
     variables, kwargs = removed
-    model = Model(model.name, kwargs, variables, model.masks)
+    model = dataclasses.replace(model, kwargs=kwargs, variables=variables)
     record["block_plan"] = list(kwargs["block_plan"])
     if not kwargs.get("channel_gates"):
       return model, record
-  params = model.variables["params"]
-  flat = dict(paths.named_leaves(params))
-  # Units inside residual branches removed above are gone.
-  spec = [u for u in _spec(model) if u.producers[0][0] in flat]
-  if not spec:
-    return model, record
+  structure = _structure(model)
+  found = scales.unit_scales(model.variables, structure)
+  if not found:
+    raise ValueError(
+        "post.slim: the model has no gates and no BatchNorm scales to "
+        f"select by; its units: {[u.name for u in structure]}. Train with "
+        "gates (preset sss) or a model with BatchNorm")
+  gated = any(scales.scale_slots(u)[0] == "gate" for u in structure)
   threshold = cfg.threshold
-  gated = any(u.gate in flat for u in spec)
   if not gated and cfg.fraction > 0:  # Network Slimming: BN scales
-    threshold = sss.slimming_threshold(params, cfg.fraction)
+    threshold = scales.threshold_of_fraction(found, cfg.fraction)
   keep = {}
-  for u in spec:
-    score_path = u.gate if gated else next(
-        p for p, _ in u.producers if p.endswith("/scale"))
-    if score_path not in flat:
-      continue
-    g = np.abs(np.asarray(flat[score_path])).ravel()
+  for name, g in found.items():
     if gated and cfg.relative:  # scale-free gates: relative to the largest
       k = g > threshold * g.max()
     else:
@@ -267,8 +327,8 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     # largest scales: their contribution is what the gated model computes.
     want = min(g.size, -(-int(k.sum()) // cfg.multiple) * cfg.multiple)
     k[np.argsort(-g, kind="stable")[:want]] = True
-    keep[u.name] = k
-  out = _slimmed(model, spec, keep)
+    keep[name] = k
+  out = _slimmed(model, structure, keep)
   kept = units.count_kept(keep)
   full = {name: int(np.size(k)) for name, k in keep.items()}
   return out, {**record, "units_before": full, "units_after": kept}
@@ -288,30 +348,26 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     before and after, the number of evaluations, the search's duration
     in seconds, the validation accuracy before and the search's log.
   """
-  spec = neuron_search.ungated_spec(_spec(model), model.variables["params"])
-  rest = {k: v for k, v in model.variables.items() if k != "params"}
+  structure = _structure(model)
 
-  def evaluate(params):
-    return ctx.accuracy(model, {"params": params, **rest}, ctx.validation)
+  def evaluate(variables):
+    return ctx.accuracy(model, variables, ctx.validation)
 
-  def finetune(params, keep):
+  def finetune(variables, keep):
     del keep  # the search zeroes the removed neurons again afterwards
-    tuned = ctx.finetune(
-        Model(model.name, model.kwargs, {"params": params, **rest}),
-        cfg.finetune_steps, ctx.config.post.finetune.learning_rate)
-    rest.update({k: v for k, v in tuned.items() if k != "params"})
-    return tuned["params"]
+    return ctx.finetune(dataclasses.replace(model, variables=variables),
+                        cfg.finetune_steps,
+                        ctx.config.post.finetune.learning_rate)
 
   t = time.perf_counter()
   result = neuron_search.binary_search_prune(
-      model.variables["params"], evaluate, cfg.tolerance, spec=spec,
+      model.variables, evaluate, cfg.tolerance, structure=structure,
       norm=cfg.norm, order=cfg.order, relative=cfg.relative,
       finetune=finetune if cfg.finetune_steps else None)
   seconds = time.perf_counter() - t
-  slimmed = _slimmed(Model(model.name, model.kwargs,
-                           {"params": result.params, **rest}), spec,
-                     result.keep)
-  full = {u.name: int(np.size(result.keep[u.name])) for u in spec}
+  slimmed = _slimmed(dataclasses.replace(model, variables=result.variables),
+                     structure, result.keep)
+  full = {name: int(np.size(k)) for name, k in result.keep.items()}
   return slimmed, {
       "units_before": full, "units_after": units.count_kept(result.keep),
       "evaluations": len(result.log), "search_seconds": seconds,
@@ -564,7 +620,8 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   os.makedirs(workdir, exist_ok=True)
   ctx = Context(trainer)
   model = Model(config.model.name, config.model.kwargs.to_dict(),
-                jax.tree.map(np.asarray, variables), masks)
+                jax.tree.map(np.asarray, variables), masks,
+                input_shape=tuple(trainer.dataset.input_shape))
   rows = [{"stage": "trained", **ctx.measure(model)}]
   for name in stage_names(config.post.stages):
     t = time.perf_counter()
@@ -580,7 +637,10 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   if model.masks is not None:
     params["params"] = masking.apply_masks(params["params"], model.masks)
   spz.save(path, params, model.encodings, metadata={
-      "model": {"name": model.name, "kwargs": model.kwargs},
+      "model": {"name": model.name, "kwargs": model.kwargs,
+                "input_shape": list(model.input_shape),
+                "plan": [{u: np.asarray(k, bool).tolist()
+                          for u, k in keep.items()} for keep in model.plan]},
       "dataset": config.data.name, "test_accuracy": accuracy,
       "stages": [r["stage"] for r in rows]})
   file_info = evaluate_file(trainer, path)
@@ -598,8 +658,9 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
 
   Args:
     trainer: a `Trainer` (its dataset and evaluation).
-    path: a file written by `run_stages` (its metadata names the model and
-      its arguments, and records ``test_accuracy``).
+    path: a file written by `run_stages` (its metadata names the model,
+      its arguments and the plan of units removed, and records
+      ``test_accuracy``).
 
   Returns:
     ``{'path', 'bytes_on_disk', 'float32_bytes', 'recorded_accuracy',
@@ -609,7 +670,11 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
   spec = meta["model"]
   kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
             for k, v in spec["kwargs"].items()}
-  model = Model(spec["name"], kwargs, variables)
+  model = Model(spec["name"], kwargs, variables,
+                plan=tuple({u: np.asarray(k, bool) for u, k in keep.items()}
+                           for keep in spec.get("plan", ())),
+                input_shape=tuple(spec.get("input_shape",
+                                           trainer.dataset.input_shape)))
   measured = trainer.evaluate(model, variables=variables)["eval/accuracy"]
   info = spz.file_report(path)
   return {"path": path, "bytes_on_disk": info.file_bytes,

@@ -68,8 +68,9 @@ def _axis_masks(structure, keep, shapes: Mapping[str, tuple[int, ...]],
   """Per variable path, the kept entries along each axis."""
   masks = {name: [np.ones(d, bool) for d in shape]
            for name, shape in shapes.items()}
+  by_name = {u.name: u for u in structure}
   for name, k in keep.items():
-    for slot in structure[name].slots:
+    for slot in by_name[name].slots:
       if slot.consumer and not consumers:
         continue
       if slot.path not in masks:
@@ -163,7 +164,8 @@ def slim(variables: Any, structure: trace_lib.Structure,
 
   Returns:
     ``variables`` with smaller arrays (numpy), same tree structure. Run
-    them with `slim_model`'s function.
+    them with `slim_model`'s function. `jax.ShapeDtypeStruct` leaves give
+    the smaller shapes.
 
   Example:
     >>> import flax.linen as nn
@@ -184,13 +186,18 @@ def slim(variables: Any, structure: trace_lib.Structure,
     "DepGraph: towards any structural pruning", CVPR 2023 (grouping
     coupled parameters by their dependencies, here read from the jaxpr).
   """
-  if not isinstance(structure, trace_lib.Structure):  # a declared spec
+  if any(isinstance(u, units.SpecUnit) for u in structure):  # declared
     return spec.slim_spec(variables, structure, keep)
   keep = check_keep(structure, keep)
   shapes = {name: np.shape(x) for name, x in trace_lib.leaves(variables)}
   masks = _axis_masks(structure, keep, shapes, consumers=True)
-  return _map(lambda name, x: rebuild.take(np.asarray(x), masks[name]),
-              variables)
+  def cut(name, x):
+    if isinstance(x, jax.ShapeDtypeStruct):  # shapes only (jax.eval_shape)
+      return jax.ShapeDtypeStruct(tuple(int(m.sum()) for m in masks[name]),
+                                  x.dtype)
+    return rebuild.take(np.asarray(x), masks[name])
+
+  return _map(cut, variables)
 
 
 def slim_model(apply_fn: Callable[..., Any], variables: Any,
