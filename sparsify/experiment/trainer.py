@@ -30,6 +30,7 @@ import optax
 import tqdm
 
 from sparsify import data as data_lib
+from sparsify import flops as flops_lib
 from sparsify import models
 from sparsify import report as report_lib
 from sparsify.core import masking
@@ -410,12 +411,12 @@ class Trainer:
         state, to count.
 
     Returns:
-      A `CompressionReport`, with convolution FLOPs from the model's output
-      shapes.
+      A `CompressionReport`, with each parameter's exact FLOPs read from
+      the model's computation (`sparsify.flops.param_flops`).
     """
     variables = _variables(state.params, state.batch_stats)
-    shapes = report_lib.layer_output_shapes(
-        self.model, variables, (1, *self.dataset.input_shape))
+    x = np.zeros((1, *self.dataset.input_shape), np.float32)
+    flops = flops_lib.param_flops(state.apply_fn, variables, x, train=False)
     return report_lib.compression_report(
         jax.device_get(state.params), masking.find_masks(state.opt_state),
-        output_shapes=shapes)
+        flops=flops)
