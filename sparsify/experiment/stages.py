@@ -51,7 +51,6 @@ from sparsify.structure import significance
 from sparsify.structure import surgery
 from sparsify.structure import trace
 from sparsify.structure import units
-from sparsify.transforms import sss
 from sparsify.transforms import ternary
 
 log = logging.getLogger("sparsify")
@@ -102,7 +101,11 @@ class Model:
   apply = apply_fn
 
   def example(self) -> np.ndarray:
-    """A batch of one zero input, the shape the model is traced at."""
+    """A batch of one zero input, the shape the model is traced at.
+
+    Returns:
+      Zeros of shape ``(1, *input_shape)``, float32.
+    """
     if self.input_shape is None:
       raise ValueError("Model.input_shape is not set; the structural "
                        "stages trace the model on one example input")
@@ -280,7 +283,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   widths are rounded up to a multiple of ``cfg.multiple`` (CPU and
   accelerator kernels are faster on multiples of 8), keeping the next
   largest scales. ResNet residual branches whose block gate is at most the
-  threshold are removed first (`sparsify.models.remove_blocks`).
+  threshold are removed first (`sparsify.models.ResNet.remove_blocks`).
 
   Args:
     ctx: the run's `Context`.
@@ -296,10 +299,14 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   record = {}
   # Whole blocks with zero block gates (ResNet branches) go first, then
   # channels.
-  removed = None if model.plan else models.remove_blocks(
-      model.name, model.variables, model.kwargs, cfg.threshold)
+  # A model that can drop whole blocks says so with a `remove_blocks`
+  # method (`sparsify.models.ResNet`'s block gates).
+  remove_blocks = getattr(model.module, "remove_blocks", None)
+  removed = None if model.plan or remove_blocks is None else remove_blocks(
+      model.variables, cfg.threshold)
   if removed is not None:
-    variables, kwargs = removed
+    variables, fields = removed
+    kwargs = {**model.kwargs, **fields}
     model = dataclasses.replace(model, kwargs=kwargs, variables=variables)
     record["block_plan"] = list(kwargs["block_plan"])
     if not kwargs.get("channel_gates"):

@@ -6,14 +6,13 @@ statistics in the ``batch_stats`` collection: train with
 ``model.apply(variables, x, train=True, mutable=['batch_stats'])``. Dense and
 Conv weights are named ``kernel`` and every classifier layer ``head``.
 
-Each model's module also says what surgery needs to know of it: its
-removable units (`structure`), the arguments of the model left after
-removing some (`slimmed_kwargs`), and removable blocks (`remove_blocks`);
-`MODELS` maps each name to a `ModelEntry` of these.
+`MODELS` maps each name to the function that builds it. Nothing else is
+declared per model: the removable neurons, channels and blocks of every
+model, built-in or imported, are read from its computation
+(`sparsify.structure_of`).
 """
 
 from collections.abc import Callable
-import dataclasses
 import importlib
 import inspect
 import math
@@ -24,10 +23,6 @@ import flax.linen as nn
 import jax
 
 from sparsify.core.types import Params
-from sparsify.models import lenet
-from sparsify.models import mlp
-from sparsify.models import resnet
-from sparsify.models import vgg as vgg_lib
 from sparsify.models.lenet import LeNet5
 from sparsify.models.mlp import lenet_300_100
 from sparsify.models.mlp import MLP
@@ -39,7 +34,6 @@ from sparsify.models.vgg import ConvBNReLU
 from sparsify.models.vgg import VGG
 from sparsify.models.vgg import vgg
 from sparsify.models.vgg import vgg_stages
-from sparsify.structure import units
 
 __all__ = [
     "BasicBlock",
@@ -48,49 +42,23 @@ __all__ = [
     "LeNet5",
     "MLP",
     "MODELS",
-    "ModelEntry",
     "ResNet",
     "ResidualBlock",
     "VGG",
     "count_params",
     "get_model",
     "lenet_300_100",
-    "remove_blocks",
-    "slimmed_kwargs",
-    "structure",
     "vgg",
     "vgg_stages",
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelEntry:
-  """A registered model: how it is built, and what surgery needs to know.
-
-  Attributes:
-    factory: builds the Flax module from keyword arguments.
-    structure: ``structure(**kwargs) -> list[Unit]``, the removable neurons
-      or channels of the model those arguments build.
-    slimmed_kwargs: ``slimmed_kwargs(kwargs, counts) -> kwargs`` of the
-      ungated model with ``counts[unit name]`` units kept.
-    remove_blocks: ``remove_blocks(variables, kwargs, threshold)``, removing
-      whole blocks whose gate is zero (None if the model has none): returns
-      ``(variables, kwargs)``, or None for a model built without block gates.
-  """
-  factory: Callable[..., nn.Module]
-  structure: Callable[..., list[units.SpecUnit]]
-  slimmed_kwargs: Callable[[dict[str, Any], dict[str, int]], dict[str, Any]]
-  remove_blocks: Callable[..., Any] | None = None
-
-
-MODELS: dict[str, ModelEntry] = {
-    "lenet5": ModelEntry(LeNet5, lenet.structure, lenet.slimmed_kwargs),
-    "lenet_300_100": ModelEntry(lenet_300_100, mlp.structure,
-                                mlp.slimmed_kwargs),
-    "mlp": ModelEntry(MLP, mlp.structure, mlp.slimmed_kwargs),
-    "resnet": ModelEntry(ResNet, resnet.structure, resnet.slimmed_kwargs,
-                         resnet.remove_blocks),
-    "vgg": ModelEntry(vgg, vgg_lib.structure, vgg_lib.slimmed_kwargs),
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "lenet_300_100": lenet_300_100,
+    "mlp": MLP,
+    "resnet": ResNet,
+    "vgg": vgg,
 }
 
 
@@ -310,22 +278,18 @@ def _train_keyword(name: str, call: Callable[..., Any],
   return train_arg, param is None or param.default is not param.empty
 
 
-def _entry(name: str) -> ModelEntry:
-  if _is_imported(name):
-    raise ValueError(
-        f"model.name: {name!r} is an imported model; its structure (for "
-        "post.stages slim and search, and block removal) is only known for "
-        f"the built-in models: {', '.join(sorted(MODELS))}")
+def _factory(name: str) -> Callable[..., nn.Module]:
   if name not in MODELS:
     raise ValueError(f"model.name: unknown model {name!r}; allowed: "
-                     f"{', '.join(sorted(MODELS))}")
+                     f"{', '.join(sorted(MODELS))}, or module.path:Attribute "
+                     "for a model of your own")
   return MODELS[name]
 
 
 def _checked(name: str, kwargs: dict[str, Any],
              factory: Callable[..., Any] | None = None) -> dict[str, Any]:
   """``kwargs`` with lists as tuples, after checking the model accepts them."""
-  factory = _entry(name).factory if factory is None else factory
+  factory = _factory(name) if factory is None else factory
   allowed = _arguments(factory)
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown and not _takes_any(factory):
@@ -443,110 +407,11 @@ def get_model(name: str, *, num_classes: int = 10,
   if _is_imported(name):
     return _imported_model(name, num_classes, train_arg, kwargs)
   kwargs = _checked(name, kwargs)
-  module = MODELS[name].factory(num_classes=num_classes, **kwargs)
+  module = MODELS[name](num_classes=num_classes, **kwargs)
   if train_arg in (None, "train"):
     return module
   keyword, _ = _train_keyword(name, type(module).__call__, train_arg)
   return _TrainArg(module, keyword)
-
-
-def structure(name: str, **kwargs: Any) -> list[units.SpecUnit]:
-  """The removable neurons or channels of a registered model.
-
-  Each `units.SpecUnit` names the parameter slices that one layer's neurons or
-  channels own (producers) and those that read them (consumers), and the
-  gate that scales them in a gated model; `sparsify.keep_nonzero` and
-  `sparsify.slim` work from it. Each model's module says what they are (its
-  ``structure``): MLP hidden neurons, LeNet-5 filters and ``fc1`` neurons
-  (ungated), VGG conv channels, ResNet channels inside residual branches.
-
-  Args:
-    name: One of ``lenet5``, ``lenet_300_100``, ``mlp``, ``resnet``, ``vgg``.
-    **kwargs: the model's arguments, as for `get_model` (``hidden``,
-      ``stages``, ``depth``, ``block``, ...); gate switches may be given.
-
-  Returns:
-    The list of `units.SpecUnit`.
-
-  Raises:
-    ValueError: for an unknown model name or argument.
-
-  Example:
-    >>> from sparsify import models
-    >>> spec = models.structure('mlp', hidden=(300, 100))
-    >>> [(u.name, u.gate) for u in spec]
-    [('fc1', 'fc1_gate/gate'), ('fc2', 'fc2_gate/gate')]
-    >>> spec[0].producers, spec[0].consumers
-    ((('fc1/kernel', 1), ('fc1/bias', 0)), (('fc2/kernel', 0),))
-    >>> len(models.structure('resnet', depth=20)), len(models.structure(
-    ...     'vgg', depth=11))
-    (9, 8)
-  """
-  return _entry(name).structure(**_checked(name, kwargs))
-
-
-def slimmed_kwargs(name: str, kwargs: dict[str, Any],
-                   keep: dict[str, Any]) -> dict[str, Any]:
-  """The arguments of the ungated model that `sparsify.slim` leaves.
-
-  Args:
-    name: the registered model's name.
-    kwargs: the arguments the (gated) model was built with.
-    keep: ``{unit name: boolean array}`` of the units kept, as given to
-      `sparsify.slim`; units not named keep their widths.
-
-  Returns:
-    Arguments for `get_model` that build the slim model: the kept widths,
-    and no gate switches (``gates``, ``channel_gates``, ``block_gates``).
-
-  Raises:
-    ValueError: for an unknown model name or argument.
-
-  Example:
-    >>> import numpy as np
-    >>> from sparsify import models
-    >>> keep = {'fc1': np.array([True, False, True]), 'fc2': np.ones(2, bool)}
-    >>> models.slimmed_kwargs('mlp', {'hidden': (3, 2), 'gates': True}, keep)
-    {'hidden': (2, 2)}
-  """
-  entry = _entry(name)
-  return entry.slimmed_kwargs(_checked(name, kwargs), units.count_kept(keep))
-
-
-def remove_blocks(
-    name: str, variables: dict[str, Any], kwargs: dict[str, Any],
-    threshold: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]] | None:
-  """Removes the blocks whose gate is at most ``threshold``, if any can go.
-
-  For ``resnet`` built with ``block_gates=True``: the residual branches of
-  zero gates (`sparsify.models.resnet.remove_blocks`). Run it before
-  `sparsify.slim`, whose units then skip the removed branches.
-
-  Args:
-    name: the registered model's name.
-    variables: the model's variables.
-    kwargs: the arguments it was built with.
-    threshold: block gates at or below it (in magnitude) remove their block.
-
-  Returns:
-    ``(variables, kwargs)`` of the model without block gates, or None when
-    the model has no removable blocks or was built without block gates.
-
-  Raises:
-    ValueError: for an unknown model name or argument.
-
-  Example:
-    >>> from sparsify import models
-    >>> models.remove_blocks('vgg', {'params': {}}, {'depth': 11}) is None
-    True
-    >>> models.remove_blocks('resnet', {'params': {}}, {'depth': 8}) is None
-    True
-  """
-  entry = _entry(name)
-  kwargs = _checked(name, kwargs)
-  if entry.remove_blocks is None:
-    return None
-  return entry.remove_blocks(variables, kwargs, threshold)
 
 
 def count_params(params: Params) -> int:

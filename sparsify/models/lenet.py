@@ -1,17 +1,9 @@
-"""LeNet-5 in the form of Caffe's MNIST example, and its filters and neurons."""
-
-from typing import Any
+"""LeNet-5 in the form of Caffe's MNIST example."""
 
 import flax.linen as nn
 import jax
 
 from sparsify.models.layers import max_pool_2x2
-from sparsify.structure import units
-
-# The layers whose outputs are units: (name, output axis of its kernel), and
-# the input axis of the kernel that reads them.
-_CHAIN = (("conv1", 3), ("conv2", 3), ("fc1", 1), ("head", None))
-_INPUT_AXIS = {"conv2": 2, "fc1": 0, "head": 0}
 
 
 class LeNet5(nn.Module):
@@ -59,56 +51,3 @@ class LeNet5(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(hidden, name="fc1")(x))
     return nn.Dense(self.num_classes, name="head")(x)
-
-
-def structure(**kwargs: Any) -> list[units.SpecUnit]:
-  """The filters of both convolutions and the ``fc1`` neurons of `LeNet5`.
-
-  LeNet-5 has no gates: the units are for filter and neuron pruning
-  (`sparsify.binary_search_prune`, then `sparsify.slim`). ``conv2``'s
-  filters reach ``fc1`` through a flatten, so ``fc1/kernel``'s input axis is
-  read as ``(positions, filters)``.
-
-  Args:
-    **kwargs: arguments of `LeNet5` (``features``, ``num_classes``); the
-      units do not depend on them.
-
-  Returns:
-    The units ``conv1``, ``conv2`` and ``fc1``, ungated.
-
-  Example:
-    >>> from sparsify.models import lenet
-    >>> [(u.name, u.consumers) for u in lenet.structure()]
-    [('conv1', (('conv2/kernel', 2),)), ('conv2', (('fc1/kernel', 0),)),
-     ('fc1', (('head/kernel', 0),))]
-  """
-  del kwargs  # every LeNet5 has the same layers
-  return [units.SpecUnit(name=name, gate=None,
-                     producers=((f"{name}/kernel", out), (f"{name}/bias", 0)),
-                     consumers=((f"{nxt}/kernel", _INPUT_AXIS[nxt]),))
-          for (name, out), (nxt, _) in zip(_CHAIN, _CHAIN[1:])]
-
-
-def slimmed_kwargs(kwargs: dict[str, Any],
-                   counts: dict[str, int]) -> dict[str, Any]:
-  """The arguments of the `LeNet5` with the kept filters and neurons.
-
-  Args:
-    kwargs: the arguments the model was built with.
-    counts: units kept per unit name of `structure`; a layer not named
-      keeps its width.
-
-  Returns:
-    ``kwargs`` with ``features`` the kept widths of ``conv1``, ``conv2`` and
-    ``fc1``.
-
-  Example:
-    >>> from sparsify.models import lenet
-    >>> lenet.slimmed_kwargs({}, {'conv1': 12, 'fc1': 100})
-    {'features': (12, 50, 100)}
-  """
-  features = LeNet5(**kwargs).features
-  out = dict(kwargs)
-  out["features"] = tuple(counts.get(name, w) for (name, _), w in
-                          zip(_CHAIN, features))
-  return out

@@ -1,12 +1,10 @@
 """Fully connected classifiers: `MLP` and LeNet-300-100, and their neurons."""
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 
-from sparsify.structure import units
 from sparsify.structure.gates import Gate
 
 
@@ -86,53 +84,3 @@ def lenet_300_100(num_classes: int = 10, gates: bool = False,
   if len(hidden) != 2:
     raise ValueError(f"hidden: got {tuple(hidden)}; allowed: two widths")
   return MLP(hidden=tuple(hidden), num_classes=num_classes, gates=gates)
-
-
-def structure(**kwargs: Any) -> list[units.SpecUnit]:
-  """The hidden neurons of the `MLP` that ``kwargs`` build, one unit a layer.
-
-  Neuron ``j`` of hidden layer ``fc{i}`` owns column ``j`` of ``fc{i}/kernel``
-  and entry ``j`` of ``fc{i}/bias``, and row ``j`` of the next layer's
-  kernel reads it; its gate (with ``gates=True``) is ``fc{i}_gate/gate``.
-
-  Args:
-    **kwargs: arguments of `MLP` or `lenet_300_100` (``hidden``, ``gates``,
-      ``num_classes``).
-
-  Returns:
-    One `units.SpecUnit` per hidden layer, named ``fc1``, ``fc2``, ...
-
-  Example:
-    >>> from sparsify.models import mlp
-    >>> [(u.name, u.consumers) for u in mlp.structure(hidden=(8, 4))]
-    [('fc1', (('fc2/kernel', 0),)), ('fc2', (('head/kernel', 0),))]
-  """
-  names = [f"fc{i + 1}" for i in range(len(MLP(**kwargs).hidden))] + ["head"]
-  return [units.SpecUnit(name=name, gate=f"{name}_gate/gate",
-                     producers=((f"{name}/kernel", 1), (f"{name}/bias", 0)),
-                     consumers=((f"{nxt}/kernel", 0),))
-          for name, nxt in zip(names, names[1:])]
-
-
-def slimmed_kwargs(kwargs: dict[str, Any],
-                   counts: dict[str, int]) -> dict[str, Any]:
-  """The arguments of the ungated `MLP` with the kept neurons of each layer.
-
-  Args:
-    kwargs: the arguments the (gated) model was built with.
-    counts: neurons kept per unit name of `structure`; a layer not named
-      keeps its width.
-
-  Returns:
-    ``kwargs`` without ``gates`` and with ``hidden`` the kept widths.
-
-  Example:
-    >>> from sparsify.models import mlp
-    >>> mlp.slimmed_kwargs({'hidden': (8, 4), 'gates': True}, {'fc1': 3})
-    {'hidden': (3, 4)}
-  """
-  hidden = MLP(**kwargs).hidden
-  out = {k: v for k, v in kwargs.items() if k != "gates"}
-  out["hidden"] = tuple(counts.get(f"fc{i + 1}", w)
-                        for i, w in enumerate(hidden))
-  return out

@@ -1,8 +1,9 @@
 """CIFAR ResNets (He et al. 2016) with basic or bottleneck blocks.
 
-Also what surgery needs to know of them: the channels inside residual
-branches (`structure`, `slimmed_kwargs`) and the removal of whole branches
-(`remove_blocks`).
+With ``block_gates``, a scale factor multiplies each residual branch, and
+`ResNet.remove_blocks` removes the branches whose factor is zero (SSS at the
+level of blocks); channels are found by `sparsify.structure_of` like those of
+any model.
 """
 
 from typing import Any, ClassVar
@@ -14,7 +15,6 @@ import numpy as np
 
 from sparsify.models.vgg import batch_norm
 from sparsify.models.vgg import conv_init
-from sparsify.structure import units
 from sparsify.structure.gates import Gate
 
 
@@ -260,6 +260,47 @@ class ResNet(nn.Module):
     """The number ``n`` of residual blocks in each of the three stages."""
     return (self.depth - 2) // (3 * _LAYERS_PER_BLOCK[self.block])
 
+  def remove_blocks(
+      self, variables: dict[str, Any], threshold: float = 0.0
+  ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    r"""Removes the residual branches whose block gate is zero.
+
+    A branch with :math:`|\lambda| \le` ``threshold`` is removed: a block
+    with an identity shortcut disappears (its input is the output of a
+    relu, so ``relu(x) = x``), a block with a projection shortcut keeps only
+    it. A surviving :math:`\lambda` is folded into the branch's last
+    BatchNorm (scale and shift times :math:`\lambda`) and the gate
+    removed, so the model of the new fields computes what the gated one did.
+    The post-training ``slim`` stage calls it before removing channels.
+
+    Args:
+      variables: variables of this model.
+      threshold: gates at or below it (in magnitude) remove their branch.
+
+    Returns:
+      ``(variables, fields)``: the variables without block gates (numpy
+      arrays) and the fields to build the model they fit with
+      (``block_gates=False`` and the ``block_plan`` saying which branches
+      are gone); None when the model has no block gates.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from sparsify.models import resnet
+      >>> model = resnet.ResNet(depth=8, width=4, block_gates=True)
+      >>> shapes = jax.eval_shape(model.init, jax.random.key(0),
+      ...                         jnp.ones((1, 8, 8, 3)))
+      >>> variables = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
+      >>> variables['params']['block2_0']['block_gate']['gate'] = jnp.zeros(
+      ...     ())
+      >>> slim, fields = model.remove_blocks(variables)
+      >>> fields['block_plan'], sorted(slim['params']['block2_0'])
+      (('full', 'shortcut', 'full'), ['shortcut_bn', 'shortcut_conv'])
+      >>> resnet.ResNet(depth=8).remove_blocks(variables) is None
+      True
+    """
+    return _remove_blocks(self, variables, threshold)
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Returns logits of shape ``(N, num_classes)`` for NHWC images."""
@@ -292,122 +333,10 @@ def _plan(model: ResNet) -> tuple[str, ...]:
   return model.block_plan or ("full",) * len(names)
 
 
-def structure(**kwargs: Any) -> list[units.SpecUnit]:
-  """The channels inside the residual branches of the `ResNet` of ``kwargs``.
-
-  Inner layer ``k`` of a branch (all but its last: one in a basic block, two
-  in a bottleneck) owns output channel ``j`` of ``conv{k}/kernel`` and entry
-  ``j`` of ``bn{k}``; ``conv{k + 1}`` reads it as input channel ``j``. The
-  channels a block outputs are tied to its shortcut and the next blocks,
-  and are not units. The gate ``gate{k}/gate`` (with ``channel_gates=True``)
-  follows the relu and folds into ``bn{k}``'s scale and shift. Blocks whose
-  branch `remove_blocks` removed (``block_plan``) have no units.
-
-  Args:
-    **kwargs: arguments of `ResNet` (``depth``, ``block``, ``width``,
-      ``channel_gates``, ``block_plan``, ...).
-
-  Returns:
-    One `units.SpecUnit` per inner layer, named ``block{s}_{i}/gate{k}``.
-
-  Example:
-    >>> from sparsify.models import resnet
-    >>> spec = resnet.structure(depth=11, block='bottleneck')
-    >>> [u.name for u in spec]
-    ['block1_0/gate1', 'block1_0/gate2', 'block2_0/gate1', 'block2_0/gate2',
-     'block3_0/gate1', 'block3_0/gate2']
-    >>> spec[1].producers[0], spec[1].consumers
-    (('block1_0/conv2/kernel', 3), (('block1_0/conv3/kernel', 2),))
-  """
-  model = ResNet(**kwargs)
-  spec = []
-  for b, plan in zip(_block_names(model), _plan(model)):
-    if plan != "full":
-      continue
-    for k in range(1, _LAYERS_PER_BLOCK[model.block]):  # inner k -> k + 1
-      spec.append(units.SpecUnit(
-          name=f"{b}/gate{k}", gate=f"{b}/gate{k}/gate",
-          producers=((f"{b}/conv{k}/kernel", 3),) + tuple(
-              (f"{b}/bn{k}/{v}", 0) for v in ("scale", "bias", "mean",
-                                               "var")),
-          consumers=((f"{b}/conv{k + 1}/kernel", 2),),
-          fold=(f"{b}/bn{k}/scale", f"{b}/bn{k}/bias")))
-  return spec
-
-
-def slimmed_kwargs(kwargs: dict[str, Any],
-                   counts: dict[str, int]) -> dict[str, Any]:
-  """The arguments of the ungated `ResNet` with the kept inner channels.
-
-  Args:
-    kwargs: the arguments the (gated) model was built with.
-    counts: channels kept per unit name of `structure`; an inner layer not
-      named keeps its width.
-
-  Returns:
-    ``kwargs`` without ``channel_gates`` and ``block_gates``, with
-    ``inner_widths`` the kept widths of every block.
-
-  Example:
-    >>> from sparsify.models import resnet
-    >>> resnet.slimmed_kwargs({'depth': 8, 'channel_gates': True},
-    ...                       {'block1_0/gate1': 5, 'block3_0/gate1': 40})
-    {'depth': 8, 'inner_widths': ((5,), (32,), (40,))}
-  """
-  model = ResNet(**kwargs)
-  inner = _LAYERS_PER_BLOCK[model.block] - 1
-  out = {k: v for k, v in kwargs.items()
-         if k not in ("channel_gates", "block_gates")}
-  widths = []
-  for n, b in enumerate(_block_names(model)):
-    stage = n // model.blocks_per_stage
-    current = (model.inner_widths[n] if model.inner_widths is not None else
-               (model.width * 2**stage,) * inner)
-    widths.append(tuple(counts.get(f"{b}/gate{k + 1}", w)
-                        for k, w in enumerate(current)))
-  out["inner_widths"] = tuple(widths)
-  return out
-
-
-def remove_blocks(
-    variables: dict[str, Any], kwargs: dict[str, Any], threshold: float = 0.0
+def _remove_blocks(
+    model: "ResNet", variables: dict[str, Any], threshold: float
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-  r"""Removes the residual branches whose block gate is zero.
-
-  A branch with :math:`|\lambda| \le` ``threshold`` is removed: a block with
-  an identity shortcut disappears (its input is the output of a relu, so
-  ``relu(x) = x``), a block with a projection shortcut keeps only it. A
-  surviving :math:`\lambda` is folded into the branch's last BatchNorm
-  (scale and shift times :math:`\lambda`) and the gate removed, so the
-  model of the returned arguments computes what the gated one did.
-
-  Args:
-    variables: variables of the `ResNet` of ``kwargs``.
-    kwargs: that model's arguments.
-    threshold: gates at or below it (in magnitude) remove their branch.
-
-  Returns:
-    ``(variables, kwargs)`` of the model without block gates (numpy arrays;
-    ``block_plan`` says which branches are gone; channel gates, if any, are
-    left for `sparsify.slim`), or None when the model has no block gates.
-
-  Example:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> from sparsify.models import resnet
-    >>> kwargs = {'depth': 8, 'width': 4, 'block_gates': True}
-    >>> model = resnet.ResNet(**kwargs)
-    >>> shapes = jax.eval_shape(model.init, jax.random.key(0),
-    ...                         jnp.ones((1, 8, 8, 3)))
-    >>> variables = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
-    >>> variables['params']['block2_0']['block_gate']['gate'] = jnp.zeros(())
-    >>> slim, slim_kwargs = resnet.remove_blocks(variables, kwargs)
-    >>> slim_kwargs['block_plan'], sorted(slim['params']['block2_0'])
-    (('full', 'shortcut', 'full'), ['shortcut_bn', 'shortcut_conv'])
-    >>> resnet.remove_blocks(variables, {'depth': 8}) is None
-    True
-  """
-  model = ResNet(**kwargs)
+  """`ResNet.remove_blocks`."""
   if not model.block_gates:
     return None
   out = flax.core.unfreeze(jax.tree.map(np.asarray, variables))
@@ -430,4 +359,4 @@ def remove_blocks(
       if kept:
         collection[b] = kept
   out = {c: tree for c, tree in out.items() if tree}
-  return out, {**kwargs, "block_gates": False, "block_plan": tuple(plan)}
+  return out, {"block_gates": False, "block_plan": tuple(plan)}

@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 
 from sparsify.models.layers import max_pool_2x2
-from sparsify.structure import units
 from sparsify.structure.gates import Gate
 
 # Conv channels per stage of the standard VGG configurations (A, B, D, E).
@@ -212,79 +211,3 @@ def vgg(
   if depth is not None:
     kwargs["stages"] = vgg_stages(depth)
   return VGG(width=width, num_classes=num_classes, gates=gates, **kwargs)
-
-
-def _blocks(model: VGG) -> list[str]:
-  return [f"block{s + 1}_{i}" for s, stage in enumerate(model.stages)
-          for i in range(len(stage))]
-
-
-def structure(**kwargs: Any) -> list[units.SpecUnit]:
-  """The conv channels of the `VGG` that ``kwargs`` build, one unit a block.
-
-  Channel ``j`` of block ``b`` owns output channel ``j`` of ``b/conv/kernel``
-  and entry ``j`` of its BatchNorm (``b/bn/scale``, ``bias``, ``mean``,
-  ``var``); the next block's conv reads it as input channel ``j``, the
-  ``head`` as row ``j`` (after the global average pool). A non-negative gate
-  ``b/gate/gate`` follows the relu, so it folds into the BatchNorm scale and
-  shift.
-
-  Args:
-    **kwargs: arguments of `vgg` (``depth`` or ``stages``, ``width``,
-      ``gates``, ``num_classes``).
-
-  Returns:
-    One `units.SpecUnit` per conv block, named like the block
-    (``block1_0``, ...).
-
-  Example:
-    >>> from sparsify.models.vgg import structure
-    >>> spec = structure(stages=((8,), (16, 16)))
-    >>> [(u.name, u.consumers) for u in spec]
-    [('block1_0', (('block2_0/conv/kernel', 2),)),
-     ('block2_0', (('block2_1/conv/kernel', 2),)),
-     ('block2_1', (('head/kernel', 0),))]
-    >>> spec[0].gate, spec[0].fold
-    ('block1_0/gate/gate', ('block1_0/bn/scale', 'block1_0/bn/bias'))
-  """
-  blocks = _blocks(vgg(**kwargs))
-  spec = []
-  for b, nxt in zip(blocks, blocks[1:] + ["head"]):
-    consumer = (f"{nxt}/kernel", 0) if nxt == "head" else (
-        f"{nxt}/conv/kernel", 2)
-    spec.append(units.SpecUnit(
-        name=b, gate=f"{b}/gate/gate",
-        producers=((f"{b}/conv/kernel", 3),) + tuple(
-            (f"{b}/bn/{v}", 0) for v in ("scale", "bias", "mean", "var")),
-        consumers=(consumer,), fold=(f"{b}/bn/scale", f"{b}/bn/bias")))
-  return spec
-
-
-def slimmed_kwargs(kwargs: dict[str, Any],
-                   counts: dict[str, int]) -> dict[str, Any]:
-  """The arguments of the ungated `VGG` with the kept channels of each block.
-
-  Args:
-    kwargs: the arguments the (gated) model was built with.
-    counts: channels kept per unit name of `structure`; a block not named
-      keeps its width.
-
-  Returns:
-    ``kwargs`` without ``gates`` and ``depth``, with ``stages`` the kept
-    channels and ``width`` 1 (the counts are channels, not nominal ones).
-
-  Example:
-    >>> from sparsify.models.vgg import slimmed_kwargs
-    >>> slimmed_kwargs({'depth': 11, 'width': 0.5, 'gates': True},
-    ...                {'block1_0': 20, 'block3_1': 100})
-    {'width': 1.0,
-     'stages': ((20,), (64,), (128, 100), (256, 256), (256, 256))}
-  """
-  model = vgg(**kwargs)
-  out = {k: v for k, v in kwargs.items() if k not in ("gates", "depth")}
-  out["stages"] = tuple(
-      tuple(counts.get(f"block{s + 1}_{i}", model.channels(c))
-            for i, c in enumerate(stage))
-      for s, stage in enumerate(model.stages))
-  out["width"] = 1.0
-  return out

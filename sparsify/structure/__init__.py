@@ -1,6 +1,10 @@
-"""Neurons, channels and blocks: gates, surgery and neuron search.
+"""Neurons, channels, heads and blocks of any Flax model, and their removal.
 
-`units` (the `Unit` of coupled parameter slices), `gates` (scaling factors
-SSS trains), `surgery` (physical removal, gate folding), `neuron_search`
+`trace` (`structure_of`: the removable units, read from the model's jaxpr),
+`units` (the `Unit` of coupled parameter slices), `surgery` (masking,
+physical removal, the slim model as a function, its export), `rebuild` (the
+traced computation evaluated at new shapes), `scales` (gates and BatchNorm
+scales per unit), `insert` (gates added to a model without editing it),
+`gates` (the `Gate` module of the built-in models), `neuron_search`
 (binary-search neuron pruning) and `significance` (LCT's layer order).
 """

@@ -212,13 +212,13 @@ class SearchResult(NamedTuple):
   baseline: float
 
 
-def _visit_order(spec: Sequence[units.Unit], sizes: Mapping[str, int],
+def _visit_order(candidates: Sequence[units.Unit], sizes: Mapping[str, int],
                  order: str, layers: Sequence[str] | None,
                  min_keep: int) -> list[str]:
   """Validates the options and returns the unit names in visiting order."""
   if order not in ORDERS:
     raise ValueError(f"order: got {order!r}; allowed: {', '.join(ORDERS)}")
-  names = [u.name for u in spec]
+  names = [u.name for u in candidates]
   if len(set(names)) != len(names):
     raise ValueError(f"structure: unit names must be unique; got {names}")
   if layers is not None:
@@ -352,12 +352,12 @@ def binary_search_prune(
     raise ValueError(f"finetune: got {finetune!r}; allowed: None or a "
                      "callable (variables, keep) -> variables")
   if layers is None:
-    spec = [u for u in structure if u.exact and u.kind != "stream"]
+    candidates = [u for u in structure if u.exact and u.kind != "stream"]
   else:
-    spec = list(structure)
-  sizes = {u.name: u.size for u in spec}
-  names = _visit_order(spec, sizes, order, layers, min_keep)
-  searched = [u for u in spec if u.name in set(names)]
+    candidates = list(structure)
+  sizes = {u.name: u.size for u in candidates}
+  names = _visit_order(candidates, sizes, order, layers, min_keep)
+  searched = [u for u in candidates if u.name in set(names)]
   baseline = float(evaluate(variables))
   eps = tol * abs(baseline) if relative else tol
   log = [SearchStep(None, 0, baseline, True)]

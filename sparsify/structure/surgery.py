@@ -23,7 +23,6 @@ import numpy as np
 
 from sparsify.core import paths
 from sparsify.structure import rebuild
-from sparsify.structure import spec
 from sparsify.structure import trace as trace_lib
 from sparsify.structure import units
 
@@ -157,8 +156,7 @@ def slim(variables: Any, structure: trace_lib.Structure,
   Args:
     variables: the model's variables, as given to `sparsify.structure_of`
       (a pytree: Linen collections, boxed parameters, an NNX state).
-    structure: its `Structure` (or a built-in model's declared list of
-      `units.SpecUnit`, `sparsify.spec_for`, slimmed by `spec.slim_spec`).
+    structure: its `Structure` (or some of its units).
     keep: ``{unit name: boolean array}``, True for the elements kept;
       units not named are kept whole.
 
@@ -186,8 +184,6 @@ def slim(variables: Any, structure: trace_lib.Structure,
     "DepGraph: towards any structural pruning", CVPR 2023 (grouping
     coupled parameters by their dependencies, here read from the jaxpr).
   """
-  if any(isinstance(u, units.SpecUnit) for u in structure):  # declared
-    return spec.slim_spec(variables, structure, keep)
   keep = check_keep(structure, keep)
   shapes = {name: np.shape(x) for name, x in trace_lib.leaves(variables)}
   masks = _axis_masks(structure, keep, shapes, consumers=True)
