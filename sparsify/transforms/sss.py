@@ -6,6 +6,7 @@ Nesterov SGD; Network Slimming penalises BatchNorm scales with L1 and prunes
 the channels whose scales fall below a global threshold.
 """
 
+from collections.abc import Mapping
 import re
 from typing import Any, NamedTuple
 
@@ -21,20 +22,73 @@ from sparsify.core import schedules
 from sparsify.core import types
 from sparsify.transforms import proximal
 
-# Scaling factors of SSS: leaves (or modules) named ``gate`` and BatchNorm
-# scales, which play the role of per-channel factors when no gate is added.
-SSS_SCALES = r"(^|/)gate(/|$)|(^|/)scale$"
-GATES = r"(^|/)gate(/|$)"
-# BatchNorm (and LayerNorm) scales, the parameters Network Slimming penalises.
-BN_SCALES = r"(^|/)scale$"
+# Gates: leaves or modules named ``gate`` (`sparsify.Gate`) and the
+# ``gates`` collection of `sparsify.insert_gates`.
+GATES = r"(^|/)gates?(/|$)"
+# BatchNorm scales, by their module's name (``BatchNorm_0``, ``batch_norm``,
+# ``bn``, ``bn1``, ``stem_bn``): the parameters Network Slimming penalises.
+# LayerNorm and RMSNorm scales do not match; `batchnorm_scales` finds the
+# BatchNorm scales of any model from its running statistics instead.
+BN_SCALES = r"(^|/)([^/]*_)?(?i:bn|batch_?norm)[^/]*/scale$"
+# Scaling factors of SSS: gates, and BatchNorm scales, which play the role of
+# per-channel factors when no gate is added.
+SSS_SCALES = GATES + "|" + BN_SCALES
+
+
+def batchnorm_scales(variables: Any) -> frozenset[str]:
+  """The BatchNorm scales of any model: scales whose module keeps statistics.
+
+  A ``scale`` belongs to a BatchNorm when its module also has running
+  ``mean`` and ``var`` (Linen: in another collection, ``batch_stats``; NNX:
+  in the same state), whatever the module is named; a LayerNorm's does not.
+
+  Args:
+    variables: Linen variables (``{'params': ..., 'batch_stats': ...}``) or
+      an NNX state.
+
+  Returns:
+    The scales' paths as the optimizer sees them (Linen: within
+    ``params``), to pass as ``where``.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import jax, jax.numpy as jnp
+    >>> from sparsify.transforms import sss
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = nn.BatchNorm(use_running_average=True, name='norm_a')(x)
+    ...     return nn.LayerNorm(name='norm_b')(x)
+    >>> variables = Net().init(jax.random.key(0), jnp.ones((1, 3)))
+    >>> sorted(sss.batchnorm_scales(variables))
+    ['norm_a/scale']
+  """
+  names = [n for n, _ in paths.named_leaves(variables)]
+  linen = isinstance(variables, Mapping) and "params" in variables
+
+  def module(name):
+    parts = name.split("/")[:-1]
+    return "/".join(parts[1:] if linen else parts)
+
+  stats = ({module(n) for n in names if n.endswith("/mean")} &
+           {module(n) for n in names if n.endswith("/var")})
+  prefix = "params/" if linen else ""
+  return frozenset(n[len(prefix):] for n in names
+                   if n.startswith(prefix) and n.endswith("/scale") and
+                   module(n) in stats)
 
 
 def sss_labels(params: types.Params, where: paths.Where = None) -> Any:
   """Labels ``'scales'`` (selected by ``where``) or ``'weights'``.
 
   ``None`` picks the scaling factors from the parameters: the gates when the
-  model has any (its BatchNorm scales are then ordinary weights), else the
-  BatchNorm scales.
+  model has any (`GATES`: ``gate`` leaves or modules, the ``gates``
+  collection of `sparsify.insert_gates`; its BatchNorm scales are then
+  ordinary weights), else the BatchNorm scales named as such (`BN_SCALES`).
+  LayerNorm and RMSNorm scales are never picked by default: zeroing one
+  feature of a normalization over features is not removing it. Pass
+  ``where=batchnorm_scales(variables)`` to find BatchNorm scales under any
+  name, or a regex to pick LayerNorm scales on purpose.
 
   Args:
     params: the model's parameters.
@@ -54,6 +108,8 @@ def sss_labels(params: types.Params, where: paths.Where = None) -> Any:
     >>> sss.sss_labels({'bn': {'scale': jnp.ones(2)},
     ...                 'fc': {'kernel': jnp.ones(2)}})
     {'bn': {'scale': 'scales'}, 'fc': {'kernel': 'weights'}}
+    >>> sss.sss_labels({'LayerNorm_0': {'scale': jnp.ones(2)}})
+    {'LayerNorm_0': {'scale': 'weights'}}
   """
   if where is None:
     gated = any(re.search(GATES, n) for n, _ in paths.named_leaves(params))
@@ -89,7 +145,7 @@ def sss_optimizer(
     where: which parameters are scales, a `paths.Where` (a regex searched
       in a parameter's path, a collection of paths or a predicate); by
       default (``None``) the gates if the model has any, else the BatchNorm
-      scales.
+      scales (see `sss_labels`; never a LayerNorm's).
 
   Returns:
     An `optax.multi_transform` over the labels of `sss_labels`.
@@ -219,7 +275,8 @@ def network_slimming(
   Args:
     strength: penalty strength :math:`\lambda`, a float or a schedule.
     where: which parameters are penalised, a `paths.Where`; by default
-      `BN_SCALES` (names ending in ``scale``).
+      `BN_SCALES` (the scales of modules named as BatchNorms; for any
+      name, `batchnorm_scales`).
 
   Returns:
     An `optax.GradientTransformation`; place it before the optimizer.
