@@ -8,3 +8,6 @@ scales per unit), `insert` (gates added to a model without editing it),
 `gates` (the `Gate` module of the built-in models), `neuron_search`
 (binary-search neuron pruning) and `significance` (LCT's layer order).
 """
+
+from sparsify.structure.insert import fold_gates
+from sparsify.structure.insert import insert_gates
