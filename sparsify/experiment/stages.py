@@ -71,6 +71,8 @@ class Model:
       ``({unit name: boolean array}, ...)``, units as `sparsify.structure_of`
       names them in the model the stage received.
     input_shape: one example's shape (the model is traced at batch 1).
+    train_arg: the model's training keyword (``config.model.train_arg``;
+      None: the one its ``__call__`` takes).
   """
   name: str
   kwargs: dict[str, Any]
@@ -79,11 +81,13 @@ class Model:
   encodings: dict[str, Any] = dataclasses.field(default_factory=dict)
   plan: tuple[dict[str, np.ndarray], ...] = ()
   input_shape: tuple[int, ...] | None = None
+  train_arg: str | None = None
 
   @functools.cached_property
   def module(self):
     """The Flax module, ``models.get_model(name, **kwargs)``."""
-    return models.get_model(self.name, **self.kwargs)
+    return models.get_model(self.name, train_arg=self.train_arg,
+                            **self.kwargs)
 
   @property
   def apply_fn(self):
@@ -94,8 +98,8 @@ class Model:
     """
     if not self.plan:
       return self.module.apply
-    return _planned_apply(self.module, self.name, self.kwargs, self.plan,
-                          self.input_shape)
+    return _planned_apply(self.module, (self.name, self.train_arg),
+                          self.kwargs, self.plan, self.input_shape)
 
   # `Trainer.state_for` takes anything with an ``apply``.
   apply = apply_fn
@@ -262,9 +266,8 @@ def _structure(model: Model) -> list[units.Unit]:
 def _slimmed(model: Model, structure, keep) -> Model:
   """``model`` without the elements ``keep`` removes (masks are dropped)."""
   variables = surgery.slim(model.variables, structure, keep)
-  return Model(model.name, model.kwargs, variables,
-               encodings=model.encodings, plan=(*model.plan, keep),
-               input_shape=model.input_shape)
+  return dataclasses.replace(model, variables=variables, masks=None,
+                             plan=(*model.plan, keep))
 
 
 # ----------------------------------------------------------------- stages
@@ -628,7 +631,8 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   ctx = Context(trainer)
   model = Model(config.model.name, config.model.kwargs.to_dict(),
                 jax.tree.map(np.asarray, variables), masks,
-                input_shape=tuple(trainer.dataset.input_shape))
+                input_shape=tuple(trainer.dataset.input_shape),
+                train_arg=config.model.train_arg)
   rows = [{"stage": "trained", **ctx.measure(model)}]
   for name in stage_names(config.post.stages):
     t = time.perf_counter()
@@ -645,6 +649,7 @@ def run_stages(trainer: Any, variables: dict[str, Any],
     params["params"] = masking.apply_masks(params["params"], model.masks)
   spz.save(path, params, model.encodings, metadata={
       "model": {"name": model.name, "kwargs": model.kwargs,
+                "train_arg": model.train_arg,
                 "input_shape": list(model.input_shape),
                 "plan": [{u: np.asarray(k, bool).tolist()
                           for u, k in keep.items()} for keep in model.plan]},
@@ -681,7 +686,8 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
                 plan=tuple({u: np.asarray(k, bool) for u, k in keep.items()}
                            for keep in spec.get("plan", ())),
                 input_shape=tuple(spec.get("input_shape",
-                                           trainer.dataset.input_shape)))
+                                           trainer.dataset.input_shape)),
+                train_arg=spec.get("train_arg"))
   measured = trainer.evaluate(model, variables=variables)["eval/accuracy"]
   info = spz.file_report(path)
   return {"path": path, "bytes_on_disk": info.file_bytes,
