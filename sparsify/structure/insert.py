@@ -346,10 +346,11 @@ def insert_gates(apply_fn: Callable[..., Any], variables: Any,
     >>> import flax.linen as nn
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> import sparsify
+    >>> from sparsify.structure import insert
     >>> net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
     >>> x = jnp.ones((1, 2))
     >>> variables = net.init(jax.random.key(0), x)
-    >>> gated_apply, gates = sparsify.insert_gates(net.apply, variables, x)
+    >>> gated_apply, gates = insert.insert_gates(net.apply, variables, x)
     >>> gates
     {'gates': {'layers_0': Array([1., 1., 1.], dtype=float32)}}
     >>> gates = {'gates': {'layers_0': jnp.array([1.0, 0.0, 1.0])}}
@@ -460,12 +461,13 @@ def fold_gates(variables: Any, gate_variables: Mapping[str, Any],
     >>> import flax.linen as nn
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> import sparsify
+    >>> from sparsify.structure import insert
     >>> net = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
     >>> x = jnp.ones((4, 2))
     >>> variables = net.init(jax.random.key(0), x)
-    >>> gated_apply, _ = sparsify.insert_gates(net.apply, variables, x)
+    >>> gated_apply, _ = insert.insert_gates(net.apply, variables, x)
     >>> gates = {'gates': {'layers_0': jnp.array([0.5, 0.0, 2.0])}}
-    >>> folded = sparsify.fold_gates(variables, gates, gated_apply.structure)
+    >>> folded = insert.fold_gates(variables, gates, gated_apply.structure)
     >>> keep = {'layers_0': np.array([True, False, True])}
     >>> slim_apply, small = sparsify.slim_model(net.apply, folded, keep, x)
     >>> bool(jnp.allclose(slim_apply(small, x),
