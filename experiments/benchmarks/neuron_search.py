@@ -30,6 +30,7 @@ A setting is ``TOLERANCE[:FINETUNE_STEPS[:ORDER]]``:
 """
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -42,7 +43,6 @@ import numpy as np
 
 from experiments.benchmarks import common
 import sparsify
-from sparsify import models
 from sparsify.experiment import stages
 from sparsify.experiment import trainer as trainer_lib
 
@@ -67,15 +67,15 @@ def random_baseline(ctx, trained, search, steps, seeds):
   """Removes as many random neurons per layer as the search did.
 
   The units are those `sparsify.structure_of` finds in the trained model;
-  `sparsify.slim_model` cuts them out. The smaller network is fine-tuned as
-  the registered model rebuilt at the kept widths, whose variables have the
-  shapes `slim_model` leaves.
+  `sparsify.slim_model` cuts them out. The smaller network is evaluated
+  with the function `slim_model` returns, then fine-tuned as the search
+  stage's is: the trained model with the kept elements in its plan.
 
   Returns per seed the test accuracy of the smaller network before and
   after fine-tuning for ``steps`` steps.
   """
   apply_fn = functools.partial(trained.apply_fn, train=False)
-  example = np.zeros((1, *ctx.dataset.input_shape), np.float32)
+  example = trained.example()
   structure = sparsify.structure_of(apply_fn, trained.variables, example)
   before, after = search["units_before"], search["units_after"]
   out = []
@@ -85,23 +85,15 @@ def random_baseline(ctx, trained, search, steps, seeds):
             for u in structure if u.name in before}
     slim_apply, slim_variables = sparsify.slim_model(
         apply_fn, trained.variables, keep, example)
-    small = stages.Model(
-        trained.name,
-        models.slimmed_kwargs(trained.name, trained.kwargs, keep),
-        slim_variables)
-    shapes = jax.eval_shape(small.module.init, jax.random.key(0), example)
-    if jax.tree.map(np.shape, shapes) != jax.tree.map(np.shape,
-                                                      slim_variables):
-      raise ValueError(f"{trained.name}: the model rebuilt at the kept "
-                       "widths does not take the variables slim_model left")
-    # Before fine-tuning, the slim function itself is evaluated.
     accuracy = ctx.trainer.evaluate(
         types.SimpleNamespace(apply_fn=slim_apply), None,
         slim_variables)["eval/accuracy"]
+    small = dataclasses.replace(trained, variables=slim_variables,
+                                masks=None, plan=(*trained.plan, keep))
     tuned = ctx.finetune(small, steps, ctx.config.post.finetune.learning_rate)
     out.append({"seed": seed, "before_finetune": accuracy,
                 "after_finetune": ctx.accuracy(
-                    stages.Model(small.name, small.kwargs, tuned))})
+                    dataclasses.replace(small, variables=tuned))})
   return out
 
 
@@ -151,7 +143,9 @@ def run_model(model, epochs, settings, dataset_name, seeds):
     variables = jax.device_get(trainer_lib.variables_of(state))
     train_seconds = time.perf_counter() - t
     trained = stages.Model(config.model.name, config.model.kwargs.to_dict(),
-                           jax.tree.map(np.asarray, variables))
+                           jax.tree.map(np.asarray, variables),
+                           input_shape=tuple(trainer.dataset.input_shape),
+                           train_arg=config.model.train_arg)
     for i, setting in enumerate(settings):
       config = config.copy_and_resolve_references()
       config.post.search.update(setting)
