@@ -1,4 +1,11 @@
-"""What the models declare for surgery: units, slim arguments, blocks."""
+"""The units `sparsify.structure_of` finds in the built-in models, by hand.
+
+Each model's removable neurons and channels are read from its computation;
+the expected units here are written from the architectures (layer names,
+widths, which layer reads which), not from the tracer's output.
+"""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,18 +16,199 @@ import pytest
 import sparsify
 from sparsify import models
 from sparsify.core import paths
-from sparsify.structure import surgery
 
 
-def _shapes(model, image_shape):
-  variables = jax.eval_shape(model.init, jax.random.key(0),
-                             jnp.ones((1, *image_shape)))
-  return {f"{c}/{n}": tuple(leaf.shape) for c, tree in variables.items()
-          for n, leaf in paths.named_leaves(tree)}
+def _structure(model, image_shape):
+  x = jnp.ones((2, *image_shape))
+  variables = numpy_init.init(model, x[:1])
+  return sparsify.structure_of(model.apply, variables, x, train=False)
 
 
-def _variables(model, image_shape, seed=0):
-  return numpy_init.init(model, jnp.ones((1, *image_shape)), seed=seed)
+def _units(structure):
+  """``{name: (size, kind, {(path, axis, consumer)})}`` of a structure."""
+  assert all(u.exact for u in structure)
+  return {u.name: (u.size, u.kind, {(s.path, s.axis, s.consumer)
+                                    for s in u.slots}) for u in structure}
+
+
+def _one_index_each(structure, but=()):
+  """Element ``j`` of every slot owns index ``j`` alone (a neuron/channel)."""
+  for u in structure:
+    for s in u.slots:
+      if (u.name, s.path) not in but:
+        np.testing.assert_array_equal(s.index, np.arange(u.size)[:, None],
+                                      err_msg=f"{u.name} {s.path}")
+
+
+# Slots by hand: what computes a layer's outputs, and what reads them.
+def _dense(layer):
+  return {(f"params/{layer}/kernel", 1, False),
+          (f"params/{layer}/bias", 0, False)}
+
+
+def _conv(layer, bias=False):
+  out = {(f"params/{layer}/kernel", 3, False)}
+  return out | {(f"params/{layer}/bias", 0, False)} if bias else out
+
+
+def _bn(layer):
+  return {(f"params/{layer}/scale", 0, False),
+          (f"params/{layer}/bias", 0, False),
+          (f"batch_stats/{layer}/mean", 0, False),
+          (f"batch_stats/{layer}/var", 0, False)}
+
+
+def _gate(module):
+  return {(f"params/{module}/gate", 0, False)}
+
+
+def _reads(layer, axis):
+  return {(f"params/{layer}/kernel", axis, True)}
+
+
+@pytest.mark.parametrize("gates", [False, True])
+@pytest.mark.parametrize("name,kwargs,image,widths", [
+    ("mlp", {"hidden": [5, 9, 7]}, (4, 4, 1), (5, 9, 7)),  # lists are fine
+    ("lenet_300_100", {}, (28, 28, 1), (300, 100)),
+])
+def test_mlp_hidden_layers(name, kwargs, image, widths, gates):
+  structure = _structure(models.get_model(name, gates=gates, **kwargs), image)
+  layers = [f"fc{i + 1}" for i in range(len(widths))] + ["head"]
+  expected = {}
+  for i, n in enumerate(widths):
+    slots = _dense(layers[i]) | _reads(layers[i + 1], 0)
+    if gates:
+      slots |= _gate(f"fc{i + 1}_gate")
+    expected[layers[i]] = (n, "neuron", slots)
+  assert _units(structure) == expected
+  _one_index_each(structure)
+
+
+@pytest.mark.parametrize("features", [(3, 4, 5), (20, 50, 500)])
+def test_lenet5_conv2_is_read_by_fc1_through_the_flatten(features):
+  kwargs = {} if features == (20, 50, 500) else {"features": features}
+  structure = _structure(models.get_model("lenet5", **kwargs), (28, 28, 1))
+  c1, c2, hidden = features
+  assert _units(structure) == {
+      "conv1": (c1, "channel", _conv("conv1", bias=True) | _reads("conv2", 2)),
+      "conv2": (c2, "channel", _conv("conv2", bias=True) | _reads("fc1", 0)),
+      "fc1": (hidden, "neuron", _dense("fc1") | _reads("head", 0)),
+  }
+  _one_index_each(structure, but=[("conv2", "params/fc1/kernel")])
+  # 28 -> conv 5x5 -> 24 -> pool -> 12 -> conv 5x5 -> 8 -> pool -> 4: the
+  # flatten of (4, 4, c2) in C order puts channel c at rows (h*4 + w)*c2 + c.
+  side = ((28 - 4) // 2 - 4) // 2
+  rows = np.arange(side * side * c2).reshape(side, side, c2)
+  fc1_rows = next(s for s in structure["conv2"].slots
+                  if s.path == "params/fc1/kernel")
+  assert fc1_rows.index.shape == (c2, side * side)
+  np.testing.assert_array_equal(fc1_rows.index,
+                                [rows[:, :, c].ravel() for c in range(c2)])
+
+
+@pytest.mark.parametrize("gates", [False, True])
+def test_vgg_channels_with_their_batchnorm(gates):
+  model = models.get_model("vgg", stages=((8, 8), (16,)), width=0.5,
+                           gates=gates)
+  structure = _structure(model, (8, 8, 1))
+  blocks = ["block1_0", "block1_1", "block2_0"]
+  reads = [_reads("block1_1/conv", 2), _reads("block2_0/conv", 2),
+           _reads("head", 0)]
+  expected = {}
+  for b, n, r in zip(blocks, (4, 4, 8), reads):  # 8 * 0.5, 8 * 0.5, 16 * 0.5
+    slots = _conv(f"{b}/conv") | _bn(f"{b}/bn") | r
+    if gates:
+      slots |= _gate(f"{b}/gate")
+    expected[f"{b}/conv"] = (n, "channel", slots)
+  assert _units(structure) == expected
+  _one_index_each(structure)
+
+
+def test_vgg11_channels_per_block():
+  model = models.get_model("vgg", depth=11, width=0.125, gates=True)
+  structure = _structure(model, (8, 8, 1))
+  # VGG-11 (configuration A): 64 | 128 | 256 256 | 512 512 | 512 512, / 8.
+  assert [(u.name, u.size) for u in structure] == [
+      ("block1_0/conv", 8), ("block2_0/conv", 16), ("block3_0/conv", 32),
+      ("block3_1/conv", 32), ("block4_0/conv", 64), ("block4_1/conv", 64),
+      ("block5_0/conv", 64), ("block5_1/conv", 64)]
+
+
+def _resnet_units(depth, width, block, channel_gates, plan=None):
+  """The units of a CIFAR ResNet, written from its architecture.
+
+  Inside each residual branch, every inner layer but the last is a unit
+  (read by the next conv). The branch's last layer is added to the
+  shortcut: the features of a residual stream are one unit from the layer
+  that starts it (the stem, or a projection block's last conv and its
+  shortcut conv) through every identity block added to it, read by every
+  block on it and by the next projection or the head.
+  """
+  inner, expansion = (1, 1) if block == "basic" else (2, 4)
+  n = (depth - 2) // (3 * (inner + 1))
+  plan = plan or ("full",) * (3 * n)
+  units = {}
+  stream = {"name": "stem_conv", "size": width, "added": False,
+            "slots": _conv("stem_conv") | _bn("stem_bn")}
+
+  def close(stream):
+    units[stream["name"]] = (stream["size"], "stream" if stream["added"]
+                             else "channel", stream["slots"])
+
+  for s in range(3):
+    for i in range(n):
+      b, f = f"block{s + 1}_{i}", width * 2**s
+      kind = plan[s * n + i]
+      if kind == "none":
+        continue
+      projection = (s > 0 and i == 0) or stream["size"] != f * expansion
+      if kind == "full":
+        stream["slots"] |= _reads(f"{b}/conv1", 2)
+        for j in range(1, inner + 1):
+          slots = _conv(f"{b}/conv{j}") | _bn(f"{b}/bn{j}") | _reads(
+              f"{b}/conv{j + 1}", 2)
+          if channel_gates:
+            slots |= _gate(f"{b}/gate{j}")
+          units[f"{b}/conv{j}"] = (f, "channel", slots)
+        last = _conv(f"{b}/conv{inner + 1}") | _bn(f"{b}/bn{inner + 1}")
+      if not projection:  # identity shortcut: added to the stream
+        stream["slots"] |= last
+        stream["added"] = True
+        continue
+      stream["slots"] |= _reads(f"{b}/shortcut_conv", 2)
+      close(stream)
+      shortcut = _conv(f"{b}/shortcut_conv") | _bn(f"{b}/shortcut_bn")
+      if kind == "full":
+        stream = {"name": f"{b}/conv{inner + 1}", "size": f * expansion,
+                  "added": True, "slots": last | shortcut}
+      else:  # only the projection is left
+        stream = {"name": f"{b}/shortcut_conv", "size": f * expansion,
+                  "added": False, "slots": shortcut}
+  stream["slots"] |= _reads("head", 0)
+  close(stream)
+  return units
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"depth": 8},
+    {"depth": 14, "channel_gates": True, "block_gates": True},
+    {"depth": 20},  # 3 basic blocks per stage
+    {"depth": 11, "block": "bottleneck", "channel_gates": True},
+    {"depth": 20, "block": "bottleneck", "block_gates": True},
+    # As remove_blocks leaves it: branches gone, a projection kept.
+    {"depth": 14, "channel_gates": True,
+     "block_plan": ("full", "none", "shortcut", "full", "full", "none")},
+])
+def test_resnet_inner_channels_and_streams(kwargs):
+  model = models.get_model("resnet", width=2, **kwargs)
+  structure = _structure(model, (8, 8, 3))
+  expected = _resnet_units(kwargs["depth"], 2, kwargs.get("block", "basic"),
+                           kwargs.get("channel_gates", False),
+                           kwargs.get("block_plan"))
+  assert _units(structure) == expected
+  _one_index_each(structure)
+  # A block gate is one scalar per branch: no unit owns it.
+  assert not any("block_gate" in s.path for u in structure for s in u.slots)
 
 
 def _leaf_shapes(variables):
@@ -28,228 +216,69 @@ def _leaf_shapes(variables):
           for n, leaf in paths.named_leaves(tree)}
 
 
-# Gated models, the image shape they take, and their units by hand: name,
-# number of units.
-GATED = [
-    ("mlp", {"hidden": (5, 9, 7), "gates": True}, (4, 4, 1),
-     [("fc1", 5), ("fc2", 9), ("fc3", 7)]),
-    ("lenet_300_100", {"gates": True}, (28, 28, 1),
-     [("fc1", 300), ("fc2", 100)]),
-    ("lenet5", {}, (28, 28, 1), [("conv1", 20), ("conv2", 50), ("fc1", 500)]),
-    ("vgg", {"stages": ((8, 8), (16,)), "width": 0.5, "gates": True},
-     (8, 8, 1), [("block1_0", 4), ("block1_1", 4), ("block2_0", 8)]),
-    ("vgg", {"depth": 11, "width": 0.125, "gates": True}, (8, 8, 1),
-     [("block1_0", 8), ("block2_0", 16), ("block3_0", 32), ("block3_1", 32),
-      ("block4_0", 64), ("block4_1", 64), ("block5_0", 64),
-      ("block5_1", 64)]),
-    ("resnet", {"depth": 8, "width": 4, "channel_gates": True}, (8, 8, 3),
-     [("block1_0/gate1", 4), ("block2_0/gate1", 8), ("block3_0/gate1", 16)]),
-    ("resnet", {"depth": 11, "width": 2, "block": "bottleneck",
-                "channel_gates": True}, (8, 8, 3),
-     [("block1_0/gate1", 2), ("block1_0/gate2", 2), ("block2_0/gate1", 4),
-      ("block2_0/gate2", 4), ("block3_0/gate1", 8), ("block3_0/gate2", 8)]),
-]
-
-
-@pytest.mark.parametrize("name,kwargs,image,expected", GATED)
-def test_units_are_the_slices_of_the_built_model(name, kwargs, image,
-                                                 expected):
-  spec = models.structure(name, **kwargs)
-  assert [u.name for u in spec] == [n for n, _ in expected]
-  shapes = _shapes(models.get_model(name, **kwargs), image)
-  for unit, (_, n) in zip(spec, expected):
-    if unit.gate is not None:
-      assert shapes[f"params/{unit.gate}"] == (n,)
-    for path, axis in unit.producers:
-      found = [s for key, s in shapes.items() if key.split("/", 1)[1] == path]
-      assert found and all(s[axis] == n for s in found), (unit.name, path)
-    for path in unit.fold:
-      assert path in dict(unit.producers)
-    for path, axis in unit.consumers:
-      # A flattened input (LeNet-5's conv2 -> fc1) is a multiple of n.
-      assert shapes[f"params/{path}"][axis] % n == 0, (unit.name, path)
-  assert sparsify.spec_for(name, **kwargs) == spec  # the flat API's name
-
-
-def test_structure_of_the_models_by_hand():
-  assert models.structure("lenet_300_100") == models.structure("mlp")
-  fc1 = models.structure("mlp", hidden=[3])[0]  # config lists are fine
-  assert fc1 == units.SpecUnit(name="fc1", gate="fc1_gate/gate",
-                              producers=(("fc1/kernel", 1), ("fc1/bias", 0)),
-                              consumers=(("head/kernel", 0),))
-  conv2 = models.structure("lenet5")[1]
-  assert conv2.gate is None and conv2.consumers == (("fc1/kernel", 0),)
-  last = models.structure("vgg", stages=((8,), (16, 16)))[-1]
-  assert last.consumers == (("head/kernel", 0),)
-  assert last.producers == (
-      ("block2_1/conv/kernel", 3), ("block2_1/bn/scale", 0),
-      ("block2_1/bn/bias", 0), ("block2_1/bn/mean", 0),
-      ("block2_1/bn/var", 0))
-  assert last.fold == ("block2_1/bn/scale", "block2_1/bn/bias")
-  # CIFAR ResNets: (depth - 2) / 6 basic blocks of one inner layer each, or
-  # (depth - 2) / 9 bottleneck blocks of two, in each of 3 stages.
-  assert len(models.structure("resnet", depth=20)) == 3 * 3 * 1
-  assert len(models.structure("resnet", depth=56)) == 3 * 9 * 1
-  assert len(models.structure("resnet", depth=29, block="bottleneck")) == (
-      3 * 3 * 2)
-  # Blocks whose branch was removed have no units.
-  kept = models.structure("resnet", depth=14,
-                          block_plan=("full", "none", "shortcut", "full",
-                                      "full", "none"))
-  assert [u.name for u in kept] == ["block1_0/gate1", "block2_1/gate1",
-                                    "block3_0/gate1"]
-
-
-def test_unknown_model_or_argument():
-  with pytest.raises(ValueError, match=(
-      "unknown model 'alexnet'; allowed: lenet5, lenet_300_100, mlp, resnet, "
-      "vgg")):
-    models.structure("alexnet")
-  with pytest.raises(ValueError, match="unknown model 'alexnet'"):
-    sparsify.spec_for("alexnet")
-  with pytest.raises(ValueError, match="unknown model 'alexnet'"):
-    models.slimmed_kwargs("alexnet", {}, {})
-  with pytest.raises(ValueError, match="unknown model 'alexnet'"):
-    models.remove_blocks("alexnet", {}, {})
-  with pytest.raises(ValueError, match="'hiden'.*for model 'mlp'"):
-    models.structure("mlp", hiden=(3,))
-
-
-def test_registry_entries():
-  for name, entry in models.MODELS.items():
-    assert isinstance(entry, models.ModelEntry), name
-    assert (entry.remove_blocks is None) == (name != "resnet"), name
-  assert models.MODELS["vgg"].factory is models.vgg
-
-
-def _random_keep(spec_sizes, kept, seed=0):
-  """``{name: mask}`` keeping ``kept[name]`` random units out of ``size``."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for name, size in spec_sizes:
-    if name in kept:
-      mask = np.zeros(size, bool)
-      mask[rng.choice(size, kept[name], replace=False)] = True
-      out[name] = mask
-  return out
-
-
-def test_slimmed_vgg_builds_the_shapes_slim_leaves():
-  kwargs = {"stages": ((8, 8), (16,)), "width": 0.5, "gates": True}
-  gated = models.get_model("vgg", **kwargs)
-  variables = _variables(gated, (8, 8, 1))
-  spec = models.structure("vgg", **kwargs)
-  keep = _random_keep([("block1_0", 4), ("block1_1", 4), ("block2_0", 8)],
-                      {"block1_0": 3, "block1_1": 2, "block2_0": 5})
-  slim_kwargs = models.slimmed_kwargs("vgg", kwargs, keep)
-  assert slim_kwargs == {"stages": ((3, 2), (5,)), "width": 1.0}
-  slim = surgery.slim(variables, spec, keep)
-  assert _leaf_shapes(slim) == _shapes(models.get_model("vgg", **slim_kwargs),
-                                       (8, 8, 1))
-  # By hand: 3x3 convs of 1 -> 3 -> 2 -> 5 channels, a head of 5 -> 10.
-  shapes = _leaf_shapes(slim)
-  assert shapes["params/block1_0/conv/kernel"] == (3, 3, 1, 3)
-  assert shapes["params/block1_1/conv/kernel"] == (3, 3, 3, 2)
-  assert shapes["params/block2_0/conv/kernel"] == (3, 3, 2, 5)
-  assert shapes["batch_stats/block2_0/bn/var"] == (5,)
-  assert shapes["params/head/kernel"] == (5, 10)
-  assert not any("gate" in k for k in shapes)
-
-
-def test_slimmed_kwargs_by_hand():
-  # Standard VGG-11 at width 1/8: depth goes, the stages are the channels.
-  keep = {"block3_1": np.array([True] * 20 + [False] * 12)}
-  assert models.slimmed_kwargs(
-      "vgg", {"depth": 11, "width": 0.125, "gates": True}, keep) == {
-          "stages": ((8,), (16,), (32, 20), (64, 64), (64, 64)),
-          "width": 1.0}
-  assert models.slimmed_kwargs("mlp", {"hidden": [5, 9], "gates": True}, {
-      "fc2": np.arange(9) < 4}) == {"hidden": (5, 4)}
-  assert models.slimmed_kwargs("lenet_300_100", {"gates": True}, {
-      "fc1": np.arange(300) < 7, "fc2": np.arange(100) < 60}) == {
-          "hidden": (7, 60)}
-  assert models.slimmed_kwargs("lenet5", {"num_classes": 3}, {
-      "conv2": np.arange(50) < 10}) == {"num_classes": 3,
-                                         "features": (20, 10, 500)}
-  # ResNet-14, width 4: inner widths 4, 4 | 8, 8 | 16, 16; every gate
-  # switch goes.
-  out = models.slimmed_kwargs(
-      "resnet", {"depth": 14, "width": 4, "block_gates": False,
-                 "channel_gates": True, "block_plan": ("full",) * 6},
-      {"block1_1/gate1": np.arange(4) < 1, "block3_0/gate1": np.arange(16) < 9})
-  assert out == {"depth": 14, "width": 4, "block_plan": ("full",) * 6,
-                 "inner_widths": ((4,), (1,), (8,), (8,), (9,), (16,))}
-  # A slimmed ResNet slimmed again keeps the widths it already had.
-  again = models.slimmed_kwargs(
-      "resnet", {"depth": 11, "block": "bottleneck",
-                 "inner_widths": ((3, 5), (7, 9), (11, 13))},
-      {"block2_0/gate2": np.arange(9) < 2})
-  assert again["inner_widths"] == ((3, 5), (7, 2), (11, 13))
-
-
-def test_slimmed_resnet_builds_the_shapes_slim_leaves():
-  kwargs = {"depth": 11, "width": 2, "block": "bottleneck",
-            "channel_gates": True}
-  variables = _variables(models.get_model("resnet", **kwargs), (8, 8, 3))
-  spec = models.structure("resnet", **kwargs)
-  sizes = [(u.name, n) for u, n in zip(spec, (2, 2, 4, 4, 8, 8))]
-  keep = _random_keep(sizes, {"block1_0/gate1": 1, "block1_0/gate2": 2,
-                              "block2_0/gate1": 3, "block2_0/gate2": 1,
-                              "block3_0/gate1": 5, "block3_0/gate2": 8})
-  slim_kwargs = models.slimmed_kwargs("resnet", kwargs, keep)
-  assert slim_kwargs["inner_widths"] == ((1, 2), (3, 1), (5, 8))
-  assert "channel_gates" not in slim_kwargs
-  slim = surgery.slim(variables, spec, keep)
-  shapes = _leaf_shapes(slim)
-  assert shapes == _shapes(models.get_model("resnet", **slim_kwargs),
-                           (8, 8, 3))
-  # By hand: block2_0 reads 8 channels (2 * 4 of stage 1), then 3, then 1.
-  assert shapes["params/block2_0/conv1/kernel"] == (1, 1, 8, 3)
-  assert shapes["params/block2_0/conv2/kernel"] == (3, 3, 3, 1)
-  assert shapes["params/block2_0/conv3/kernel"] == (1, 1, 1, 16)
-
-
 def test_remove_blocks_by_hand():
   kwargs = {"depth": 14, "width": 4, "block_gates": True}
   model = models.get_model("resnet", **kwargs)
-  variables = _variables(model, (8, 8, 3))
+  variables = numpy_init.init(model, jnp.ones((1, 8, 8, 3)))
   params = variables["params"]
   gates = {"block1_0": 0.5, "block1_1": 0.0, "block2_0": -0.01,
-           "block2_1": 2.0, "block3_0": 0.3, "block3_1": 0.01}
+           "block2_1": 2.0, "block3_0": -0.3, "block3_1": 0.01}
   for b, g in gates.items():
     params[b]["block_gate"]["gate"] = np.full_like(
         params[b]["block_gate"]["gate"], g)
   before = jax.tree.map(np.copy, variables)
-  slim, slim_kwargs = models.remove_blocks("resnet", variables, kwargs,
-                                           threshold=0.01)
+  slim, fields = model.remove_blocks(variables, threshold=0.01)
   # |gate| <= 0.01 removes the branch; block1_1 and block3_1 have identity
   # shortcuts, block2_0 a projection (stride 2).
-  assert slim_kwargs == {**kwargs, "block_gates": False,
-                         "block_plan": ("full", "none", "shortcut", "full",
-                                        "full", "none")}
-  assert "block1_1" not in slim["params"] and "block3_1" not in slim[
-      "params"]
-  assert "block1_1" not in slim["batch_stats"]
+  assert fields == {"block_gates": False,
+                    "block_plan": ("full", "none", "shortcut", "full", "full",
+                                   "none")}
+  for collection in ("params", "batch_stats"):
+    assert "block1_1" not in slim[collection]
+    assert "block3_1" not in slim[collection]
   assert sorted(slim["params"]["block2_0"]) == ["shortcut_bn",
                                                 "shortcut_conv"]
   assert sorted(slim["batch_stats"]["block2_0"]) == ["shortcut_bn"]
-  # A surviving gate is folded into the branch's last BatchNorm (bn2).
+  # A surviving gate (of either sign) is folded into the branch's last
+  # BatchNorm (bn2).
   for b in ("block1_0", "block2_1", "block3_0"):
     assert "block_gate" not in slim["params"][b]
     for leaf in ("scale", "bias"):
       np.testing.assert_allclose(slim["params"][b]["bn2"][leaf],
                                  gates[b] * before["params"][b]["bn2"][leaf])
-  np.testing.assert_array_equal(variables["params"]["block1_0"]["bn2"]["scale"],
-                                before["params"]["block1_0"]["bn2"]["scale"])
-  assert _leaf_shapes(slim) == _shapes(
-      models.get_model("resnet", **slim_kwargs), (8, 8, 3))
+  # The input is left as it was.
+  jax.tree.map(np.testing.assert_array_equal, variables, before)
+  smaller = models.ResNet(**{**kwargs, **fields})
+  shapes = jax.eval_shape(smaller.init, jax.random.key(0),
+                          jnp.ones((1, 8, 8, 3)))
+  assert _leaf_shapes(slim) == _leaf_shapes(shapes)
 
 
 def test_remove_blocks_only_where_there_are_block_gates():
   variables = {"params": {}}
-  assert models.remove_blocks("resnet", variables, {"depth": 8}) is None
-  assert models.remove_blocks("resnet", variables, {
-      "depth": 8, "channel_gates": True, "block_gates": False}) is None
+  assert models.ResNet(depth=8).remove_blocks(variables) is None
+  assert models.ResNet(depth=8, channel_gates=True).remove_blocks(
+      variables) is None
+  # The slim stage removes blocks of a model that has the method; only
+  # ResNet does.
   for name, kwargs in [("mlp", {"gates": True}), ("vgg", {"gates": True}),
                        ("lenet5", {}), ("lenet_300_100", {})]:
-    assert models.remove_blocks(name, variables, kwargs) is None, name
+    assert not hasattr(models.get_model(name, **kwargs), "remove_blocks")
+
+
+def test_unknown_model_or_argument():
+  with pytest.raises(ValueError, match=re.escape(
+      "model.name: unknown model 'alexnet'; allowed: lenet5, lenet_300_100, "
+      "mlp, resnet, vgg, or module.path:Attribute for a model of your own")):
+    models.get_model("alexnet")
+  with pytest.raises(ValueError, match=re.escape(
+      "model: unknown argument(s) 'hiden' for model 'mlp'; allowed: gates, "
+      "hidden, num_classes")):
+    models.get_model("mlp", hiden=(3,))
+  with pytest.raises(ValueError, match=re.escape(
+      "model: unknown argument(s) 'channel_gate', 'deep' for model 'resnet'")):
+    models.get_model("resnet", deep=8, channel_gate=True)
+  with pytest.raises(ValueError, match=re.escape(
+      "hidden: got (3,); allowed: two widths")):
+    models.get_model("lenet_300_100", hidden=[3])
+  assert models.MODELS["vgg"] is models.vgg
