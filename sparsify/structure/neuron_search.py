@@ -357,30 +357,29 @@ def binary_search_prune(
     candidates = list(structure)
   sizes = {u.name: u.size for u in candidates}
   names = _visit_order(candidates, sizes, order, layers, min_keep)
-  searched = [u for u in candidates if u.name in set(names)]
   baseline = float(evaluate(variables))
   eps = tol * abs(baseline) if relative else tol
   log = [SearchStep(None, 0, baseline, True)]
-  keep = {u: np.ones(sizes[u], bool) for u in names}
+  keep = {u.name: np.ones(u.size, bool) for u in candidates}
   current = variables
   for name in names:
     scores = neuron_scores(
-        apply_neuron_masks(current, searched, keep, consumers=True),
-        [u for u in searched if u.name == name], norm)[name]
+        apply_neuron_masks(current, candidates, keep, consumers=True),
+        [u for u in candidates if u.name == name], norm)[name]
     lo, hi = 0, scores.shape[0] - min_keep
     while lo < hi:
       mid = (lo + hi + 1) // 2
       trial = {**keep, **neuron_masks({name: scores}, {name: mid})}
-      acc = float(evaluate(apply_neuron_masks(current, searched, trial)))
+      acc = float(evaluate(apply_neuron_masks(current, candidates, trial)))
       accepted = acc >= baseline - eps
       log.append(SearchStep(name, mid, acc, accepted))
       lo, hi = (mid, hi) if accepted else (lo, mid - 1)
     keep[name] = neuron_masks({name: scores}, {name: lo})[name]
-    current = apply_neuron_masks(current, searched, keep)
+    current = apply_neuron_masks(current, candidates, keep)
     if finetune is not None:
       current = apply_neuron_masks(
           finetune(current, {k: v.copy() for k, v in keep.items()}),
-          searched, keep)
+          candidates, keep)
   return SearchResult(
       keep=keep,
       counts={n: int(np.sum(~k)) for n, k in keep.items()},

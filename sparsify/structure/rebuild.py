@@ -49,7 +49,8 @@ def take(x, masks: list[np.ndarray]):
   return x
 
 
-def evaluate(frame: trace_lib.Frame, keep: np.ndarray, consts, args):
+def evaluate(frame: trace_lib.Frame, keep: np.ndarray, consts, args,
+             hooks=None, path: tuple[int, ...] = ()):
   """Evaluates ``frame``'s jaxpr on the smaller arrays ``args``.
 
   Args:
@@ -57,6 +58,9 @@ def evaluate(frame: trace_lib.Frame, keep: np.ndarray, consts, args):
     keep: for every node of the graph, whether it is kept.
     consts: the jaxpr's constants at full size.
     args: its inputs, already at the smaller shapes.
+    hooks: ``{site: fn(ins, outs) -> outs}`` called after the equations at
+      those sites (`site` paths); None for none.
+    path: the site of ``frame`` (equation indices of the calls it is in).
 
   Returns:
     The outputs, as a list.
@@ -72,21 +76,25 @@ def evaluate(frame: trace_lib.Frame, keep: np.ndarray, consts, args):
   for v, a in zip(jaxpr.invars, args):
     env[v] = a
   for i, eqn in enumerate(jaxpr.eqns):
-    outs = _eqn(eqn, i, [read(v) for v in eqn.invars], frame, keep)
+    ins = [read(v) for v in eqn.invars]
+    outs = _eqn(eqn, i, ins, frame, keep, hooks, path)
+    if hooks and (*path, i) in hooks:
+      outs = hooks[(*path, i)](ins, outs)
     for v, o in zip(eqn.outvars, outs):
       if not isinstance(v, jcore.DropVar):
         env[v] = o
   return [read(v) for v in jaxpr.outvars]
 
 
-def _eqn(eqn, i, ins, frame, keep) -> list[Any]:
+def _eqn(eqn, i, ins, frame, keep, hooks=None, path=()) -> list[Any]:
   name = eqn.primitive.name
   p = dict(eqn.params)
   values = frame.values
   outs = [v for v in eqn.outvars]
   if name in trace_lib.IDENTITY_CALLS:
     closed = p.get("jaxpr") or p.get("call_jaxpr") or p.get("fun_jaxpr")
-    return evaluate(frame.calls[i][0], keep, trace_lib.consts_of(closed), ins)
+    return evaluate(frame.calls[i][0], keep, trace_lib.consts_of(closed), ins,
+                    hooks, (*path, i))
   if name == "scan":
     return _scan(eqn, i, ins, frame, keep)
   if name == "while":
@@ -194,3 +202,21 @@ def _while(eqn, i, ins, frame, keep):
                     list(bconsts) + list(c))
 
   return list(lax.while_loop(cond, body, list(carry)))
+
+
+def sites(frame: trace_lib.Frame, path: tuple[int, ...] = ()):
+  """Every equation of ``frame`` and of the calls inlined in it.
+
+  Args:
+    frame: a `trace.Frame`.
+    path: its own site.
+
+  Yields:
+    ``(site, eqn, frame)``: the equation's path (indices of the calls it
+    is in, then its own index), the equation, and the frame it is in.
+  """
+  for i, eqn in enumerate(frame.jaxpr.eqns):
+    if eqn.primitive.name in trace_lib.IDENTITY_CALLS:
+      yield from sites(frame.calls[i][0], (*path, i))
+    else:
+      yield (*path, i), eqn, frame

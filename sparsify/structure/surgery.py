@@ -101,7 +101,8 @@ def mask(variables: Any, structure: Sequence[units.Unit],
     consumers: also zero the consumer slices (the next layers' kernel rows).
 
   Returns:
-    ``variables`` with the same shapes (numpy arrays), the producer slices
+    ``variables`` with the same shapes (numpy arrays; traced arrays under
+    `jax.jit`), the producer slices
     (kernel columns, biases, normalization parameters, gates) of every
     removed element zeroed; running statistics are kept, and consumers
     unless ``consumers``.
@@ -130,11 +131,15 @@ def mask(variables: Any, structure: Sequence[units.Unit],
                                                  slot.index[~k].ravel()))
 
   def zero(name, x):
-    x = np.array(x)
+    traced = isinstance(x, jax.core.Tracer)  # under jax.jit
+    x = x if traced else np.array(x)
     for axis, idx in zeroed.get(name, ()):
       index = [slice(None)] * x.ndim
       index[axis] = idx
-      x[tuple(index)] = 0
+      if traced:
+        x = x.at[tuple(index)].set(0)
+      else:
+        x[tuple(index)] = 0
     return x
 
   return _map(zero, variables)

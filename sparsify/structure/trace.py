@@ -94,12 +94,17 @@ class _Value:
   ``zero[k][i]`` is True when slice ``i`` along axis ``k`` is zero in the
   masked model, the model with that element's unit removed; ``all_zero``
   when the whole array is zero; ``origin[k]`` the parameter axes axis ``k``
-  is a re-layout of (empty for activations).
+  is a re-layout of (empty for activations); ``source`` the contractions
+  it is computed from since the last one.
   """
   nodes: list[np.ndarray]
   zero: list[np.ndarray]
   all_zero: bool = False
   origin: tuple[frozenset, ...] = ()
+  # The contractions (dot_general, convolution) the array is computed from
+  # by other operations since: two arrays with disjoint sources added are
+  # two paths of a residual stream; x + x**3 in a GELU is one path.
+  source: frozenset = frozenset()
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -241,7 +246,14 @@ class _Tracer:
           f"{', '.join(sorted({_name_of(x) for x in ins}))}); it is not one "
           "of the operations sparsify reads")
     out = rule(p, ins, shapes)
-    return out if isinstance(out, list) else [out]
+    out = out if isinstance(out, list) else [out]
+    if name in ("dot_general", "conv_general_dilated"):
+      source = frozenset({self.g.counter})
+    else:
+      source = frozenset().union(*(x.source for x in ins))
+    for o in out:
+      o.source = source
+    return out
 
   # -- elementwise ----------------------------------------------------------
 
@@ -289,7 +301,8 @@ class _Tracer:
                                      name in _PRODUCT or name in _FIRST)
                     else frozenset())
     if name in ("add", "add_any", "sub") and len(ins) == 2 and all(
-        len(x.nodes) == rank and not x.from_params() for x in ins):
+        len(x.nodes) == rank and not x.from_params() and x.source
+        for x in ins) and not ins[0].source & ins[1].source:
       for k in range(rank):
         if all(len(x.nodes[k]) == shape[k] > 1 for x in ins):
           self.g.streams.append(nodes[k])
@@ -303,7 +316,8 @@ class _Tracer:
       all_zero = ins[0].all_zero
     else:
       all_zero = False
-    return _Value(nodes, zero, all_zero, tuple(origin))
+    return _Value(nodes, zero, all_zero, tuple(origin),
+                  frozenset().union(*(x.source for x in ins)))
 
   # -- layout ---------------------------------------------------------------
 
@@ -1040,7 +1054,10 @@ def find_units(t: Traced, approximate: bool = False) -> tuple[
     if why and not approximate:
       continue
     kinds = {kind_of[c] for cl in closures for c in cl if c in kind_of}
-    first_producer = next(k for k in order if k not in g.consumers)
+    producers_ = [k for k in order if k not in g.consumers]
+    first_producer = next(
+        (k for k in producers_ if not k[0].startswith("gates/")),
+        producers_[0])
     kind = ("group" if "group" in kinds else "head" if "head" in kinds
             else "stream" if "stream" in kinds else
             "channel" if first_producer[0] in g.conv_kernels else "neuron")
@@ -1058,9 +1075,15 @@ def find_units(t: Traced, approximate: bool = False) -> tuple[
   return units
 
 
+_COLLECTIONS = ("params", "batch_stats", "gates")
+
+
 def _module(path: str) -> str:
+  """The module of a variable path: Linen's collection and the leaf dropped."""
   parts = path.split("/")
-  return "/".join(parts[1:-1]) or parts[-1]
+  if parts[0] in _COLLECTIONS:  # Linen variables; an NNX state has none
+    parts = parts[1:]
+  return "/".join(parts[:-1]) or parts[-1]
 
 
 def _unique_names(units) -> tuple[units_lib.Unit, ...]:

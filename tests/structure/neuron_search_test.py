@@ -178,9 +178,6 @@ def test_layers_subset_leaves_others_whole():
       variables["params"][LAYERS[1]]["kernel"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "binary_search_prune returns keep/counts/kept only for the units "
-    "searched, though SearchResult documents all-True masks for the others"))
 def test_layers_subset_reports_the_others_whole():
   result = sparsify.binary_search_prune(
       _toy_variables(), Counter(), 0.1, structure=_toy_structure(),
