@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsify.core import paths
+from sparsify.structure import folding
 from sparsify.structure import rebuild
 from sparsify.structure import trace as trace_lib
 from sparsify.structure import units
@@ -211,6 +212,13 @@ def slim_model(apply_fn: Callable[..., Any], variables: Any,
   the new shapes. The function retraces for new input shapes (a different
   batch size); under `jax.jit` that happens once per shape.
 
+  A removed element that is a nonzero constant where the next layer reads
+  it (a channel whose BatchNorm scale is zero outputs ``relu(beta)``) has
+  its contribution added back to that layer (`folding`), so the slim model
+  computes what ``apply_fn`` computes on ``variables``; for every other
+  removed element it computes the masked model (`mask`). The folds found
+  are the function's ``folds`` attribute.
+
   Args:
     apply_fn: ``apply_fn(variables, *args, **kwargs)``.
     variables: the model's variables.
@@ -239,12 +247,18 @@ def slim_model(apply_fn: Callable[..., Any], variables: Any,
   structure = trace_lib.structure_of(apply_fn, variables, *example_args,
                                      approximate=True, **example_kwargs)
   keep = check_keep(structure, keep)
-  return (_slim_apply(apply_fn, _shapes(variables), keep, structure.names()),
+  _, args, kwargs = trace_lib.static_apart(apply_fn, example_args,
+                                           example_kwargs)
+  folds = folding.find_folds(structure.graph, node_keep(structure.graph, keep),
+                             variables, args, kwargs)
+  return (_slim_apply(apply_fn, _shapes(variables), keep, _sizes(structure),
+                      folds),
           slim(variables, structure, keep))
 
 
 def slimmed_apply(apply_fn: Callable[..., Any], variables: Any,
                   keep: Mapping[str, Any], *example_args: Any,
+                  folds: Sequence[folding.Fold] = (),
                   **example_kwargs: Any) -> Callable[..., Any]:
   """`slim_model`'s function alone, from the full model's shapes.
 
@@ -257,6 +271,8 @@ def slimmed_apply(apply_fn: Callable[..., Any], variables: Any,
       `jax.ShapeDtypeStruct` (from `jax.eval_shape`).
     keep: ``{unit name: boolean array}``, True for the elements kept.
     *example_args: example inputs, as for `sparsify.structure_of`.
+    folds: the ``folds`` of the function `slim_model` returned (they need
+      the values), to compute the same function.
     **example_kwargs: example keyword arguments.
 
   Returns:
@@ -281,7 +297,7 @@ def slimmed_apply(apply_fn: Callable[..., Any], variables: Any,
   structure = trace_lib.structure_of(apply_fn, shapes, *example_args,
                                      approximate=True, **example_kwargs)
   keep = check_keep(structure, keep)
-  return _slim_apply(apply_fn, shapes, keep, structure.names())
+  return _slim_apply(apply_fn, shapes, keep, _sizes(structure), folds)
 
 
 def _shapes(tree):
@@ -289,7 +305,11 @@ def _shapes(tree):
       lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
 
 
-def _slim_apply(apply_fn, full, keep, names):
+def _sizes(structure):
+  return [(u.name, u.size) for u in structure]
+
+
+def _slim_apply(apply_fn, full, keep, sizes, folds=()):
   """The traced computation of ``apply_fn`` at ``full`` shapes, slimmed."""
   cache: dict[Any, Any] = {}
 
@@ -305,17 +325,19 @@ def _slim_apply(apply_fn, full, keep, names):
     if key not in cache:
       t = trace_lib.trace(fn, full, *specs[0], **specs[1])
       again = trace_lib.find_units(t, approximate=True)
-      if [u.name for u in again] != names:
+      if _sizes(again) != sizes:
         raise trace_lib.StructureError(
             "slim_model: the model has different units for inputs of "
             f"shapes {[s.shape for s in jax.tree.leaves(specs)]} than for "
             "the example inputs")
-      cache[key] = (t, node_keep(t, keep))
-    t, kept = cache[key]
+      kept = node_keep(t, keep)
+      cache[key] = (t, kept, folding.hooks_for(t, kept, folds))
+    t, kept, hooks = cache[key]
     flat = jax.tree.leaves((slim_variables, args, kwargs))
-    outs = rebuild.evaluate(t.frame, kept, t.closed.consts, flat)
+    outs = rebuild.evaluate(t.frame, kept, t.closed.consts, flat, hooks)
     return jax.tree.unflatten(t.out_tree, outs)
 
+  slim_apply.folds = tuple(folds)
   return slim_apply
 
 

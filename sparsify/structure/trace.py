@@ -1065,6 +1065,8 @@ def find_units(t: Traced, approximate: bool = False) -> tuple[
         path=k[0], axis=k[1],
         index=np.asarray([sorted(m[2][k]) for m in members], np.int64),
         consumer=k in g.consumers) for k in order)
+    if len(members) < 2:  # one element: nothing can be removed
+      continue
     units.append(units_lib.Unit(
         name=_module(first_producer[0]), size=len(members), kind=kind,
         slots=slots, exact=why is None,
