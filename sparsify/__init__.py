@@ -57,6 +57,8 @@ from sparsify.spz import SharedLayer
 from sparsify.spz import ternary_layer
 from sparsify.spz import TernaryLayer
 from sparsify.structure.gates import Gate
+from sparsify.structure.insert import fold_gates
+from sparsify.structure.insert import insert_gates
 from sparsify.structure.neuron_search import apply_neuron_masks
 from sparsify.structure.neuron_search import binary_search_prune
 from sparsify.structure.neuron_search import neuron_masks
@@ -89,6 +91,7 @@ from sparsify.transforms.proximal import proximal_sgd
 from sparsify.transforms.proximal import soft_threshold
 from sparsify.transforms.random import random_pruning
 from sparsify.transforms.random import random_sparsity
+from sparsify.transforms.sss import batchnorm_scales
 from sparsify.transforms.sss import network_slimming
 from sparsify.transforms.sss import slimming_threshold
 from sparsify.transforms.sss import sparse_structure_selection
@@ -123,10 +126,10 @@ __all__ = (
     "TernaryState",
     "TrainState",
     "Unit",
-    "unit_scales",
     "accelerated_proximal_gradient",
     "apply_masks",
     "apply_neuron_masks",
+    "batchnorm_scales",
     "binary_attractor",
     "binary_search_prune",
     "compression_report",
@@ -137,9 +140,11 @@ __all__ = (
     "export_slim",
     "file_report",
     "find_masks",
+    "fold_gates",
     "gradual_magnitude_pruning",
     "group_lasso",
     "group_lasso_prox",
+    "insert_gates",
     "kcentre_attractor",
     "keep_nonzero",
     "kmeans",
@@ -193,4 +198,5 @@ __all__ = (
     "ternary_layer",
     "top_k_mask",
     "train_and_evaluate",
+    "unit_scales",
 )
