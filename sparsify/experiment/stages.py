@@ -45,6 +45,7 @@ from sparsify import report as report_lib
 from sparsify import spz
 from sparsify.core import masking
 from sparsify.core import paths
+from sparsify.structure import folding
 from sparsify.structure import neuron_search
 from sparsify.structure import scales
 from sparsify.structure import significance
@@ -67,9 +68,11 @@ class Model:
     masks: keep-masks of the params (None: every weight kept).
     encodings: per-leaf encodings for the compressed file
       (`sparsify.compressed`), keyed ``'params/<path>'``.
-    plan: the elements kept by each structural stage so far, in order:
-      ``({unit name: boolean array}, ...)``, units as `sparsify.structure_of`
-      names them in the model the stage received.
+    plan: what each structural stage so far removed, in order: ``((keep,
+      folds), ...)`` with ``keep`` the ``{unit name: boolean array}`` of the
+      elements kept (units as `sparsify.structure_of` names them in the
+      model the stage received) and ``folds`` the constants of removed
+      elements folded into their readers (`sparsify.slim_model`).
     input_shape: one example's shape (the model is traced at batch 1).
     train_arg: the model's training keyword (``config.model.train_arg``;
       None: the one its ``__call__`` takes).
@@ -79,7 +82,7 @@ class Model:
   variables: dict[str, Any]
   masks: Any = None
   encodings: dict[str, Any] = dataclasses.field(default_factory=dict)
-  plan: tuple[dict[str, np.ndarray], ...] = ()
+  plan: tuple[tuple[dict[str, np.ndarray], tuple[Any, ...]], ...] = ()
   input_shape: tuple[int, ...] | None = None
   train_arg: str | None = None
 
@@ -116,28 +119,29 @@ class Model:
     return np.zeros((1, *self.input_shape), np.float32)
 
 
-_PLANNED: dict[Any, Any] = {}
+_PLANNED: dict[int, Any] = {}
 
 
 def _planned_apply(module, name, kwargs, plan, input_shape):
   """The module's apply with the plan's units removed, cached per plan."""
-  key = (name, repr(sorted(kwargs.items())), input_shape, tuple(
-      tuple((u, np.asarray(k).tobytes()) for u, k in sorted(keep.items()))
-      for keep in plan))
-  if key not in _PLANNED:
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    shapes = jax.eval_shape(functools.partial(module.init, train=False),
-                            jax.random.key(0), x)
-    apply = module.apply
-    for keep in plan:
-      structure = trace.structure_of(apply, shapes, x, train=False,
-                                     approximate=True)
-      keep = {u: np.asarray(k, bool) for u, k in keep.items()}
-      apply, shapes = (surgery.slimmed_apply(apply, shapes, keep, x,
-                                             train=False),
-                       surgery.slim(shapes, structure, keep))
-    _PLANNED[key] = apply
-  return _PLANNED[key]
+  key = id(plan)
+  cached = _PLANNED.get(key)
+  if cached is not None and cached[0] is plan and cached[1] == (
+      name, repr(sorted(kwargs.items())), input_shape):
+    return cached[2]
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  shapes = jax.eval_shape(functools.partial(module.init, train=False),
+                          jax.random.key(0), x)
+  apply = module.apply
+  for keep, folds in plan:
+    structure = trace.structure_of(apply, shapes, x, train=False,
+                                   approximate=True)
+    apply, shapes = (surgery.slimmed_apply(apply, shapes, keep, x,
+                                           folds=folds, train=False),
+                     surgery.slim(shapes, structure, keep))
+  _PLANNED[key] = (plan, (name, repr(sorted(kwargs.items())), input_shape),
+                   apply)
+  return apply
 
 
 # Stages that select with a validation accuracy: with one of them in
@@ -263,11 +267,17 @@ def _structure(model: Model) -> list[units.Unit]:
   return [u for u in structure if u.exact]
 
 
-def _slimmed(model: Model, structure, keep) -> Model:
-  """``model`` without the elements ``keep`` removes (masks are dropped)."""
-  variables = surgery.slim(model.variables, structure, keep)
+def _slimmed(model: Model, keep) -> Model:
+  """``model`` without the elements ``keep`` removes (masks are dropped).
+
+  Removed elements that are nonzero constants (a zero BatchNorm scale
+  with a nonzero shift) are folded into the layers that read them, so the
+  slim model computes what ``model`` does.
+  """
+  slim_apply, variables = surgery.slim_model(
+      model.apply_fn, model.variables, keep, model.example(), train=False)
   return dataclasses.replace(model, variables=variables, masks=None,
-                             plan=(*model.plan, keep))
+                             plan=(*model.plan, (keep, slim_apply.folds)))
 
 
 # ----------------------------------------------------------------- stages
@@ -338,7 +348,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     want = min(g.size, -(-int(k.sum()) // cfg.multiple) * cfg.multiple)
     k[np.argsort(-g, kind="stable")[:want]] = True
     keep[name] = k
-  out = _slimmed(model, structure, keep)
+  out = _slimmed(model, keep)
   kept = units.count_kept(keep)
   full = {name: int(np.size(k)) for name, k in keep.items()}
   return out, {**record, "units_before": full, "units_after": kept}
@@ -376,7 +386,7 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
       finetune=finetune if cfg.finetune_steps else None)
   seconds = time.perf_counter() - t
   slimmed = _slimmed(dataclasses.replace(model, variables=result.variables),
-                     structure, result.keep)
+                     result.keep)
   full = {name: int(np.size(k)) for name, k in result.keep.items()}
   return slimmed, {
       "units_before": full, "units_after": units.count_kept(result.keep),
@@ -647,12 +657,14 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   params = jax.tree.map(np.asarray, model.variables)
   if model.masks is not None:
     params["params"] = masking.apply_masks(params["params"], model.masks)
+  plan, folded = _plan_record(model.plan)
+  if folded:
+    params[_FOLDED] = folded
   spz.save(path, params, model.encodings, metadata={
       "model": {"name": model.name, "kwargs": model.kwargs,
                 "train_arg": model.train_arg,
                 "input_shape": list(model.input_shape),
-                "plan": [{u: np.asarray(k, bool).tolist()
-                          for u, k in keep.items()} for keep in model.plan]},
+                "plan": plan},
       "dataset": config.data.name, "test_accuracy": accuracy,
       "stages": [r["stage"] for r in rows]})
   file_info = evaluate_file(trainer, path)
@@ -682,9 +694,9 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
   spec = meta["model"]
   kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
             for k, v in spec["kwargs"].items()}
+  folded = variables.pop(_FOLDED, {})
   model = Model(spec["name"], kwargs, variables,
-                plan=tuple({u: np.asarray(k, bool) for u, k in keep.items()}
-                           for keep in spec.get("plan", ())),
+                plan=_plan_of(spec.get("plan", ()), folded),
                 input_shape=tuple(spec.get("input_shape",
                                            trainer.dataset.input_shape)),
                 train_arg=spec.get("train_arg"))
@@ -694,6 +706,44 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
           "float32_bytes": spz.float32_bytes(variables["params"]),
           "recorded_accuracy": meta["test_accuracy"],
           "decoded_accuracy": measured}
+
+
+# The collection of a compressed file that holds the folded constants.
+_FOLDED = "folded"
+
+
+def _plan_record(plan):
+  """A plan as JSON metadata, and its folds' arrays by name."""
+  record, arrays = [], {}
+  for i, (keep, folds) in enumerate(plan):
+    entry = {"keep": {u: np.asarray(k, bool).tolist()
+                      for u, k in keep.items()}, "folds": []}
+    for j, f in enumerate(folds):
+      name = f"stage{i}_fold{j}"
+      arrays[name] = {"constants": np.asarray(f.constants),
+                      "rows": np.asarray(f.rows)}
+      entry["folds"].append({
+          "array": name, "primitive": f.primitive, "x_side": f.x_side,
+          "axis": f.axis, "w_axis": f.w_axis,
+          "key": [f.key[0], list(f.key[1]), f.key[2]]})
+    record.append(entry)
+  return record, arrays
+
+
+def _plan_of(record, arrays):
+  """The plan of `_plan_record`'s metadata and arrays."""
+  plan = []
+  for entry in record:
+    keep = {u: np.asarray(k, bool) for u, k in entry["keep"].items()}
+    folds = tuple(folding.Fold(
+        key=(f["key"][0], tuple(f["key"][1]), f["key"][2]),
+        primitive=f["primitive"], x_side=f["x_side"], axis=f["axis"],
+        w_axis=f["w_axis"],
+        constants=np.asarray(arrays[f["array"]]["constants"]),
+        rows=np.asarray(arrays[f["array"]]["rows"]))
+        for f in entry["folds"])
+    plan.append((keep, folds))
+  return tuple(plan)
 
 
 def _tuples(x):
