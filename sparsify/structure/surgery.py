@@ -364,6 +364,9 @@ def export_slim(slim_apply: Callable[..., Any], slim_variables: Any,
 
   The artifact needs only JAX to run: ``jax.export.deserialize(data)
   .call(slim_variables, *args)``. Its batch size is the examples'.
+  Variables whose tree holds node types that `jax.export` cannot serialize
+  (an NNX state's ``Param``) are taken as a flat ``{path: array}`` dict
+  instead, the paths as `flat_variables` names them.
 
   Args:
     slim_apply: from `slim_model`.
@@ -389,6 +392,37 @@ def export_slim(slim_apply: Callable[..., Any], slim_variables: Any,
   """
   specs = _shapes((slim_variables, example_args))
   exported = jax.export.export(jax.jit(slim_apply))(specs[0], *specs[1])
-  return bytes(exported.serialize())
+  try:
+    return bytes(exported.serialize())
+  except ValueError:  # a node type export cannot name: take a flat dict
+    treedef = jax.tree.structure(slim_variables)
+
+    def flat_apply(flat, *args):
+      leaves = [flat[name] for name in names]
+      return slim_apply(jax.tree.unflatten(treedef, leaves), *args)
+
+    names = list(flat_variables(slim_variables))
+    flat_specs = _shapes(flat_variables(slim_variables))
+    exported = jax.export.export(jax.jit(flat_apply))(flat_specs, *specs[1])
+    return bytes(exported.serialize())
+
+
+def flat_variables(variables: Any) -> dict[str, Any]:
+  """``{path: array}`` of any variables tree, the paths joined by ``/``.
+
+  Args:
+    variables: Linen variables, an NNX state, any pytree of arrays.
+
+  Returns:
+    The leaves by path, in the tree's order (as `sparsify.structure_of`
+    names them in its slots).
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify.structure import surgery
+    >>> surgery.flat_variables({'params': {'fc': {'kernel': np.ones(2)}}})
+    {'params/fc/kernel': array([1., 1.])}
+  """
+  return dict(trace_lib.leaves(variables))
 
 

@@ -10,6 +10,7 @@ import zoo
 
 import sparsify
 from sparsify import flops
+from sparsify.structure import surgery
 
 
 def _model(name):
@@ -113,6 +114,18 @@ def test_the_export_reloads_and_matches():
   slim_apply, small = sparsify.slim_model(apply_fn, variables, keep, x)
   loaded = jax.export.deserialize(sparsify.export_slim(slim_apply, small, x))
   np.testing.assert_allclose(loaded.call(small, x), slim_apply(small, x),
+                             atol=1e-6)
+
+
+def test_an_nnx_export_takes_its_variables_by_path():
+  case, apply_fn, state, x = _model("nnx_cnn")
+  structure = sparsify.structure_of(apply_fn, state, x)
+  slim_apply, small = sparsify.slim_model(apply_fn, state,
+                                          _random_keep(structure), x)
+  loaded = jax.export.deserialize(sparsify.export_slim(slim_apply, small, x))
+  flat = surgery.flat_variables(small)
+  assert all(isinstance(v, (np.ndarray, jax.Array)) for v in flat.values())
+  np.testing.assert_allclose(loaded.call(flat, x), slim_apply(small, x),
                              atol=1e-6)
 
 
