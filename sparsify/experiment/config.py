@@ -4,8 +4,9 @@ Every config file under ``configs/`` starts from `default_config()` and
 changes what it needs, so all configs share one schema:
 
 * ``model``: ``name`` (a built-in model, or ``module.path:Attribute`` of
-  one defined elsewhere), the model's keyword arguments (``model.kwargs``)
-  and ``train_arg``, the keyword by which it switches to training.
+  one defined elsewhere), the model's keyword arguments (``model.kwargs``),
+  ``train_arg``, the keyword by which it switches to training, and
+  ``gates``, a regex over unit names where gates are inserted.
 * ``data``: dataset ``name``, ``source``, ``data_dir``, batch sizes.
 * ``optimizer``: the optax optimizer and its learning-rate schedule.
 * ``compression``: a list of methods, each ``method(name, begin=, end=,
@@ -81,6 +82,11 @@ def default_config() -> ml_collections.ConfigDict:
   # 'train', 'training', 'deterministic' or 'use_running_average' (these two
   # negated), or '' for a model that takes none (`models.get_model`).
   c.model.train_arg = "train"
+  # A regex over the model's unit names (as `sparsify.structure_of` names
+  # them; '.*' for every unit) at whose outputs gates are inserted into its
+  # params (`models.get_model`); '' for none. The sss preset sets '.*' for a
+  # model without gates of its own.
+  c.model.gates = ""
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "embedded_mnist"
@@ -246,9 +252,13 @@ def _sss(config):
   config.optimizer.kwargs = ml_collections.ConfigDict({"strength": 0.01})
   config.post.stages = "slim,finetune"
   config.post.slim.threshold = 1e-4
-  for switch in ("gates", "channel_gates"):
-    if switch in config.model.kwargs:
-      config.model.kwargs[switch] = True
+  switches = [s for s in ("gates", "channel_gates")
+              if s in config.model.kwargs]
+  for switch in switches:
+    config.model.kwargs[switch] = True
+  if not switches and not config.model.gates:
+    # A model with no gates of its own: gates inserted at its units.
+    config.model.gates = ".*"
 
 
 def _slimming(config):
@@ -353,7 +363,7 @@ def _in_range(field: str, value: Any, low: float, high: float | None = None,
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:
-  """Checks ``model.name`` and ``model.train_arg``, importing nothing."""
+  """Checks ``model.name``, ``train_arg`` and ``gates``, importing nothing."""
   name = model.name
   if isinstance(name, str) and ":" in name:
     module, _, attribute = name.partition(":")
@@ -366,6 +376,10 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
   if model.train_arg not in models.TRAIN_ARGS:
     raise ConfigError("model.train_arg", model.train_arg,
                       ", ".join(map(repr, models.TRAIN_ARGS)))
+  try:
+    models.check_gates(model.get("gates", ""))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -76,6 +76,8 @@ class Model:
     input_shape: one example's shape (the model is traced at batch 1).
     train_arg: the model's training keyword (``config.model.train_arg``;
       None: the one its ``__call__`` takes).
+    gates: the regex of units given gates in its params
+      (``config.model.gates``; '' for none).
   """
   name: str
   kwargs: dict[str, Any]
@@ -85,12 +87,13 @@ class Model:
   plan: tuple[tuple[dict[str, np.ndarray], tuple[Any, ...]], ...] = ()
   input_shape: tuple[int, ...] | None = None
   train_arg: str | None = None
+  gates: str = ""
 
   @functools.cached_property
   def module(self):
     """The Flax module, ``models.get_model(name, **kwargs)``."""
     return models.get_model(self.name, train_arg=self.train_arg,
-                            **self.kwargs)
+                            gates=self.gates, **self.kwargs)
 
   @property
   def apply_fn(self):
@@ -101,7 +104,8 @@ class Model:
     """
     if not self.plan:
       return self.module.apply
-    return _planned_apply(self.module, (self.name, self.train_arg),
+    return _planned_apply(self.module, (self.name, self.train_arg,
+                                        self.gates),
                           self.kwargs, self.plan, self.input_shape)
 
   # `Trainer.state_for` takes anything with an ``apply``.
@@ -642,7 +646,8 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   model = Model(config.model.name, config.model.kwargs.to_dict(),
                 jax.tree.map(np.asarray, variables), masks,
                 input_shape=tuple(trainer.dataset.input_shape),
-                train_arg=config.model.train_arg)
+                train_arg=config.model.train_arg,
+                gates=config.model.get("gates", ""))
   rows = [{"stage": "trained", **ctx.measure(model)}]
   for name in stage_names(config.post.stages):
     t = time.perf_counter()
@@ -662,7 +667,7 @@ def run_stages(trainer: Any, variables: dict[str, Any],
     params[_FOLDED] = folded
   spz.save(path, params, model.encodings, metadata={
       "model": {"name": model.name, "kwargs": model.kwargs,
-                "train_arg": model.train_arg,
+                "train_arg": model.train_arg, "gates": model.gates,
                 "input_shape": list(model.input_shape),
                 "plan": plan},
       "dataset": config.data.name, "test_accuracy": accuracy,
@@ -699,7 +704,8 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
                 plan=_plan_of(spec.get("plan", ()), folded),
                 input_shape=tuple(spec.get("input_shape",
                                            trainer.dataset.input_shape)),
-                train_arg=spec.get("train_arg"))
+                train_arg=spec.get("train_arg"),
+                gates=spec.get("gates", ""))
   measured = trainer.evaluate(model, variables=variables)["eval/accuracy"]
   info = spz.file_report(path)
   return {"path": path, "bytes_on_disk": info.file_bytes,

@@ -232,7 +232,9 @@ class Trainer:
     try:
       self.model = models.get_model(
           config.model.name, num_classes=self.dataset.num_classes,
-          train_arg=config.model.train_arg, **config.model.kwargs.to_dict())
+          train_arg=config.model.train_arg,
+          gates=config.model.get("gates", ""),
+          **config.model.kwargs.to_dict())
     except (ValueError, TypeError) as e:
       message = str(e)
       if not message.startswith("model."):  # e.g. 'model.name: ...'
@@ -242,6 +244,17 @@ class Trainer:
       self.tx = self.make_tx(self.total_steps)
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from e
+    if config.model.get("gates", ""):
+      # Gates are inserted at the units the regex matches, found by tracing
+      # the model: one that matches none stops the run here, in one line.
+      try:
+        jax.eval_shape(functools.partial(self.model.init, train=False),
+                       jax.random.key(0), jax.ShapeDtypeStruct(
+                           (1, *self.dataset.input_shape), np.float32))
+      except ValueError as e:
+        if not str(e).startswith("model.gates:"):
+          raise
+        raise config_lib.ConfigError(str(e)) from e
     checkpoint.check_workdir(config, workdir)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.sharded),

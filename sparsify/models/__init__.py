@@ -16,11 +16,13 @@ from collections.abc import Callable
 import importlib
 import inspect
 import math
+import re
 from typing import Any
 
 from flax import nnx
 import flax.linen as nn
 import jax
+import numpy as np
 
 from sparsify.core.types import Params
 from sparsify.models.lenet import LeNet5
@@ -34,6 +36,7 @@ from sparsify.models.vgg import ConvBNReLU
 from sparsify.models.vgg import VGG
 from sparsify.models.vgg import vgg
 from sparsify.models.vgg import vgg_stages
+from sparsify.structure import insert
 
 __all__ = [
     "BasicBlock",
@@ -45,6 +48,7 @@ __all__ = [
     "ResNet",
     "ResidualBlock",
     "VGG",
+    "check_gates",
     "count_params",
     "get_model",
     "lenet_300_100",
@@ -234,6 +238,151 @@ class _TrainArg:
     return f"_TrainArg({self.module!r}, keyword={self.keyword!r})"
 
 
+# Where `_Gated` keeps the inserted gates: ``params['gates'][unit name]``.
+GATES = "gates"
+
+
+def _spec(tree: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)),
+      tree)
+
+
+def check_gates(where: Any) -> None:
+  """Checks a ``gates`` argument of `get_model` (``config.model.gates``).
+
+  Args:
+    where: a regex over unit names, ``''`` for no gates.
+
+  Raises:
+    ValueError: ``where`` is no string or does not compile; the message is
+      one line and names ``model.gates``.
+
+  Example:
+    >>> from sparsify import models
+    >>> models.check_gates('conv.*')
+    >>> models.check_gates('conv[')
+    Traceback (most recent call last):
+    ...
+    ValueError: model.gates: got 'conv[', not a regex (unterminated ...
+  """
+  if not isinstance(where, str):
+    raise ValueError(f"model.gates: got {where!r}; allowed: a regex over "
+                     "unit names ('.*' for every unit, '' for none)")
+  try:
+    re.compile(where)
+  except re.error as e:
+    raise ValueError(f"model.gates: got {where!r}, not a regex ({e}); "
+                     "allowed: a regex over unit names ('.*' for every "
+                     "unit, '' for none)") from e
+
+
+class _Gated:
+  """A model with gates at the outputs of its units, in its ``params``.
+
+  `sparsify.insert_gates` multiplies each unit whose name (as
+  `sparsify.structure_of` names it) the regex ``where`` matches by a gate
+  vector, one entry per element, where the next layer reads it. This
+  adapter keeps those gates in the model's own ``params``, under
+  ``params['gates'][unit name]``, so that a trainer trains them with the
+  other parameters and the SSS optimizer selects them (`sss.GATES`); the
+  model's own variables keep their paths. ``init(key, x, train=False)``
+  initialises the model and adds gates of ones (the model's own function);
+  ``apply(variables, x, **kwargs)`` takes the gates out of ``params`` and
+  computes the gated model. An ``apply`` before any ``init`` (variables
+  restored from a file) builds the gated function from the shapes of the
+  variables and of ``x``. Other attributes are the model's.
+
+  Args:
+    model: anything with Linen-like ``init(key, x, train=False)`` and
+      ``apply(variables, x, train=...)`` (a Linen module, `_TrainArg`).
+    where: a regex searched in the unit names (``'.*'``: every unit).
+  """
+
+  def __init__(self, model: Any, where: str):
+    self.model = model
+    self.where = where
+    self._functions: dict[Any, Callable[..., Any]] = {}
+
+  def _function(self, variables: Any, x: Any) -> Callable[..., Any]:
+    """The gated function of the model at these shapes, built once."""
+    shapes, example = _spec(variables), _spec(x)
+    key = (jax.tree.structure(shapes), tuple(
+        (s.shape, str(s.dtype)) for s in jax.tree.leaves((shapes, example))))
+    if key not in self._functions:
+      try:
+        fn, _ = insert.insert_gates(self.model.apply, shapes, example,
+                                    where=self.where, train=False)
+      except ValueError as e:  # 'where: ... matches no exact unit; ...'
+        message = str(e).removeprefix("where: ")
+        raise ValueError(f"model.gates: {message}") from e
+      self._functions[key] = fn
+    return self._functions[key]
+
+  def init(self, rngs: Any, x: Any, *args: Any, train: bool = False,
+           **kwargs: Any) -> Any:
+    """The model's variables, with gates of ones in ``params['gates']``.
+
+    Args:
+      rngs: the key (or keys) of the model's ``init``.
+      x: the model's input.
+      *args: its further inputs.
+      train: whether to initialise in training mode.
+      **kwargs: further arguments of the model's ``init``.
+
+    Returns:
+      The model's variables; ``params['gates']`` holds ``{unit name:
+      ones(unit size)}``.
+
+    Raises:
+      ValueError: the model has a ``params['gates']`` of its own, or
+        ``where`` matches no unit (the message lists the unit names).
+    """
+    variables = dict(self.model.init(rngs, x, *args, train=train, **kwargs))
+    params = dict(variables.get("params", {}))
+    if GATES in params:
+      raise ValueError(f"model.gates: the model has a parameter {GATES!r} "
+                       "of its own; allowed: a model without one")
+    fn = self._function(variables, x)
+    params[GATES] = {u: jax.numpy.ones((fn.structure[u].size,),
+                                       jax.numpy.float32) for u in fn.units}
+    return {**variables, "params": params}
+
+  def apply(self, variables: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """The gated model on ``x``.
+
+    Args:
+      variables: the variables of `init` (gates in ``params['gates']``).
+      x: the model's input.
+      *args: its further inputs.
+      **kwargs: arguments of the model's ``apply`` (``train``,
+        ``mutable``, ``rngs``, ...).
+
+    Returns:
+      What the model's ``apply`` returns; updated collections (with
+      ``mutable``) are the model's own.
+
+    Raises:
+      ValueError: ``variables['params']`` has no ``'gates'`` entry.
+    """
+    params = dict(variables.get("params", {}))
+    if GATES not in params:
+      raise ValueError(f"variables: no params[{GATES!r}]; allowed: the "
+                       "variables of init, gates included")
+    gates = params.pop(GATES)
+    rest = {**variables, "params": params}
+    fn = self._function(rest, x)
+    return fn({**rest, insert.COLLECTION: gates}, x, *args, **kwargs)
+
+  def __getattr__(self, name: str) -> Any:
+    if name in ("model", "_functions"):  # not set yet (e.g. unpickling)
+      raise AttributeError(name)
+    return getattr(self.model, name)
+
+  def __repr__(self) -> str:
+    return f"_Gated({self.model!r}, where={self.where!r})"
+
+
 def _train_keyword(name: str, call: Callable[..., Any],
                    train_arg: str | None) -> tuple[str, bool]:
   """The training keyword of a model's ``__call__``, and if it has a default.
@@ -341,7 +490,8 @@ def _imported_model(name: str, num_classes: int, train_arg: str | None,
 
 
 def get_model(name: str, *, num_classes: int = 10,
-              train_arg: str | None = None, **kwargs: Any) -> Any:
+              train_arg: str | None = None, gates: str = "",
+              **kwargs: Any) -> Any:
   """Returns the model registered in `MODELS` under ``name``, or imported.
 
   A name with a ``:`` is an import path, ``module.path:Attribute``: a
@@ -359,6 +509,14 @@ def get_model(name: str, *, num_classes: int = 10,
   hands ``train`` on under its own name; its variables are its own, at the
   same paths.
 
+  With ``gates``, a regex over the model's unit names (as
+  `sparsify.structure_of` names them; ``'.*'`` for every unit), gates are
+  inserted at the outputs of the units it matches (`sparsify.insert_gates`):
+  the model comes back behind an adapter whose ``init`` adds
+  ``params['gates'][unit name]`` (ones) to the model's own variables and
+  whose ``apply`` multiplies them in, so that SSS trains and selects them
+  on a model that has no gates of its own.
+
   Args:
     name: One of ``lenet5``, ``lenet_300_100``, ``mlp``, ``resnet``,
       ``vgg``, or ``module.path:Attribute``.
@@ -368,6 +526,8 @@ def get_model(name: str, *, num_classes: int = 10,
       ``'use_running_average'`` (these two negated), or ``''`` for a model
       that takes none. None: the one of these its ``__call__`` takes
       (``'train'`` for the built-in models).
+    gates: A regex over unit names at whose outputs gates are inserted;
+      ``''`` for none.
     **kwargs: Further arguments of the model, e.g. ``depth=20`` for
       ``resnet`` or ``stages=[[64], [128]]`` for ``vgg``; lists become tuples.
 
@@ -377,8 +537,9 @@ def get_model(name: str, *, num_classes: int = 10,
   Raises:
     ValueError: for an unknown model name or argument, a module that cannot
       be imported, an attribute it lacks or that is no model, a training
-      keyword the model does not take, or an invalid value; the message is
-      one line.
+      keyword the model does not take, ``gates`` that is no regex, or an
+      invalid value; the message is one line. A ``gates`` regex that
+      matches no unit is found at ``init``, which lists the unit names.
 
   Example:
     >>> import jax
@@ -403,15 +564,24 @@ def get_model(name: str, *, num_classes: int = 10,
     Traceback (most recent call last):
     ...
     ValueError: model: unknown argument(s) 'feature' for model ...
+
+    Gates on every unit of a model without any, in its ``params``:
+
+    >>> mlp = models.get_model('mlp', hidden=(4, 3), gates='.*')
+    >>> variables = mlp.init(jax.random.key(0), jnp.ones((1, 2)))
+    >>> jax.tree.map(jnp.shape, variables['params']['gates'])
+    {'fc1': (4,), 'fc2': (3,)}
   """
+  check_gates(gates)
   if _is_imported(name):
-    return _imported_model(name, num_classes, train_arg, kwargs)
-  kwargs = _checked(name, kwargs)
-  module = MODELS[name](num_classes=num_classes, **kwargs)
-  if train_arg in (None, "train"):
-    return module
-  keyword, _ = _train_keyword(name, type(module).__call__, train_arg)
-  return _TrainArg(module, keyword)
+    model = _imported_model(name, num_classes, train_arg, kwargs)
+  else:
+    kwargs = _checked(name, kwargs)
+    model = MODELS[name](num_classes=num_classes, **kwargs)
+    if train_arg not in (None, "train"):
+      keyword, _ = _train_keyword(name, type(model).__call__, train_arg)
+      model = _TrainArg(model, keyword)
+  return _Gated(model, gates) if gates else model
 
 
 def count_params(params: Params) -> int:

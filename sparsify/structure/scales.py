@@ -4,8 +4,9 @@ SSS removes the elements whose gate is zero; Network Slimming those whose
 BatchNorm scale is small. Both read the scale of each element of a
 `units.Unit` from its producer slots:
 
-* a **gate**: a producer whose path has a component ``gate`` or lies in the
-  ``gates`` collection (`sparsify.models` gates, `sparsify.insert_gates`);
+* a **gate**: a producer whose path has a component ``gate``, lies in the
+  ``gates`` collection (`sparsify.models` gates, `sparsify.insert_gates`) or
+  under ``params/gates`` (`sparsify.models.get_model` with ``gates=``);
 * else a **BatchNorm scale**: a producer parameter named ``scale`` whose
   module also holds running statistics (``mean``) among the unit's slots.
   LayerNorm and GroupNorm scales have no running statistics and are never
@@ -40,17 +41,22 @@ def is_gate(path: str) -> bool:
     path: a slot's path, collection first (``'params/fc1_gate/gate'``).
 
   Returns:
-    True for a path in the ``gates`` collection or with a ``gate``
-    component.
+    True for a path in the ``gates`` collection (`sparsify.insert_gates`),
+    under a top-level ``gates`` entry of ``params`` (a model built with
+    ``get_model(..., gates=...)``), or with a ``gate`` component.
 
   Example:
     >>> from sparsify.structure import scales
     >>> scales.is_gate('params/fc1_gate/gate'), scales.is_gate(
-    ...     'gates/Conv_0'), scales.is_gate('params/bn/scale')
-    (True, True, False)
+    ...     'gates/Conv_0'), scales.is_gate('params/gates/Conv_0')
+    (True, True, True)
+    >>> scales.is_gate('params/bn/scale'), scales.is_gate(
+    ...     'params/block/gates/kernel')
+    (False, False)
   """
   parts = path.split("/")
-  return parts[0] == "gates" or "gate" in parts[1:]
+  return (parts[0] == "gates" or parts[:2] == ["params", "gates"]
+          or "gate" in parts[1:])
 
 
 def _batchnorm_scales(unit: units.Unit) -> list[units.Slot]:
