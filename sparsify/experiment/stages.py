@@ -93,7 +93,7 @@ class Model:
   def module(self):
     """The Flax module, ``models.get_model(name, **kwargs)``."""
     return models.get_model(self.name, train_arg=self.train_arg,
-                            gates=self.gates, **self.kwargs)
+                            gate_units=self.gates, **self.kwargs)
 
   @property
   def apply_fn(self):

@@ -233,7 +233,7 @@ class Trainer:
       self.model = models.get_model(
           config.model.name, num_classes=self.dataset.num_classes,
           train_arg=config.model.train_arg,
-          gates=config.model.get("gates", ""),
+          gate_units=config.model.get("gates", ""),
           **config.model.kwargs.to_dict())
     except (ValueError, TypeError) as e:
       message = str(e)

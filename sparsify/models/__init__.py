@@ -249,7 +249,7 @@ def _spec(tree: Any) -> Any:
 
 
 def check_gates(where: Any) -> None:
-  """Checks a ``gates`` argument of `get_model` (``config.model.gates``).
+  """Checks ``gate_units`` of `get_model` (``config.model.gates``).
 
   Args:
     where: a regex over unit names, ``''`` for no gates.
@@ -490,7 +490,7 @@ def _imported_model(name: str, num_classes: int, train_arg: str | None,
 
 
 def get_model(name: str, *, num_classes: int = 10,
-              train_arg: str | None = None, gates: str = "",
+              train_arg: str | None = None, gate_units: str = "",
               **kwargs: Any) -> Any:
   """Returns the model registered in `MODELS` under ``name``, or imported.
 
@@ -509,7 +509,8 @@ def get_model(name: str, *, num_classes: int = 10,
   hands ``train`` on under its own name; its variables are its own, at the
   same paths.
 
-  With ``gates``, a regex over the model's unit names (as
+  With ``gate_units`` (``config.model.gates``), a regex over the model's
+  unit names (as
   `sparsify.structure_of` names them; ``'.*'`` for every unit), gates are
   inserted at the outputs of the units it matches (`sparsify.insert_gates`):
   the model comes back behind an adapter whose ``init`` adds
@@ -526,8 +527,9 @@ def get_model(name: str, *, num_classes: int = 10,
       ``'use_running_average'`` (these two negated), or ``''`` for a model
       that takes none. None: the one of these its ``__call__`` takes
       (``'train'`` for the built-in models).
-    gates: A regex over unit names at whose outputs gates are inserted;
-      ``''`` for none.
+    gate_units: A regex over unit names at whose outputs gates are
+      inserted; ``''`` for none. (Not ``gates``: that is the built-in
+      models' own switch, e.g. ``get_model('mlp', gates=True)``.)
     **kwargs: Further arguments of the model, e.g. ``depth=20`` for
       ``resnet`` or ``stages=[[64], [128]]`` for ``vgg``; lists become tuples.
 
@@ -537,8 +539,8 @@ def get_model(name: str, *, num_classes: int = 10,
   Raises:
     ValueError: for an unknown model name or argument, a module that cannot
       be imported, an attribute it lacks or that is no model, a training
-      keyword the model does not take, ``gates`` that is no regex, or an
-      invalid value; the message is one line. A ``gates`` regex that
+      keyword the model does not take, ``gate_units`` that is no regex, or
+      an invalid value; the message is one line. A ``gate_units`` regex that
       matches no unit is found at ``init``, which lists the unit names.
 
   Example:
@@ -567,12 +569,12 @@ def get_model(name: str, *, num_classes: int = 10,
 
     Gates on every unit of a model without any, in its ``params``:
 
-    >>> mlp = models.get_model('mlp', hidden=(4, 3), gates='.*')
+    >>> mlp = models.get_model('mlp', hidden=(4, 3), gate_units='.*')
     >>> variables = mlp.init(jax.random.key(0), jnp.ones((1, 2)))
     >>> jax.tree.map(jnp.shape, variables['params']['gates'])
     {'fc1': (4,), 'fc2': (3,)}
   """
-  check_gates(gates)
+  check_gates(gate_units)
   if _is_imported(name):
     model = _imported_model(name, num_classes, train_arg, kwargs)
   else:
@@ -581,7 +583,7 @@ def get_model(name: str, *, num_classes: int = 10,
     if train_arg not in (None, "train"):
       keyword, _ = _train_keyword(name, type(model).__call__, train_arg)
       model = _TrainArg(model, keyword)
-  return _Gated(model, gates) if gates else model
+  return _Gated(model, gate_units) if gate_units else model
 
 
 def count_params(params: Params) -> int:

@@ -60,7 +60,7 @@ def _own(variables):
 
 
 def test_ones_compute_the_model_and_the_model_keeps_its_paths(lab):
-  model = models.get_model(f"{lab}:BNCNN", gates=".*")
+  model = models.get_model(f"{lab}:BNCNN", gate_units=".*")
   own = models.get_model(f"{lab}:BNCNN")  # the same model, ungated
   x = _images()
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -78,7 +78,7 @@ def test_ones_compute_the_model_and_the_model_keeps_its_paths(lab):
 
 def test_gates_scale_what_the_next_layer_reads(lab):
   # g * h read by a Dense layer is the layer with its rows scaled by g.
-  model = models.get_model(f"{lab}:BNCNN", gates="^Dense_0$")
+  model = models.get_model(f"{lab}:BNCNN", gate_units="^Dense_0$")
   x = _images()
   variables = model.init(jax.random.key(0), x)
   assert list(variables["params"]["gates"]) == ["Dense_0"]
@@ -94,7 +94,7 @@ def test_gates_scale_what_the_next_layer_reads(lab):
 
 
 def test_training_mode_with_batch_statistics_under_jit(lab):
-  model = models.get_model(f"{lab}:BNCNN", gates=".*")
+  model = models.get_model(f"{lab}:BNCNN", gate_units=".*")
   own = models.get_model(f"{lab}:BNCNN")
   x = _images()
   variables = model.init(jax.random.key(0), x)
@@ -118,9 +118,9 @@ def test_training_mode_with_batch_statistics_under_jit(lab):
 
 def test_apply_before_init_builds_from_the_shapes(lab):
   x = _images()
-  variables = models.get_model(f"{lab}:BNCNN", gates=".*").init(
+  variables = models.get_model(f"{lab}:BNCNN", gate_units=".*").init(
       jax.random.key(0), x)
-  restored = models.get_model(f"{lab}:BNCNN", gates=".*")  # as from a file
+  restored = models.get_model(f"{lab}:BNCNN", gate_units=".*")  # as from a file
   np.testing.assert_array_equal(
       restored.apply(variables, x[:1], train=False),
       models.get_model(f"{lab}:BNCNN").apply(_own(variables), x[:1],
@@ -128,7 +128,7 @@ def test_apply_before_init_builds_from_the_shapes(lab):
 
 
 def test_the_gates_are_the_units_scales(lab):
-  model = models.get_model(f"{lab}:BNCNN", gates=".*")
+  model = models.get_model(f"{lab}:BNCNN", gate_units=".*")
   x = _images(n=1)
   variables = model.init(jax.random.key(0), x)
   gates = {u: np.linspace(0.0, 1.0, n, dtype=np.float32)
@@ -148,7 +148,7 @@ def test_the_gates_are_the_units_scales(lab):
 def test_a_zoo_model(monkeypatch):
   import zoo  # pylint: disable=g-import-not-at-top
   monkeypatch.syspath_prepend(os.path.dirname(zoo.__file__))
-  model = models.get_model("zoo:resnet18", gates=".*")
+  model = models.get_model("zoo:resnet18", gate_units=".*")
   own = zoo.resnet18()
   x = jnp.asarray(zoo.CASES["resnet18"].example())
   variables = model.init(jax.random.key(0), x, train=False)
@@ -196,15 +196,15 @@ def test_a_bad_regex_is_one_line():
   assert message.startswith(
       "model.gates: got 'conv[', not a regex (unterminated character set")
   with pytest.raises(ValueError) as info:
-    models.get_model("mlp", gates="conv[")
+    models.get_model("mlp", gate_units="conv[")
   assert str(info.value) == message
   with pytest.raises(ValueError, match="^model.gates: got 3; allowed: a "
                      "regex over unit names"):
-    models.get_model("mlp", gates=3)
+    models.get_model("mlp", gate_units=3)
 
 
 def test_a_regex_matching_no_unit_names_the_units(lab, command, tmp_path):
-  model = models.get_model(f"{lab}:BNCNN", gates="^conv")
+  model = models.get_model(f"{lab}:BNCNN", gate_units="^conv")
   with pytest.raises(ValueError) as info:
     model.init(jax.random.key(0), _images(n=1))
   assert str(info.value) == (
@@ -261,3 +261,12 @@ def test_cli_sss_slims_an_imported_batchnorm_cnn(lab, command, tmp_path):
   assert meta["model"]["gates"] == ".*"
   assert {u: g.shape for u, g in variables["params"]["gates"].items()} == {
       u: (n,) for u, n in after.items()}
+
+
+def test_the_built_in_gate_switch_is_the_models_own():
+  # `gates` stays the built-in models' own argument; the regex is
+  # `gate_units`.
+  model = models.get_model("mlp", hidden=(4,), gates=True)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 2)))
+  assert "fc1_gate" in variables["params"] and "gates" not in variables[
+      "params"]
