@@ -1072,7 +1072,12 @@ def find_units(t: Traced, approximate: bool = False) -> tuple[
         slots=slots, exact=why is None,
         note=None if why is None else f"approximate: {why}"))
     comps.append([sorted(cl) for cl in closures])
-  units = _unique_names(units)
+  # In the order the computation first reads their producers.
+  order = sorted(range(len(units)), key=lambda i: min(
+      (g.first_use.get(slot.path, 1 << 30), g.leaf_names.index(slot.path))
+      for slot in units[i].producers()))
+  units = _unique_names([units[i] for i in order])
+  comps = [comps[i] for i in order]
   t.element_comps = {u.name: c for u, c in zip(units, comps)}
   return units
 

@@ -312,7 +312,8 @@ def test_unknown_model():
     models.get_model("foo")
   assert str(e.value) == (
       "model.name: unknown model 'foo'; allowed: "
-      "lenet5, lenet_300_100, mlp, resnet, vgg")
+      "lenet5, lenet_300_100, mlp, resnet, vgg, or module.path:Attribute "
+      "for a model of your own")
 
 
 def test_unknown_argument():
