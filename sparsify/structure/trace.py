@@ -105,6 +105,7 @@ class _Value:
   # by other operations since: two arrays with disjoint sources added are
   # two paths of a residual stream; x + x**3 in a GELU is one path.
   source: frozenset = frozenset()
+  value: Any = None  # a literal's or a small constant's value, if known
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -189,7 +190,9 @@ class _Tracer:
 
   def literal(self, lit) -> _Value:
     val = np.asarray(lit.val)
-    return self.g.fresh(val.shape, all_zero=bool(np.all(val == 0)))
+    out = self.g.fresh(val.shape, all_zero=bool(np.all(val == 0)))
+    out.value = val
+    return out
 
   def read(self, env, v) -> _Value:
     if isinstance(v, jcore.Literal):
@@ -205,6 +208,8 @@ class _Tracer:
     for v, c in zip(jaxpr.constvars, consts):
       c = np.asarray(c)
       env[v] = self.g.fresh(c.shape, all_zero=bool(np.all(c == 0)))
+      if c.size <= 1:
+        env[v].value = c
     for v, val in zip(jaxpr.invars, invals):
       env[v] = val
     for i, eqn in enumerate(jaxpr.eqns):
@@ -276,6 +281,18 @@ class _Tracer:
       if name in _PRODUCT:
         z = np.logical_or.reduce([x.zero[k] for x in carry]) | any(
             x.all_zero for x in others)
+      elif name in ("max", "min"):
+        # max(0, c) = 0 when c <= 0, min(0, c) = 0 when c >= 0 (relu6).
+        def neutral(x):
+          if x.all_zero:
+            return True
+          if x.value is None:
+            return False
+          return bool(np.all(x.value <= 0) if name == "max" else
+                      np.all(x.value >= 0))
+        z = np.logical_and.reduce(
+            [x.zero[k] | neutral(x) for x in carry]) & all(
+                neutral(x) for x in others)
       elif name in _SUM:
         operands = ins[1:] if name == "select_n" else ins
         if name == "clamp":
@@ -1067,6 +1084,9 @@ def find_units(t: Traced, approximate: bool = False) -> tuple[
         consumer=k in g.consumers) for k in order)
     if len(members) < 2:  # one element: nothing can be removed
       continue
+    if kind == "group" and all(sl.index.shape[1] == 1 for sl in slots
+                               if not sl.consumer):
+      kind = "channel"  # depthwise: a group of one channel
     units.append(units_lib.Unit(
         name=_module(first_producer[0]), size=len(members), kind=kind,
         slots=slots, exact=why is None,

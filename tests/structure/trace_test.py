@@ -155,3 +155,15 @@ def test_an_unknown_primitive_is_an_error_naming_it():
     sparsify.structure_of(
         lambda v, x: jnp.fft.fft(x @ v["params"]["w"]).real @ v["params"]["v"],
         variables, x)
+
+
+def test_relu6_and_depthwise_convolutions_keep_units_exact():
+  # relu6 = min(max(x, 0), 6) keeps a removed channel at zero, and a
+  # depthwise convolution's groups are single channels.
+  case, apply_fn, variables, x = _model("mobilenet")
+  structure = sparsify.structure_of(apply_fn, variables, x, approximate=True)
+  assert all(u.exact for u in structure)
+  hidden = structure["InvertedResidual_0/Conv_0"]
+  assert (hidden.kind, hidden.size) == ("channel", 32)
+  paths = {(s.path, s.axis) for s in hidden.producers()}
+  assert ("params/InvertedResidual_0/Conv_1/kernel", 3) in paths  # depthwise
