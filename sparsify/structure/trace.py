@@ -72,6 +72,7 @@ _LOSE_ZERO = frozenset((
     "digamma", "bessel_i0e", "bessel_i1e", "igamma", "igammac",
     "random_gamma_grad", "nextafter", "atan2", "rem", "shift_left",
     "shift_right_logical", "shift_right_arithmetic", "xor",
+    "bitcast_convert_type",
 ))
 _PRODUCT = frozenset(("mul", "and"))       # zero if any operand is zero
 _SUM = frozenset(("add", "sub", "max", "min", "or", "add_any", "select_n",
@@ -663,6 +664,16 @@ class _Tracer:
     return _Value(list(x.nodes), zero, x.all_zero and update.all_zero,
                   tuple(frozenset() for _ in x.nodes))
 
+  def rule_random_bits(self, p, ins, shapes):
+    """Fresh random bits (dropout): each element free, the key fixed.
+
+    The slim model draws them at its own shape: the same distribution,
+    other values.
+    """
+    for x in ins:
+      self.g.fixed.extend(x.nodes)
+    return [self.g.fresh(s) for s in shapes]
+
   def _rule_opaque(self, p, ins, shapes):
     """Randomness and sorting: outputs fixed where their inputs are."""
     for x in ins:
@@ -745,7 +756,7 @@ for _name in _CUMULATIVE:
 for _name in ("reduce_window_sum", "reduce_window_max", "reduce_window_min",
               "reduce_window"):
   setattr(_Tracer, "rule_" + _name, _Tracer._rule_window)
-for _name in ("random_bits", "random_seed", "random_wrap", "random_unwrap",
+for _name in ("random_seed", "random_wrap", "random_unwrap",
               "random_split", "random_fold_in", "threefry2x32", "sort",
               "top_k", "argsort", "rng_bit_generator", "rng_uniform"):
   setattr(_Tracer, "rule_" + _name, _Tracer._rule_opaque)

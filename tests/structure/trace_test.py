@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +168,27 @@ def test_relu6_and_depthwise_convolutions_keep_units_exact():
   assert (hidden.kind, hidden.size) == ("channel", 32)
   paths = {(s.path, s.axis) for s in hidden.producers()}
   assert ("params/InvertedResidual_0/Conv_1/kernel", 3) in paths  # depthwise
+
+
+def test_dropout_in_training_keeps_the_units_it_drops_from():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(16)(x)))
+      return nn.Dense(3)(x)
+
+  x = jnp.ones((4, 5))
+  variables = Net().init(jax.random.key(0), x)
+  rngs = {"dropout": jax.random.key(1)}
+  train = sparsify.structure_of(Net().apply, variables, x, train=True,
+                                rngs=rngs)
+  assert [(u.name, u.size) for u in train] == [("Dense_0", 16)]
+  keep = {"Dense_0": np.arange(16) < 4}
+  slim_apply, small = sparsify.slim_model(Net().apply, variables, keep, x)
+  out = jax.jit(functools.partial(slim_apply, train=True))(small, x,
+                                                            rngs=rngs)
+  # In training the slim model draws its own dropout mask, at its width.
+  assert out.shape == (4, 3) and np.isfinite(out).all()
+  np.testing.assert_allclose(  # and without dropout it is the masked model
+      slim_apply(small, x), Net().apply(sparsify.mask(variables, train, keep),
+                                        x), atol=1e-6)
