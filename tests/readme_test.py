@@ -64,8 +64,8 @@ def test_quickstart_is_two_commands_and_ci_runs_the_second():
 def test_readme_python_blocks_run_in_order_and_do_what_they_say():
   """The README's Python blocks, one script; each block's claim checked."""
   blocks = _blocks(README, "python")
-  titles = ["compose", "pruning", "dat", "sss", "pq", "search", "lct",
-            "penalties", "config"]
+  titles = ["compose", "any model", "pruning", "dat", "sss", "pq", "search",
+            "lct", "penalties", "config"]
   assert len(blocks) == len(titles)
   ns, out, run = _runner()
 
@@ -74,6 +74,15 @@ def test_readme_python_blocks_run_in_order_and_do_what_they_say():
   for name, kernel in _kernels(ns["params"]).items():
     assert np.sum(kernel == 0) == np.round(0.9 * kernel.size), name
   assert "hidden/kernel" in out.getvalue() and "total" in out.getvalue()
+
+  # Any model: the ResNet's channels and stream, slim equal to masked; the
+  # encoder's heads and MLP neurons, gates of their sizes.
+  run(blocks.pop(1))
+  assert ns["resnet_gap"] < 1e-5
+  assert {(u.kind, u.size) for u in ns["structure"]} == {
+      ("head", 4), ("neuron", 16), ("neuron", 128)}
+  assert sorted(np.size(g) for g in ns["gates"]["gates"].values()) == [
+      4, 16, 16, 128]
 
   # One-shot: every kernel exactly 90 % zeros. ERK: 90 % of all kernel
   # weights, the small output layer kept denser than the hidden one.
@@ -98,7 +107,8 @@ def test_readme_python_blocks_run_in_order_and_do_what_they_say():
 
   # SSS: neurons removed, and the slim network computes the same logits.
   run(blocks[3])
-  assert sum(ns["slim"].hidden) < 400
+  assert sum(ns["hidden"]) < 400
+  assert ns["slim"]["params"]["fc1"]["kernel"].shape == (784, ns["hidden"][0])
   assert ns["gap"] < 1e-4
 
   # PQ: the file decodes to the PQ reconstruction; it is smaller on disk.
@@ -122,7 +132,8 @@ def test_readme_python_blocks_run_in_order_and_do_what_they_say():
   result, mlp, held_out = ns["result"], ns["mlp"], ns["held_out"]
   assert sum(result.kept.values()) < 400
   baseline = ns["accuracy"](mlp, ns["params"], held_out)
-  assert ns["accuracy"](mlp, result.params, held_out) >= baseline - 0.01
+  assert ns["accuracy"](mlp, result.variables["params"],
+                        held_out) >= baseline - 0.01
 
   # LCT: the chosen layer is ternary on its mask; the others keep theirs.
   run(blocks[6])
@@ -161,7 +172,7 @@ def _check_pruning(ns, out):
 
 
 def _check_sss(ns, out):
-  """Surgery with a hand-written spec: narrower, the same logits."""
+  """Surgery on a model of one's own: narrower, the same logits."""
   assert ns["slim_params"]["hidden"]["kernel"].shape == (20, 48)
   assert ns["slim_params"]["out"]["kernel"].shape == (48, 10)
   assert ns["gap"] < 1e-5
