@@ -72,6 +72,7 @@ from sparsify.structure.surgery import export_slim
 from sparsify.structure.surgery import mask
 from sparsify.structure.surgery import slim
 from sparsify.structure.surgery import slim_model
+from sparsify.structure.surgery import slim_nnx
 from sparsify.structure.surgery import slimmed_apply
 from sparsify.structure.trace import Structure
 from sparsify.structure.trace import structure_of
@@ -186,6 +187,7 @@ __all__ = (
     "sigma_of",
     "slim",
     "slim_model",
+    "slim_nnx",
     "slimmed_apply",
     "slimming_threshold",
     "soft_threshold",

@@ -426,3 +426,67 @@ def flat_variables(variables: Any) -> dict[str, Any]:
   return dict(trace_lib.leaves(variables))
 
 
+
+
+def slim_nnx(module: Any, keep: Mapping[str, Any], *example_args: Any,
+             **example_kwargs: Any) -> Any:
+  """An NNX module at the kept widths: the module's own code, smaller state.
+
+  `slim_model` of the module's ``(apply_fn, state)`` (`sparsify.nnx_apply`),
+  then ``nnx.merge`` of the module's graph with the smaller state: NNX
+  layers read their shapes from their variables, so the same code runs at
+  the new widths. The result is checked against the slim function on the
+  example inputs.
+
+  Args:
+    module: an `nnx.Module` (not changed).
+    keep: ``{unit name: boolean array}``, True for the elements kept.
+    *example_args: example inputs.
+    **example_kwargs: example keyword arguments.
+
+  Returns:
+    A new `nnx.Module`.
+
+  Raises:
+    trace.StructureError: the module's code does not compute the slim
+      model at the new widths (a layer that checks a width it stores), or
+      removed constants had to be folded (`slim_model`'s ``folds``), which a
+      module's variables cannot hold; use `slim_model`'s function then.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp, numpy as np
+    >>> import sparsify
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.fc1 = nnx.Linear(3, 4, rngs=rngs)
+    ...     self.fc2 = nnx.Linear(4, 2, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.fc2(nnx.relu(self.fc1(x)))
+    >>> net, x = Net(nnx.Rngs(0)), jnp.ones((5, 3))
+    >>> small = sparsify.slim_nnx(net, {'fc1': np.array([1, 0, 1, 1], bool)},
+    ...                           x)
+    >>> small.fc1.kernel.value.shape, small(x).shape
+    ((3, 3), (5, 2))
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(module)
+
+  def apply_fn(state, *args, **kwargs):
+    return nnx.merge(graphdef, state)(*args, **kwargs)
+
+  slim_apply, small = slim_model(apply_fn, state, keep, *example_args,
+                                 **example_kwargs)
+  if slim_apply.folds:
+    raise trace_lib.StructureError(
+        "slim_nnx: removed elements output nonzero constants that the next "
+        "layers absorb; a module cannot hold them: use sparsify.slim_model")
+  small = jax.tree.map(jnp.asarray, small)
+  expected = slim_apply(small, *example_args, **example_kwargs)
+  got = nnx.merge(graphdef, small)(*example_args, **example_kwargs)
+  if not all(np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(
+      jax.tree.leaves(got), jax.tree.leaves(expected))):
+    raise trace_lib.StructureError(
+        "slim_nnx: the module's code does not compute the slim model at the "
+        "new widths; use sparsify.slim_model's function")
+  return nnx.merge(graphdef, small)

@@ -192,3 +192,21 @@ def test_dropout_in_training_keeps_the_units_it_drops_from():
   np.testing.assert_allclose(  # and without dropout it is the masked model
       slim_apply(small, x), Net().apply(sparsify.mask(variables, train, keep),
                                         x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["nnx_cnn", "nnx_resnet"])
+def test_an_nnx_model_comes_back_as_a_smaller_module(name):
+  case = zoo.CASES[name]
+  module = case.build()
+  x = jnp.asarray(case.example())
+  apply_fn, state = flops.nnx_apply(module)
+  structure = sparsify.structure_of(apply_fn, state, x)
+  keep = _random_keep(structure, seed=2)
+  small = sparsify.slim_nnx(module, keep, x)
+  slim_apply, slim_state = sparsify.slim_model(apply_fn, state, keep, x)
+  np.testing.assert_allclose(small(x), slim_apply(slim_state, x), atol=1e-6)
+  masked = sparsify.mask(state, structure, keep)
+  np.testing.assert_allclose(small(x), apply_fn(masked, x), atol=1e-5)
+  sizes = lambda m: sum(np.size(v) for v in jax.tree.leaves(
+      flops.nnx_apply(m)[1]))
+  assert sizes(small) < sizes(module)
