@@ -149,19 +149,24 @@ def find_folds(t: trace_lib.Traced, kept: np.ndarray, variables: Any,
     return []
   inputs = jax.tree.leaves((args, kwargs))
   var_leaves = jax.tree.leaves(variables)
-  seen: list[dict] = [{}, {}]
 
-  def recorder(store, site):
-    def hook(ins, outs):
-      store[site] = [np.asarray(v) for v in ins]
-      return outs
-    return hook
+  @jax.jit
+  def record(flat):
+    """Both operands of every candidate, in one compiled evaluation."""
+    store = {}
 
-  everything = np.ones_like(kept)
-  for store, xs in zip(seen, (inputs, _perturbed(inputs))):
-    hooks = {site: recorder(store, site) for site in candidates}
-    rebuild.evaluate(t.frame, everything, t.closed.consts,
-                     [*var_leaves, *xs], hooks)
+    def recorder(site):
+      def hook(ins, outs):
+        store[site] = list(ins)
+        return outs
+      return hook
+
+    rebuild.evaluate(t.frame, np.ones_like(kept), t.closed.consts, flat,
+                     {site: recorder(site) for site in candidates})
+    return store
+
+  seen = [jax.tree.map(np.asarray, record([*var_leaves, *xs]))
+          for xs in (inputs, _perturbed(inputs))]
   folds = []
   for site, (eqn, x_side, axis, w_axis, removed) in candidates.items():
     values = []

@@ -271,6 +271,16 @@ def _call(sites, eqn, subs, ins, gates):
                                  "gates inside")
 
 
+def _compiled(t, sites):
+  """``(t, run)``: ``run(flat, gates)`` evaluates the gated trace, jitted.
+
+  One compiled computation per input signature, also when called outside
+  `jax.jit` (an op-by-op walk of a large model is slow).
+  """
+  return t, jax.jit(lambda flat, gates: _evaluate(
+      sites, t.frame, t.closed.consts, flat, gates))
+
+
 def _select(structure, where) -> list:
   if where is None:
     return [u for u in structure if u.kind in DEFAULT_KINDS]
@@ -383,7 +393,7 @@ def insert_gates(apply_fn: Callable[..., Any], variables: Any,
   sizes = {u.name: u.size for u in chosen}
   full = _spec(variables)
   leaf_names = [n for n, _ in trace_lib.leaves(variables)]
-  cache = {key: (t, sites)}
+  cache = {key: _compiled(t, sites)}
 
   def gated_apply(all_variables, *args, **kwargs):
     if not isinstance(all_variables, Mapping) or (
@@ -414,10 +424,10 @@ def insert_gates(apply_fn: Callable[..., Any], variables: Any,
             "insert_gates: the model has different units for inputs of "
             f"shapes {[s.shape for s in jax.tree.leaves(specs)]} than for "
             "the example inputs")
-      cache[key] = (t, _Sites(t, names))
-    t, s = cache[key]
+      cache[key] = _compiled(t, _Sites(t, names))
+    t, run = cache[key]
     flat = [by_name[n] for n in leaf_names] + jax.tree.leaves((args, kwargs))
-    outs = _evaluate(s, t.frame, t.closed.consts, flat, gates)
+    outs = run(flat, {n: gates[n] for n in names})
     return jax.tree.unflatten(t.out_tree, outs)
 
   gated_apply.structure = structure

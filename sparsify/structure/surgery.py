@@ -331,10 +331,14 @@ def _slim_apply(apply_fn, full, keep, sizes, folds=()):
             f"shapes {[s.shape for s in jax.tree.leaves(specs)]} than for "
             "the example inputs")
       kept = node_keep(t, keep)
-      cache[key] = (t, kept, folding.hooks_for(t, kept, folds))
-    t, kept, hooks = cache[key]
-    flat = jax.tree.leaves((slim_variables, args, kwargs))
-    outs = rebuild.evaluate(t.frame, kept, t.closed.consts, flat, hooks)
+      hooks = folding.hooks_for(t, kept, folds)
+      # One compiled computation per input signature, also when called
+      # outside jit (an op-by-op walk of a large model is slow).
+      cache[key] = (t, jax.jit(
+          lambda flat, t=t, kept=kept, hooks=hooks: rebuild.evaluate(
+              t.frame, kept, t.closed.consts, flat, hooks)))
+    t, run = cache[key]
+    outs = run(jax.tree.leaves((slim_variables, args, kwargs)))
     return jax.tree.unflatten(t.out_tree, outs)
 
   slim_apply.folds = tuple(folds)

@@ -81,6 +81,7 @@ _FIRST = frozenset(("div",))               # zero if the first one is
 IDENTITY_CALLS = ("jit", "pjit", "closed_call", "core_call", "remat2",
                    "checkpoint", "custom_jvp_call", "custom_vjp_call",
                    "custom_vjp_call_jaxpr", "custom_lin")
+_CALLS = frozenset(IDENTITY_CALLS + ("scan", "while", "cond"))
 _REDUCE = frozenset(("reduce_sum", "reduce_max", "reduce_min", "reduce_prod",
                      "reduce_and", "reduce_or", "reduce_xor", "argmax",
                      "argmin"))
@@ -216,6 +217,11 @@ class _Tracer:
     for i, eqn in enumerate(jaxpr.eqns):
       self.g.counter += 1
       ins = [self.read(env, v) for v in eqn.invars]
+      if eqn.primitive.name not in _CALLS:  # first reads, in program order
+        for x in ins:
+          for axis in x.origin:
+            for name, _ in axis:
+              self.g.first_use.setdefault(name, self.g.counter)
       outs = self.eqn(eqn, ins, frame, i)
       for v, val in zip(eqn.outvars, outs):
         if not isinstance(v, jcore.DropVar):
@@ -922,11 +928,6 @@ def trace(apply_fn: Callable[..., Any], variables: Any, *args: Any,
     else:
       val = graph.fresh(shape, fixed=True)
     invals.append(val)
-  for j, v in enumerate(closed.jaxpr.invars[:nleaves]):
-    for e, eqn in enumerate(closed.jaxpr.eqns):
-      if v in eqn.invars:
-        graph.first_use[names[j]] = e
-        break
   outs, frame = tracer.run(closed.jaxpr, closed.consts, invals)
   for o, is_state in zip(outs, _state_outputs(out_shape, names)):
     if not is_state:  # updated variables follow their units
