@@ -11,3 +11,5 @@ scales per unit), `insert` (gates added to a model without editing it),
 
 from sparsify.structure.insert import fold_gates
 from sparsify.structure.insert import insert_gates
+
+__all__ = ["fold_gates", "insert_gates"]

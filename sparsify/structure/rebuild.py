@@ -122,13 +122,10 @@ def _eqn(eqn, i, ins, frame, keep, hooks=None, path=()) -> list[Any]:
     p["feature_group_count"] = (lhs.shape[dn.lhs_spec[1]] //
                                 rhs.shape[dn.rhs_spec[1]])
   if name in ("gather", "dynamic_slice"):
-    operand = values[eqn.invars[0]] if not isinstance(
-        eqn.invars[0], jcore.Literal) else None
     full = tuple(int(d) for d in eqn.invars[0].aval.shape)
     new = ins[0].shape
     p["slice_sizes"] = tuple(n if s == f else s for s, f, n in
                              zip(p["slice_sizes"], full, new))
-    del operand
   out = eqn.primitive.bind(*ins, **p)
   return list(out) if eqn.primitive.multiple_results else [out]
 
