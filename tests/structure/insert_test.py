@@ -39,8 +39,9 @@ def _random_keep(units, seed=0):
   return keep
 
 
-NAMES = ["mlp", "lenet", "resnet18", "vit", "bert", "regnet", "nnx_mlp",
-         "nnx_cnn", "nnx_resnet"]
+# One model of each kind of structure: neurons, channels through a flatten,
+# residual streams with BatchNorm, heads, groups with squeeze-excitation, NNX.
+NAMES = ["mlp", "lenet", "resnet18", "bert", "regnet", "nnx_resnet"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -142,8 +143,7 @@ def test_jit_and_training_mode_with_batch_statistics():
       model.apply(variables, x4, train=False), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet", "resnet18", "regnet",
-                                  "nnx_mlp"])
+@pytest.mark.parametrize("name", ["lenet", "resnet18", "regnet"])
 def test_folded_gates_slim_to_the_gated_model(name):
   case, apply_fn, variables, x = _model(name)
   gated_apply, gates = insert.insert_gates(apply_fn, variables, x)
@@ -161,8 +161,7 @@ def test_folded_gates_slim_to_the_gated_model(name):
                              atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet", "resnet18", "vit",
-                                  "bert", "nnx_cnn"])
+@pytest.mark.parametrize("name", ["lenet", "resnet18", "vit", "nnx_cnn"])
 def test_the_gated_model_itself_slims(name):
   case, apply_fn, variables, x = _model(name)
   gated_apply, gates = insert.insert_gates(apply_fn, variables, x)
