@@ -11,7 +11,9 @@ from unittest import mock
 # The tests compile far more than they compute. Compiled programs are shared
 # through JAX's persistent cache by every test, xdist worker and subprocess
 # of one session (workers inherit the directory the main process makes), and
-# XLA skips its costliest LLVM optimization passes. Finished training runs
+# XLA compiles without its LLVM backend optimizations (level 0: compiling
+# takes about half as long, and the tests' arrays are small). Finished
+# training runs
 # are shared the same way (see `trained_once`). Set before JAX reads its
 # configuration.
 _OWN_DIRS = []
@@ -23,7 +25,8 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
   os.environ["SPARSIFY_TESTS_RUNS"] = _OWN_DIRS[-1]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-    os.environ.get("XLA_FLAGS", ""), "--xla_llvm_disable_expensive_passes=true"]))
+    os.environ.get("XLA_FLAGS", ""), "--xla_llvm_disable_expensive_passes=true",
+    "--xla_backend_optimization_level=0"]))
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -352,6 +352,11 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     want = min(g.size, -(-int(k.sum()) // cfg.multiple) * cfg.multiple)
     k[np.argsort(-g, kind="stable")[:want]] = True
     keep[name] = k
+  # The scales at or below the threshold count as zero: a zero gate outputs
+  # zero, a zero BatchNorm scale a constant that slim folds into the next
+  # layer.
+  model = dataclasses.replace(model, variables=scales.zero_scales(
+      model.variables, structure, keep))
   out = _slimmed(model, keep)
   kept = units.count_kept(keep)
   full = {name: int(np.size(k)) for name, k in keep.items()}

@@ -21,8 +21,10 @@ them, so an element goes only when every scale it owns is small.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+from sparsify.core import paths
 from sparsify.structure import trace
 from sparsify.structure import units
 
@@ -227,3 +229,52 @@ def threshold_of_fraction(scores: Mapping[str, np.ndarray],
   if not pooled.size:
     raise ValueError("threshold_of_fraction: no scores")
   return float(np.sort(pooled)[int(fraction * pooled.size)])
+
+
+def zero_scales(variables: Any, structure: Sequence[units.Unit],
+                keep: Mapping[str, np.ndarray]) -> Any:
+  """Sets the scale factor of every removed element to exactly zero.
+
+  A selection by threshold removes elements whose scale is small, not
+  always zero (APG with a decaying learning rate leaves gates at tiny
+  values). Zeroing them first makes the removal exact: a zero gate outputs
+  zero, a zero BatchNorm scale a constant that `sparsify.slim_model` folds
+  into the next layer.
+
+  Args:
+    variables: the model's variables.
+    structure: its units.
+    keep: ``{unit name: boolean array}``, True for the elements kept.
+
+  Returns:
+    ``variables`` (numpy arrays) with the scale slots (`scale_slots`) of the
+    removed elements zero.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify.structure import scales, units
+    >>> unit = units.Unit('fc', 3, 'neuron', (units.Slot(
+    ...     'params/fc_gate/gate', 0, np.arange(3)[:, None]),))
+    >>> v = {'params': {'fc_gate': {'gate': np.array([1e-5, 2.0, 3.0])}}}
+    >>> scales.zero_scales(v, [unit], {'fc': np.array([False, True, True])})
+    {'params': {'fc_gate': {'gate': array([0., 2., 3.])}}}
+  """
+  by_name = {u.name: u for u in structure}
+  zeroed: dict[str, list[tuple[int, np.ndarray]]] = {}
+  for name, k in keep.items():
+    _, slots = scale_slots(by_name[name])
+    for s in slots:
+      zeroed.setdefault(s.path, []).append((s.axis, s.index[~np.asarray(k)]
+                                            .ravel()))
+
+  def zero(path, x):
+    if paths.path_name(path) not in zeroed:
+      return x
+    x = np.array(x)
+    for axis, idx in zeroed[paths.path_name(path)]:
+      index = [slice(None)] * x.ndim
+      index[axis] = idx
+      x[tuple(index)] = 0
+    return x
+
+  return jax.tree_util.tree_map_with_path(zero, variables)
