@@ -60,8 +60,7 @@ def lenet_300_100(num_classes: int = 10, gates: bool = False,
   Args:
     num_classes: Number of output logits.
     gates: add per-neuron gates (see `MLP`).
-    hidden: the two hidden widths; other than ``(300, 100)`` only for the
-      network that slimming leaves (`slimmed_kwargs`).
+    hidden: the two hidden widths (300 and 100 in the paper).
 
   Returns:
     The `MLP` module.
