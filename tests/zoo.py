@@ -982,3 +982,47 @@ def forward(c: Case | str, seed: int = 0, **widths) -> jax.Array:
     return c.build(seed=seed, **widths)(c.example())
   apply = functools.partial(c.build(**widths).apply, **c.apply_kwargs)
   return jax.jit(apply)(variables(c, seed, **widths), c.example())
+
+
+def functional(name: str, **widths: Any):
+  """A case as ``apply_fn(variables, x)``, with its variables and example.
+
+  Linen models get ``apply`` with the case's keyword arguments bound; NNX
+  models go through `sparsify.flops.nnx_apply` (their state is the
+  variables).
+
+  Args:
+    name: a key of `CASES`.
+    **widths: the build's widths (defaults if none).
+
+  Returns:
+    ``(case, apply_fn, variables, x)``, ``x`` a jax array.
+  """
+  from sparsify import flops  # pylint: disable=g-import-not-at-top
+  case = CASES[name]
+  if case.kind == "nnx":
+    apply_fn, values = flops.nnx_apply(case.build(**widths))
+  else:
+    apply_fn = functools.partial(case.build(**widths).apply,
+                                 **case.apply_kwargs)
+    values = variables(case, **widths)
+  return case, apply_fn, values, jnp.asarray(case.example())
+
+
+def random_keep(units, seed: int = 0) -> dict[str, np.ndarray]:
+  """About half of each unit's elements, at random, at least one.
+
+  Args:
+    units: units of `sparsify.structure_of` (or some of them).
+    seed: of the draw.
+
+  Returns:
+    ``{unit name: boolean array}``.
+  """
+  rng = np.random.default_rng(seed)
+  keep = {}
+  for u in units:
+    k = rng.random(u.size) < 0.5
+    k[rng.integers(u.size)] = True
+    keep[u.name] = k
+  return keep

@@ -20,7 +20,6 @@ at realistic widths. For each model, on random weights:
 """
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -53,17 +52,6 @@ MODELS = (
 )
 
 
-def _model(name, widths):
-  case = zoo.CASES[name]
-  if case.kind == "nnx":
-    apply_fn, variables = flops_lib.nnx_apply(case.build(**widths))
-  else:
-    model = case.build(**widths)
-    apply_fn = functools.partial(model.apply, **case.apply_kwargs)
-    variables = jax.tree.map(np.asarray, zoo.variables(case, **widths))
-  return case, apply_fn, variables
-
-
 def _batch(case, batch):
   x = np.asarray(case.example())
   reps = -(-batch // x.shape[0])
@@ -91,7 +79,8 @@ def _time(fns, args, repeats):
 
 
 def measure(name, widths, batch, repeats, seed=0):
-  case, apply_fn, variables = _model(name, widths)
+  case, apply_fn, variables, _ = zoo.functional(name, **widths)
+  variables = jax.tree.map(np.asarray, variables)
   x = _batch(case, batch)
   start = time.perf_counter()
   structure = sparsify.structure_of(apply_fn, variables, x)
@@ -99,12 +88,7 @@ def measure(name, widths, batch, repeats, seed=0):
   kinds = {}
   for u in structure:
     kinds[u.kind] = kinds.get(u.kind, 0) + 1
-  rng = np.random.default_rng(seed)
-  keep = {}
-  for u in structure:
-    k = rng.random(u.size) < 0.5
-    k[rng.integers(u.size)] = True
-    keep[u.name] = k
+  keep = zoo.random_keep(structure, seed)
   slim_apply, small = sparsify.slim_model(apply_fn, variables, keep, x)
   masked = sparsify.mask(variables, structure, keep)
   diff = float(jnp.abs(jax.jit(slim_apply)(small, x)

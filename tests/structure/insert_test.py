@@ -9,7 +9,6 @@ import pytest
 import zoo
 
 import sparsify
-from sparsify import flops
 from sparsify.structure import insert
 from sparsify.transforms import sss
 
@@ -19,24 +18,8 @@ def _close(actual, desired):
   np.testing.assert_allclose(actual, desired, rtol=1e-5, atol=1e-6)
 
 
-def _model(name):
-  case = zoo.CASES[name]
-  if case.kind == "nnx":
-    apply_fn, variables = flops.nnx_apply(case.build())
-  else:
-    apply_fn = functools.partial(case.build().apply, **case.apply_kwargs)
-    variables = zoo.variables(case)
-  return case, apply_fn, variables, jnp.asarray(case.example())
-
-
-def _random_keep(units, seed=0):
-  rng = np.random.default_rng(seed)
-  keep = {}
-  for u in units:
-    k = rng.random(u.size) < 0.5
-    k[rng.integers(u.size)] = True
-    keep[u.name] = k
-  return keep
+_model = zoo.functional
+_random_keep = zoo.random_keep
 
 
 # One model of each kind of structure: neurons, channels through a flatten,

@@ -14,24 +14,8 @@ from sparsify import flops
 from sparsify.structure import surgery
 
 
-def _model(name):
-  case = zoo.CASES[name]
-  if case.kind == "nnx":
-    apply_fn, variables = flops.nnx_apply(case.build())
-  else:
-    apply_fn = functools.partial(case.build().apply, **case.apply_kwargs)
-    variables = zoo.variables(case)
-  return case, apply_fn, variables, jnp.asarray(case.example())
-
-
-def _random_keep(structure, seed=0):
-  rng = np.random.default_rng(seed)
-  keep = {}
-  for u in structure:
-    k = rng.random(u.size) < 0.5
-    k[rng.integers(u.size)] = True
-    keep[u.name] = k
-  return keep
+_model = zoo.functional
+_random_keep = zoo.random_keep
 
 
 @pytest.mark.parametrize("name", sorted(zoo.CASES))
