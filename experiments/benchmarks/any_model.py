@@ -16,12 +16,21 @@ at realistic widths. For each model, on random weights:
   timed alternately in one process;
 * the bytes of the slim forward pass exported with `jax.export`.
 
-  python -m experiments.benchmarks.any_model --repeats 20
+Then SSS on the image models, through the config system as a user runs
+it: ``model.name=zoo:<builder>`` (the zoo's module on the path),
+``model.gates='.*'`` (gates inserted into every unit, the model unedited),
+the ``sss`` preset on the embedded MNIST digits for ``--epochs``, and the
+``slim`` stage: accuracy, parameters and FLOPs before and after, XLA's
+FLOPs of both compiled forward passes, and their times side by side.
+
+  python -m experiments.benchmarks.any_model --repeats 20 --epochs 3
 """
 
 import argparse
+import functools
 import os
 import sys
+import tempfile
 import time
 
 import jax
@@ -31,6 +40,11 @@ import numpy as np
 from experiments.benchmarks import common
 import sparsify
 from sparsify import flops as flops_lib
+from sparsify import spz
+from sparsify.experiment import checkpoint
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import run as run_lib
+from sparsify.experiment import stages
 
 sys.path.insert(0, os.path.join(common.ROOT, "tests"))
 import zoo  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -115,6 +129,77 @@ def measure(name, widths, batch, repeats, seed=0):
   }
 
 
+# (zoo builder, widths, training keyword) trained with inserted SSS gates.
+TRAINED = (
+    ("resnet18", dict(widths=(32, 64), inner=(32, 64)), "train"),
+    ("mobilenet", dict(stem=16, separable=32, hidden=(96, 96), out=48,
+                       head=128), "train"),
+    ("regnet", dict(widths=(32, 64), bottleneck=(32, 64), se=(8, 16)),
+     "train"),
+    ("vit", dict(hidden=64, heads=4, head_dim=16, mlp=128), ""),
+)
+
+
+def train_and_slim(name, widths, train_arg, epochs, strength, repeats,
+                   workdir):
+  """SSS with inserted gates on the embedded digits, then the slim stage."""
+  config = config_lib.with_method(config_lib.default_config(), "sss")
+  config.model.name = f"zoo:{name}"
+  config.model.kwargs = dict(widths)
+  config.model.train_arg = train_arg
+  config.model.gates = ".*"
+  config.optimizer.kwargs.strength = strength
+  config.data.name = "embedded_mnist"
+  config.train.epochs = epochs
+  config.train.plots = False
+  config.post.stages = "slim"
+  results = run_lib.run(config, workdir)
+  trained, slim = results["post"]["stages"]
+  # Both models rebuilt as the file and the checkpoint hold them.
+  state = checkpoint.load(workdir)
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  full = stages.Model(config.model.name, dict(widths), variables,
+                      input_shape=(28, 28, 1), train_arg=train_arg,
+                      gates=".*")
+  small_vars, meta = spz.load(f"{workdir}/model.spz")
+  folded = small_vars.pop(stages._FOLDED, {})  # pylint: disable=protected-access
+  small = stages.Model(config.model.name, dict(widths), small_vars,
+                       plan=stages._plan_of(meta["model"]["plan"], folded),  # pylint: disable=protected-access
+                       input_shape=(28, 28, 1), train_arg=train_arg,
+                       gates=".*")
+  x = jnp.zeros((64, 28, 28, 1))
+  run_full = functools.partial(full.apply_fn, train=False)
+  run_slim = functools.partial(small.apply_fn, train=False)
+  full_s, slim_s = _time([run_full, run_slim],
+                         [(full.variables, x), (small.variables, x)], repeats)
+  xla, xla_slim = (_xla_flops(f, v, x) / 64 for f, v in (
+      (run_full, full.variables), (run_slim, small.variables)))
+  return {
+      "model": name, "epochs": epochs, "strength": strength,
+      "accuracy": trained["test_accuracy"],
+      "accuracy_slim": slim["test_accuracy"],
+      "decoded_accuracy": results["post"]["file"]["decoded_accuracy"],
+      "params": trained["params"], "params_slim": slim["params"],
+      "flops": trained["flops"], "flops_slim": slim["flops"],
+      "xla_flops": xla, "xla_flops_slim": xla_slim,
+      "units_before": slim["units_before"], "units_after": slim["units_after"],
+      "ms": 1e3 * full_s, "ms_slim": 1e3 * slim_s,
+      "speedup": full_s / slim_s, "xla_flops_ratio": xla / xla_slim,
+  }
+
+
+TRAINED_COLUMNS = [
+    ("model", "model", ""), ("accuracy", "test acc", ".4f"),
+    ("accuracy_slim", "slim test acc", ".4f"),
+    ("params", "params", ",d"), ("params_slim", "slim params", ",d"),
+    ("xla_flops", "XLA FLOPs", ",.0f"), ("xla_flops_slim", "slim XLA FLOPs",
+                                        ",.0f"),
+    ("xla_flops_ratio", "FLOPs ratio", ".2f"), ("speedup", "speedup", ".2f"),
+]
+
+
 COLUMNS = [
     ("model", "model", ""), ("units", "units", "d"),
     ("kind_list", "kinds", ""), ("structure_seconds", "structure_of (s)",
@@ -135,6 +220,10 @@ def main(argv=None):
   parser.add_argument("--models", nargs="*", default=[m for m, _, _ in MODELS])
   parser.add_argument("--out", default=os.path.join(common.RESULTS,
                                                     "any_model"))
+  parser.add_argument("--epochs", type=float, default=3.0)
+  parser.add_argument("--strength", type=float, default=0.01)
+  parser.add_argument("--trained", nargs="*",
+                      default=[m for m, _, _ in TRAINED])
   args = parser.parse_args(argv)
   rows = []
   for name, widths, batch in MODELS:
@@ -152,6 +241,19 @@ def main(argv=None):
     print(row, flush=True)
     rows.append(row)
   common.write_results(args.out, rows, COLUMNS, repeats=args.repeats)
+  trained = []
+  for name, widths, train_arg in TRAINED:
+    if name not in args.trained:
+      continue
+    with tempfile.TemporaryDirectory() as workdir:
+      row = train_and_slim(name, widths, train_arg, args.epochs,
+                           args.strength, args.repeats, workdir)
+    print(row, flush=True)
+    trained.append(row)
+  if trained:
+    common.write_results(args.out + "_sss", trained, TRAINED_COLUMNS,
+                         repeats=args.repeats, epochs=args.epochs,
+                         strength=args.strength)
 
 
 if __name__ == "__main__":
