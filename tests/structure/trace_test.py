@@ -194,3 +194,34 @@ def test_an_nnx_model_comes_back_as_a_smaller_module(name):
   sizes = lambda m: sum(np.size(v) for v in jax.tree.leaves(
       flops.nnx_apply(m)[1]))
   assert sizes(small) < sizes(module)
+
+
+def _macs_lenet(conv, dense, size=16, classes=10):
+  """Multiply-adds of the zoo's LeNet on size x size x 1 images, by hand."""
+  c1, c2 = conv
+  # SAME padding: only the taps inside the image multiply (as XLA counts).
+  taps = sum(min(i + 2, size - 1) - max(i - 2, 0) + 1 for i in range(size))
+  first = taps * taps * 1 * c1
+  second = (size // 2 - 4) ** 2 * 5 * 5 * c1 * c2  # VALID after the pool
+  flat = (size // 2 - 4) // 2
+  return first + second + flat * flat * c2 * dense[0] + (
+      dense[0] * dense[1] + dense[1] * classes)
+
+
+@pytest.mark.parametrize("kept", [((3, 8), (16, 4)), ((6, 1), (1, 16))])
+def test_slim_counts_equal_a_hand_count(kept):
+  case, apply_fn, variables, x = _model("lenet")
+  structure = sparsify.structure_of(apply_fn, variables, x)
+  widths = dict(zip(["conv1", "Conv_0", "fc1", "Dense_0"],
+                    [*kept[0], *kept[1]]))
+  keep = {u.name: np.arange(u.size) < widths[u.name] for u in structure}
+  slim_apply, small = sparsify.slim_model(apply_fn, variables, keep, x)
+  (c1, c2), (d1, d2) = kept
+  # Weights and biases, BatchNorm's four vectors per channel, by hand.
+  params = (25 * c1 + c1 + 2 * c1) + (25 * c1 * c2 + c2 + 2 * c2) + (
+      4 * c2 * d1 + d1) + (d1 * d2 + d2) + (d2 * 10 + 10)
+  count = lambda tree: sum(np.size(v) for v in jax.tree.leaves(tree))
+  assert count(small["params"]) == params
+  assert count(small["batch_stats"]) == 2 * (c1 + c2)
+  counted = flops.param_flops(slim_apply, small, x)
+  assert sum(f.flops for f in counted.values()) == 2 * _macs_lenet(*kept)
