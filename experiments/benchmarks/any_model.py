@@ -23,7 +23,9 @@ the ``sss`` preset on the embedded MNIST digits for ``--epochs``, and the
 ``slim`` stage: accuracy, parameters and FLOPs before and after, XLA's
 FLOPs of both compiled forward passes, and their times side by side.
 
-  python -m experiments.benchmarks.any_model --repeats 20 --epochs 3
+  python -m experiments.benchmarks.any_model --repeats 20
+  python -m experiments.benchmarks.any_model --models --trained resnet18 \
+      regnet vit --epochs 2 --strength 0.01 --relative-threshold 0.1
 """
 
 import argparse
@@ -140,8 +142,8 @@ TRAINED = (
 )
 
 
-def train_and_slim(name, widths, train_arg, epochs, strength, repeats,
-                   workdir):
+def train_and_slim(name, widths, train_arg, epochs, strength, threshold,
+                   repeats, workdir):
   """SSS with inserted gates on the embedded digits, then the slim stage."""
   config = config_lib.with_method(config_lib.default_config(), "sss")
   config.model.name = f"zoo:{name}"
@@ -153,6 +155,8 @@ def train_and_slim(name, widths, train_arg, epochs, strength, repeats,
   config.train.epochs = epochs
   config.train.plots = False
   config.post.stages = "slim"
+  if threshold:  # gates below this fraction of their layer's largest go
+    config.post.slim.threshold, config.post.slim.relative = threshold, True
   results = run_lib.run(config, workdir)
   trained, slim = results["post"]["stages"]
   # Both models rebuilt as the file and the checkpoint hold them.
@@ -178,6 +182,7 @@ def train_and_slim(name, widths, train_arg, epochs, strength, repeats,
       (run_full, full.variables), (run_slim, small.variables)))
   return {
       "model": name, "epochs": epochs, "strength": strength,
+      "relative_threshold": threshold,
       "accuracy": trained["test_accuracy"],
       "accuracy_slim": slim["test_accuracy"],
       "decoded_accuracy": results["post"]["file"]["decoded_accuracy"],
@@ -222,8 +227,12 @@ def main(argv=None):
                                                     "any_model"))
   parser.add_argument("--epochs", type=float, default=3.0)
   parser.add_argument("--strength", type=float, default=0.01)
-  parser.add_argument("--trained", nargs="*",
-                      default=[m for m, _, _ in TRAINED])
+  parser.add_argument("--relative-threshold", type=float, default=0.0,
+                      help="remove gates below this fraction of their "
+                      "layer's largest (0: the preset's absolute 1e-4)")
+  parser.add_argument("--trained", nargs="*", default=[],
+                      choices=[m for m, _, _ in TRAINED],
+                      help="models to train with SSS (none by default)")
   args = parser.parse_args(argv)
   rows = []
   for name, widths, batch in MODELS:
@@ -240,20 +249,23 @@ def main(argv=None):
         export_kib=row["export_bytes"] / 1024)
     print(row, flush=True)
     rows.append(row)
-  common.write_results(args.out, rows, COLUMNS, repeats=args.repeats)
+  if rows:
+    common.write_results(args.out, rows, COLUMNS, repeats=args.repeats)
   trained = []
   for name, widths, train_arg in TRAINED:
     if name not in args.trained:
       continue
     with tempfile.TemporaryDirectory() as workdir:
       row = train_and_slim(name, widths, train_arg, args.epochs,
-                           args.strength, args.repeats, workdir)
+                           args.strength, args.relative_threshold,
+                           args.repeats, workdir)
     print(row, flush=True)
     trained.append(row)
   if trained:
     common.write_results(args.out + "_sss", trained, TRAINED_COLUMNS,
                          repeats=args.repeats, epochs=args.epochs,
-                         strength=args.strength)
+                         strength=args.strength,
+                         relative_threshold=args.relative_threshold)
 
 
 if __name__ == "__main__":
