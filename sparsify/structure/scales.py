@@ -21,10 +21,9 @@ them, so an element goes only when every scale it owns is small.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from sparsify.core import paths
+from sparsify.structure import surgery
 from sparsify.structure import trace
 from sparsify.structure import units
 
@@ -260,21 +259,6 @@ def zero_scales(variables: Any, structure: Sequence[units.Unit],
     {'params': {'fc_gate': {'gate': array([0., 2., 3.])}}}
   """
   by_name = {u.name: u for u in structure}
-  zeroed: dict[str, list[tuple[int, np.ndarray]]] = {}
-  for name, k in keep.items():
-    _, slots = scale_slots(by_name[name])
-    for s in slots:
-      zeroed.setdefault(s.path, []).append((s.axis, s.index[~np.asarray(k)]
-                                            .ravel()))
-
-  def zero(path, x):
-    if paths.path_name(path) not in zeroed:
-      return x
-    x = np.array(x)
-    for axis, idx in zeroed[paths.path_name(path)]:
-      index = [slice(None)] * x.ndim
-      index[axis] = idx
-      x[tuple(index)] = 0
-    return x
-
-  return jax.tree_util.tree_map_with_path(zero, variables)
+  return surgery.zero_slots(variables, [
+      (slot, k) for name, k in keep.items()
+      for slot in scale_slots(by_name[name])[1]])

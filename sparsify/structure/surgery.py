@@ -123,13 +123,28 @@ def mask(variables: Any, structure: Sequence[units.Unit],
   """
   keep = check_keep(structure, keep)
   by_name = {u.name: u for u in structure}
-  zeroed = {}
-  for name, k in keep.items():
-    for slot in by_name[name].slots:
-      if (consumers or not slot.consumer) and not slot.path.startswith(
-          "batch_stats/"):
-        zeroed.setdefault(slot.path, []).append((slot.axis,
-                                                 slot.index[~k].ravel()))
+  return zero_slots(variables, [
+      (slot, k) for name, k in keep.items() for slot in by_name[name].slots
+      if (consumers or not slot.consumer)
+      and not slot.path.startswith("batch_stats/")])
+
+
+def zero_slots(variables: Any,
+               slots: Sequence[tuple[units.Slot, np.ndarray]]) -> Any:
+  """Zeroes, for each ``(slot, keep)``, the slot's slices of removed elements.
+
+  Args:
+    variables: the model's variables.
+    slots: ``(slot, keep)`` pairs, ``keep`` the unit's boolean array.
+
+  Returns:
+    ``variables`` as numpy arrays (traced arrays under `jax.jit`), the
+    slices ``slot.index[~keep]`` along ``slot.axis`` zero.
+  """
+  zeroed: dict[str, list[tuple[int, np.ndarray]]] = {}
+  for slot, k in slots:
+    zeroed.setdefault(slot.path, []).append(
+        (slot.axis, slot.index[~np.asarray(k)].ravel()))
 
   def zero(name, x):
     traced = isinstance(x, jax.core.Tracer)  # under jax.jit
