@@ -42,7 +42,6 @@ import numpy as np
 from experiments.benchmarks import common
 import sparsify
 from sparsify import flops as flops_lib
-from sparsify import spz
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
 from sparsify.experiment import run as run_lib
@@ -167,12 +166,7 @@ def train_and_slim(name, widths, train_arg, epochs, strength, threshold,
   full = stages.Model(config.model.name, dict(widths), variables,
                       input_shape=(28, 28, 1), train_arg=train_arg,
                       gates=".*")
-  small_vars, meta = spz.load(f"{workdir}/model.spz")
-  folded = small_vars.pop(stages._FOLDED, {})  # pylint: disable=protected-access
-  small = stages.Model(config.model.name, dict(widths), small_vars,
-                       plan=stages._plan_of(meta["model"]["plan"], folded),  # pylint: disable=protected-access
-                       input_shape=(28, 28, 1), train_arg=train_arg,
-                       gates=".*")
+  small, _ = stages.load_model(f"{workdir}/model.spz")
   x = jnp.zeros((64, 28, 28, 1))
   run_full = functools.partial(full.apply_fn, train=False)
   run_slim = functools.partial(small.apply_fn, train=False)

@@ -700,23 +700,40 @@ def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
     ``{'path', 'bytes_on_disk', 'float32_bytes', 'recorded_accuracy',
     'decoded_accuracy'}``.
   """
-  variables, meta = spz.load(path)
-  spec = meta["model"]
-  kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
-            for k, v in spec["kwargs"].items()}
-  folded = variables.pop(_FOLDED, {})
-  model = Model(spec["name"], kwargs, variables,
-                plan=_plan_of(spec.get("plan", ()), folded),
-                input_shape=tuple(spec.get("input_shape",
-                                           trainer.dataset.input_shape)),
-                train_arg=spec.get("train_arg"),
-                gates=spec.get("gates", ""))
+  model, meta = load_model(path, trainer.dataset.input_shape)
+  variables = model.variables
   measured = trainer.evaluate(model, variables=variables)["eval/accuracy"]
   info = spz.file_report(path)
   return {"path": path, "bytes_on_disk": info.file_bytes,
           "float32_bytes": spz.float32_bytes(variables["params"]),
           "recorded_accuracy": meta["test_accuracy"],
           "decoded_accuracy": measured}
+
+
+def load_model(path: str, input_shape: tuple[int, ...] | None = None
+               ) -> tuple[Model, dict[str, Any]]:
+  """The `Model` a compressed file of `run_stages` holds, and its metadata.
+
+  Args:
+    path: the file.
+    input_shape: one example's shape, for files that do not record it.
+
+  Returns:
+    ``(model, metadata)``: the model rebuilt from its name, arguments, plan
+    of removed elements and folded constants; the file's metadata.
+  """
+  variables, meta = spz.load(path)
+  spec = meta["model"]
+  kwargs = {k: tuple(map(_tuples, v)) if isinstance(v, list) else v
+            for k, v in spec["kwargs"].items()}
+  folded = variables.pop(_FOLDED, {})
+  shape = spec.get("input_shape", input_shape)
+  model = Model(spec["name"], kwargs, variables,
+                plan=_plan_of(spec.get("plan", ()), folded),
+                input_shape=None if shape is None else tuple(shape),
+                train_arg=spec.get("train_arg"),
+                gates=spec.get("gates", ""))
+  return model, meta
 
 
 # The collection of a compressed file that holds the folded constants.
