@@ -36,9 +36,9 @@ from sparsify import report as report_lib
 from sparsify.core import masking
 from sparsify.core import paths
 from sparsify.core import types
-from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
 from sparsify.experiment import registry
+from sparsify.experiment import workdir as workdir_lib
 from sparsify.transforms import sss
 
 log = logging.getLogger("sparsify")
@@ -188,7 +188,7 @@ class Trainer:
 
   Args:
     config: the experiment config.
-    workdir: the run's directory (checked with `checkpoint.check_workdir`).
+    workdir: the run's directory (checked with `workdir_lib.check_workdir`).
 
   Raises:
     ConfigError: a field of the config is invalid, or ``workdir`` holds a
@@ -255,7 +255,7 @@ class Trainer:
         if not str(e).startswith("model.gates:"):
           raise
         raise config_lib.ConfigError(str(e)) from e
-    checkpoint.check_workdir(config, workdir)
+    workdir_lib.check_workdir(config, workdir)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
