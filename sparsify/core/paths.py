@@ -219,6 +219,11 @@ def select(params: Any, where: Where = None,
   Returns:
     A pytree shaped like ``params`` with a Python ``bool`` at every leaf.
 
+  Raises:
+    ValueError: ``where`` selects none of the leaves of a nonempty
+      ``params`` (a selection that selects nothing is a mistake, not a
+      no-op); the message lists the paths there are.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import sparsify
@@ -229,4 +234,27 @@ def select(params: Any, where: Where = None,
     {'Dense_0': {'bias': True, 'kernel': False}}
   """
   predicate = path_predicate(where, default)
-  return map_with_name(predicate, params)
+  chosen = map_with_name(predicate, params)
+  names = [name for name, _ in named_leaves(params)]
+  if names and not any(flag for _, flag in named_leaves(chosen)):
+    raise ValueError(no_match(where, names))
+  return chosen
+
+
+def no_match(where: Where, names: list[str]) -> str:
+  """The one-line message for a selection that selects no parameter.
+
+  Args:
+    where: the selection (a `paths.Where`).
+    names: the parameter paths it was tried on.
+
+  Returns:
+    ``"where: got ...; it matches none of the N parameters; allowed: ..."``
+    with the first paths listed.
+  """
+  shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)"
+                                    if len(names) > 12 else "")
+  what = "the default selection (Dense and Conv kernels)" if where is None \
+      else repr(where)
+  return (f"where: {what} matches none of the {len(names)} parameters; "
+          f"allowed: a selection that matches some of: {shown}")

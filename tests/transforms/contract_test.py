@@ -334,9 +334,10 @@ def test_chains_after_any_optimizer_and_reaches_target(name, opt):
 @NAMES
 def test_works_under_optax_masked(name):
   case = CASES[name]
-  only_fc1 = lambda p: {k: jax.tree.map(lambda _: k == "fc1", v)  # pylint: disable=g-long-lambda
-                        for k, v in p.items()}
-  tx = _chain(case, optax.masked(_build(case), only_fc1))
+  # Everything but fc2 (BatchNorm included, which network slimming selects).
+  not_fc2 = lambda p: {k: jax.tree.map(lambda _: k != "fc2", v)  # pylint: disable=g-long-lambda
+                       for k, v in p.items()}
+  tx = _chain(case, optax.masked(_build(case), not_fc2))
   params, _ = _run(tx, _params())
   full = _plain_without(case.place)
   # fc2 does not see the transform: it moves exactly as without it.
@@ -458,17 +459,21 @@ def test_needs_params(name):
 
 
 class _Net(nn.Module):
+  """Dense, BatchNorm (whose scale network slimming selects), Dense."""
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(10, name="fc2")(nn.relu(nn.Dense(24, name="fc1")(x)))
+    h = nn.BatchNorm(use_running_average=True, name="bn")(
+        nn.Dense(24, name="fc1")(x))
+    return nn.Dense(10, name="fc2")(nn.relu(h))
 
 
 @FACTORY_NAMES
 def test_flax_train_state_needs_no_extra_call(name):
   case = CASES[name]
   model = _Net()
-  params = model.init(jax.random.key(0), jnp.ones((1, 16)))["params"]
+  variables = model.init(jax.random.key(0), jnp.ones((1, 16)))
+  params, stats = variables["params"], variables["batch_stats"]
   state = train_state.TrainState.create(
       apply_fn=model.apply, params=params,
       tx=_chain(case, _build(case), optax.sgd(LR, momentum=0.9)))
@@ -476,7 +481,8 @@ def test_flax_train_state_needs_no_extra_call(name):
 
   @jax.jit
   def step(state):
-    loss = lambda p: jnp.mean(state.apply_fn({"params": p}, x) ** 2)
+    loss = lambda p: jnp.mean(state.apply_fn(
+        {"params": p, "batch_stats": stats}, x) ** 2)
     return state.apply_gradients(grads=jax.grad(loss)(state.params))
 
   for _ in range(STEPS):
@@ -490,10 +496,11 @@ class _NnxNet(nnx.Module):
 
   def __init__(self, rngs):
     self.fc1 = nnx.Linear(16, 24, rngs=rngs)
+    self.bn = nnx.BatchNorm(24, use_running_average=True, rngs=rngs)
     self.fc2 = nnx.Linear(24, 10, rngs=rngs)
 
   def __call__(self, x):
-    return self.fc2(nnx.relu(self.fc1(x)))
+    return self.fc2(nnx.relu(self.bn(self.fc1(x))))
 
 
 @FACTORY_NAMES
