@@ -46,7 +46,6 @@ indices.
 
 from collections.abc import Mapping
 import dataclasses
-import json
 import math
 import os
 import textwrap
@@ -57,6 +56,7 @@ import numpy as np
 from sparsify import flops as flops_lib
 from sparsify.core import paths
 from sparsify.core import types
+from sparsify.experiment import files
 from sparsify.spz import encodings
 
 BYTES_PER_VALUE = 4  # float32
@@ -150,13 +150,12 @@ class CompressionReport:
             "total": self.total.to_dict()}
 
   def to_json(self, path: str | os.PathLike[str]) -> None:
-    """Writes `to_dict` as JSON to ``path``.
+    """Writes `to_dict` as strict JSON to ``path``, atomically.
 
     Args:
       path: the file to write; replaced if it exists.
     """
-    with open(path, "w") as f:
-      json.dump(self.to_dict(), f, indent=2)
+    files.write_json(os.fspath(path), self.to_dict())
 
   def table(self) -> str:
     """Returns a fixed-width text table: one row per layer, then the total.

@@ -141,6 +141,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.eval_every_epochs = 1
   c.train.checkpoint_every = 500
+  # Also at the first logging step after this many seconds since the last
+  # checkpoint, so that a short run is protected as well.
+  c.train.checkpoint_seconds = 120.0
   c.train.keep_checkpoints = 2
   c.train.plots = True  # the run's PNGs at the end (needs matplotlib)
   return c
@@ -475,4 +478,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("log_every", "eval_every_epochs", "checkpoint_every",
                "keep_checkpoints"):
     _in_range(f"train.{name}", tr[name], 1, integer=True)
+  _in_range("train.checkpoint_seconds", tr.checkpoint_seconds, 0)
   _in_range("seed", config.seed, 0, integer=True)

@@ -94,8 +94,12 @@ def write_json(path: str, obj: Any, *,
   write_text(path, dumps(obj, default=default, indent=2) + "\n")
 
 
-def _cut_torn_line(path: str) -> None:
-  """Truncates ``path`` after its last newline (a torn line is a kill's)."""
+def cut_torn_line(path: str) -> None:
+  """Truncates ``path`` after its last newline (a torn line is a kill's).
+
+  Args:
+    path: an existing JSON-lines file.
+  """
   with open(path, "rb+") as f:
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -126,7 +130,7 @@ def append_jsonl(path: str, obj: Any) -> None:
     obj: the record.
   """
   if os.path.exists(path):
-    _cut_torn_line(path)
+    cut_torn_line(path)
   line = dumps(obj) + "\n"
   with open(path, "a") as f:
     f.write(line)

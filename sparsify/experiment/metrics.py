@@ -1,18 +1,20 @@
 """Writes scalar metrics to stdout, TensorBoard event files and JSON lines.
 
 TensorBoard files come from tensorboardX (no TensorFlow needed); the same
-scalars go to ``metrics.jsonl`` in the workdir, one JSON object per call, for
-plotting from a notebook without TensorBoard.
+scalars go to ``metrics.jsonl`` in the workdir, one strict JSON object per
+call (a non-finite value as ``null``), for plotting from a notebook without
+TensorBoard. A torn last line, left by a kill, is cut off before writing.
 """
 
 from collections.abc import Mapping
-import json
 import logging
 import os
 from typing import Any
 
 import numpy as np
 from tensorboardX import SummaryWriter
+
+from sparsify.experiment import files
 
 log = logging.getLogger("sparsify")
 
@@ -33,7 +35,10 @@ class MetricWriter:
   def __init__(self, workdir: str, quiet_prefixes: tuple[str, ...] = ()):
     os.makedirs(workdir, exist_ok=True)
     self._tb = SummaryWriter(logdir=workdir)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):  # a kill may have torn the last line
+      files.cut_torn_line(path)
+    self._jsonl = open(path, "a")
     self._quiet = quiet_prefixes
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -50,7 +55,7 @@ class MetricWriter:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     for key, value in scalars.items():
       self._tb.add_scalar(key, value, global_step=step)
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.write(files.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     shown = [f"{k}={_format(v)}" for k, v in scalars.items()
              if not k.startswith(self._quiet)]

@@ -20,7 +20,6 @@ state is left alone), so `sparsify` imports without it.
 
 from collections.abc import Callable, Mapping, Sequence
 import io
-import json
 import math
 import os
 import re
@@ -30,6 +29,7 @@ import numpy as np
 
 from sparsify.core import paths
 from sparsify.core import types
+from sparsify.experiment import files
 
 METRICS_FILE = "metrics.jsonl"
 SCALAR_PREFIXES = ("scale/", "threshold/")
@@ -149,26 +149,24 @@ def read_metrics(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     its steps (int) and values (float).
 
   Raises:
-    ValueError: ``workdir`` has no ``metrics.jsonl``, or a line of it is not
-      a JSON object with a ``step``.
+    ValueError: ``workdir`` has no ``metrics.jsonl``, or a line of it (but
+      a torn last one, which a kill leaves and which is skipped) is not a
+      JSON object with a ``step``.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     raise ValueError(f"workdir: got {workdir!r}, which holds no "
                      f"{METRICS_FILE}; allowed: the workdir of a run")
   series: dict[str, dict[int, float]] = {}
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        step = int(row.pop("step"))
-      except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{number}: not a metrics row ({e})") from e
-      for key, value in row.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-          series.setdefault(key, {})[step] = float(value)
+  for number, row in enumerate(files.read_jsonl(path), 1):
+    try:
+      step = int(row.pop("step"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise ValueError(f"{path}: row {number} is not a metrics row "
+                       f"({e})") from e
+    for key, value in row.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        series.setdefault(key, {})[step] = float(value)
   out = {}
   for key, points in series.items():
     steps = np.array(sorted(points), dtype=np.int64)

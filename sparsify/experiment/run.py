@@ -6,8 +6,8 @@ notebooks and benchmarks call. It resumes from the latest checkpoint in
 logging, evaluation and checkpoints in its callback.
 """
 
+import errno
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -20,10 +20,12 @@ import numpy as np
 from sparsify.core import masking
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
+from sparsify.experiment import files
 from sparsify.experiment import metrics as metrics_lib
 from sparsify.experiment import plots
 from sparsify.experiment import stages
 from sparsify.experiment import trainer as trainer_lib
+from sparsify.experiment import workdir as workdir_lib
 
 log = logging.getLogger("sparsify")
 
@@ -39,19 +41,24 @@ class _Logger:
 
   Wall time per step over each logging interval, minus time spent in
   evaluation; input time is the part spent fetching and placing batches.
+  A checkpoint is saved every ``train.checkpoint_every`` steps, at the
+  end, and at the first logging step after ``train.checkpoint_seconds``
+  have passed since the last one (so that a short run is protected too).
   """
 
   def __init__(self, trainer, writer, mngr, start):
     self.trainer, self.writer, self.mngr = trainer, writer, mngr
     self.input_time, self.paused = 0.0, 0.0
     self.last_log, self.last_step = time.perf_counter(), start
+    self.last_save = time.monotonic()
     self.metrics = []
 
   def __call__(self, done, state, metrics, waited):
     trainer, cfg = self.trainer, self.trainer.config.train
     self.input_time += waited
     self.metrics.append(metrics)
-    if done % cfg.log_every == 0 or done == trainer.total_steps:
+    logged = done % cfg.log_every == 0 or done == trainer.total_steps
+    if logged:
       jax.block_until_ready(state)
       means = jax.tree.map(lambda *x: float(np.mean(x)),
                            *jax.device_get(self.metrics))
@@ -72,12 +79,33 @@ class _Logger:
       t = time.perf_counter()
       self.writer.write(done, trainer.evaluate(state))
       self.paused += time.perf_counter() - t
-    if done % cfg.checkpoint_every == 0 or done == trainer.total_steps:
+    overdue = logged and (time.monotonic() - self.last_save
+                          >= cfg.checkpoint_seconds)
+    if (done % cfg.checkpoint_every == 0 or done == trainer.total_steps
+        or overdue):
       checkpoint.save(self.mngr, done, _checkpointable(state))
+      self.last_save = time.monotonic()
+
+
+# A full disk or quota, a read-only or failing file system, no permission.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO,
+                 errno.EACCES, errno.EPERM)
+
+
+def _write_failed(workdir: str, e: OSError) -> trainer_lib.RunError:
+  return trainer_lib.RunError(
+      f"cannot write in {workdir}: {e.strerror or e} "
+      f"({getattr(e, 'filename', None) or 'a file of the run'}); the run "
+      "stopped, its last checkpoint and the files already written are kept")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, evaluates and reports one run, then its stages; resumes.
+
+  The run holds ``workdir`` (`sparsify.experiment.workdir.claim`) from
+  start to end. ``results.json`` is written when training ends and again
+  with the stages' results; a stage or plot that fails leaves the
+  checkpoints and the files written before it.
 
   Args:
     config: an experiment config (see `sparsify.default_config`).
@@ -91,8 +119,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   Raises:
     ConfigError: a field of the config is invalid, ``workdir`` holds a run of
-      another model, or its checkpoint cannot be restored.
+      another config or is in use, or no checkpoint of it can be restored.
     MissingDataError: the dataset is not on this machine.
+    RunError: training diverged (`NonFiniteError`: the loss or parameters
+      are not finite; the message names the step and the last good
+      checkpoint, and nothing is written from the non-finite weights), or
+      the workdir could not be written (e.g. a full disk).
 
   Example:
     A smoke test, one step of 128 images; the report table and a summary
@@ -112,6 +144,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     (1, 25450)
   """
   trainer = trainer_lib.Trainer(config, workdir)
+  try:
+    return _run(trainer, config, workdir)
+  except OSError as e:
+    if e.errno not in _WRITE_ERRORS:
+      raise
+    raise _write_failed(workdir, e) from e
+  finally:
+    workdir_lib.release(workdir)
+
+
+def _train(trainer, config, workdir):
+  """Restores or initializes, trains; ``(state, final metrics, seconds)``."""
   state = trainer.init_state()
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   try:
@@ -132,14 +176,36 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = metrics_lib.MetricWriter(workdir,
                                     quiet_prefixes=("sparsity/", "scale/"))
   loop_start = time.perf_counter()
-  state = trainer.fit(state, trainer.total_steps, start=start,
-                      callback=_Logger(trainer, writer, mngr, start))
+  try:
+    state = trainer.fit(state, trainer.total_steps, start=start,
+                        callback=_Logger(trainer, writer, mngr, start))
+  except trainer_lib.NonFiniteError as e:
+    mngr.wait_until_finished()
+    good = checkpoint.last_good_step(mngr)
+    mngr.close()
+    writer.close()
+    where = (f"the last good checkpoint, step {good}, is kept in "
+             f"{mngr.directory}" if good is not None else
+             "no finite checkpoint was saved before it")
+    raise trainer_lib.NonFiniteError(
+        e.step, f"{e}; {where}; nothing was written from the non-finite "
+        "weights (lower optimizer.learning_rate, or look at the metrics "
+        "before that step in metrics.jsonl)") from None
+  except BaseException:
+    mngr.close()
+    writer.close()
+    raise
   mngr.wait_until_finished()
+  mngr.close()
   train_seconds = time.perf_counter() - loop_start
-
   final = trainer.evaluate(state)
   writer.write(int(state.step), final)
   writer.close()
+  return state, final, train_seconds
+
+
+def _run(trainer, config, workdir):
+  state, final, train_seconds = _train(trainer, config, workdir)
   report = trainer.report(state)
   print(report.table())
   total = report.total
@@ -156,18 +222,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              "steps_per_epoch": trainer.steps_per_epoch,
              "model": config.model.name, "dataset": config.data.name,
              "method": method, "report": report.to_dict()}
+  results_path = os.path.join(workdir, "results.json")
+  # Written before the stages run, so a stage that fails loses nothing.
+  files.write_json(results_path, results, default=str)
+  plots.save_weights(workdir, jax.device_get(state.params), "after")
   if config.post.stages:
     post = stages.run_stages(
         trainer, jax.device_get(trainer_lib.variables_of(state)),
         jax.device_get(masking.find_masks(state.opt_state)))
     print("\n" + stages.table(post))
     results["post"] = post
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
-  mngr.close()
-  plots.save_weights(workdir, jax.device_get(state.params), "after")
+    files.write_json(results_path, results, default=str)
   if config.train.plots and importlib.util.find_spec("matplotlib"):
-    plots.plot_run(workdir)  # matplotlib is an optional dependency
+    try:  # matplotlib is an optional dependency; plots are not results
+      plots.plot_run(workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("plots of %s not drawn: %s", workdir,
+                  str(e).splitlines()[0] if str(e) else type(e).__name__)
   return results
 
 

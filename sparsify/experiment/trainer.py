@@ -22,6 +22,7 @@ from typing import Any
 
 from flax.training import train_state
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import ml_collections
@@ -102,7 +103,47 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]):
       loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   accuracy = (logits.argmax(-1) == batch["label"]).mean()
-  return state, {"loss": loss, "accuracy": accuracy}
+  return state, {"loss": loss, "accuracy": accuracy,
+                 FINITE: all_finite((loss, state.params))}
+
+
+FINITE = "finite"  # the key of the step's finiteness flag in its metrics
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every element of every floating leaf of ``tree`` is finite.
+
+  One fused reduction inside the jitted step: it reads the parameters once,
+  far less than the step's own passes over them.
+
+  Args:
+    tree: a pytree of arrays.
+
+  Returns:
+    A scalar boolean array.
+  """
+  flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.stack(flags).all() if flags else jnp.array(True)
+
+
+class RunError(RuntimeError):
+  """A run stopped for a reason its one-line message names."""
+
+
+class NonFiniteError(RunError):
+  """Training produced a non-finite loss or parameter; the run stopped.
+
+  Attributes:
+    step: the first step (counting steps done) whose loss or parameters
+      were not finite.
+  """
+
+  def __init__(self, step: int, message: str | None = None):
+    super().__init__(message or (
+        f"training diverged: the loss or the parameters are not finite "
+        f"after step {step}"))
+    self.step = step
 
 
 def eval_step(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
@@ -208,8 +249,21 @@ class Trainer:
       raise
     except ValueError as e:  # e.g. a source that does not hold the dataset
       raise config_lib.ConfigError(str(e)) from e
+    for split in ("train", "eval"):
+      if not len(getattr(self.dataset, split).labels):
+        raise data_lib.MissingDataError(
+            f"data.name: the {split} split of {config.data.name!r} "
+            f"(source {config.data.source!r}) has no examples; allowed: a "
+            "dataset whose splits hold examples")
     self.validation = None
     if registry.holds_out(config.post.stages):  # selection must not see it
+      most = len(self.dataset.train.labels) - config.data.batch_size
+      if config.post.validation_examples > most:
+        raise config_lib.ConfigError(
+            "post.validation_examples", config.post.validation_examples,
+            f"at most {max(most, 0)}, so that a batch of data.batch_size="
+            f"{config.data.batch_size} of the "
+            f"{len(self.dataset.train.labels)} training examples is left")
       self.dataset, self.validation = split_validation(
           self.dataset, config.post.validation_examples)
     self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
@@ -244,21 +298,46 @@ class Trainer:
       self.tx = self.make_tx(self.total_steps)
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from e
-    if config.model.get("gates", ""):
-      # Gates are inserted at the units the regex matches, found by tracing
-      # the model: one that matches none stops the run here, in one line.
-      try:
-        jax.eval_shape(functools.partial(self.model.init, train=False),
-                       jax.random.key(0), jax.ShapeDtypeStruct(
-                           (1, *self.dataset.input_shape), np.float32))
-      except ValueError as e:
-        if not str(e).startswith("model.gates:"):
-          raise
-        raise config_lib.ConfigError(str(e)) from e
-    workdir_lib.check_workdir(config, workdir)
+    # Gates are inserted at the units the regex matches, found by tracing
+    # the model: one that matches none stops the run here, in one line.
+    try:
+      shapes = jax.eval_shape(
+          functools.partial(self.model.init, train=False), jax.random.key(0),
+          jax.ShapeDtypeStruct((1, *self.dataset.input_shape), np.float32))
+    except ValueError as e:
+      if not str(e).startswith("model.gates:"):
+        raise
+      raise config_lib.ConfigError(str(e)) from e
+    self._check_selections(shapes["params"])
+    workdir_lib.claim(config, workdir)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
+  def _check_selections(self, params: Any) -> None:
+    """Every ``where`` of the config must select some of ``params``."""
+    config = self.config
+    for i, entry in enumerate(config.compression):
+      field = f"compression[{i}]"
+      _, tx = registry.build_method(entry, self.total_steps, field=field)
+      try:
+        jax.eval_shape(tx.init, params)
+      except ValueError as e:
+        if not str(e).startswith("where:"):
+          raise config_lib.ConfigError(f"{field}: {e}") from e
+        raise config_lib.ConfigError(f"{field}.kwargs.{e}") from e
+    try:
+      jax.eval_shape(self.tx.init, params)
+    except ValueError as e:
+      raise config_lib.ConfigError(
+          f"optimizer: {e}" if str(e).startswith("where:") else str(e)) from e
+    for stage in ("pq", "share"):
+      where = config.post[stage].where
+      if stage in registry.stage_names(config.post.stages) and where:
+        try:
+          paths.select(params, where, paths.dense_kernel)
+        except ValueError as e:
+          raise config_lib.ConfigError(f"post.{stage}.{e}") from e
 
   def make_tx(self, steps: int, *, learning_rate: float | None = None,
               optimizer: str | None = None,
@@ -350,6 +429,13 @@ class Trainer:
     Batches are drawn by `data.batches` from ``seed`` (``config.seed`` by
     default) at the position ``start``, prefetched and placed on the mesh.
 
+    Each step's finiteness flag (`all_finite` of its loss and parameters,
+    computed inside the jitted step) is read every ``train.log_every`` and
+    ``train.checkpoint_every`` steps and at the end, where the loop waits
+    for the device anyway; the callback of a step is called only after the
+    flags up to it were found finite, so it never logs or saves a
+    non-finite state at those steps.
+
     Args:
       state: the state to train.
       steps: the step to stop at.
@@ -362,8 +448,14 @@ class Trainer:
 
     Returns:
       The state after the last step.
+
+    Raises:
+      NonFiniteError: the loss or the parameters of a step were not finite
+        (the error names the first such step).
     """
     cfg, ds = self.config, self.dataset
+    every = (cfg.train.log_every, cfg.train.checkpoint_every)
+    flags = []
     batches = data_lib.prefetch(data_lib.batches(
         ds.train, batch_size=cfg.data.batch_size,
         seed=cfg.seed if seed is None else seed, start_step=start,
@@ -376,8 +468,16 @@ class Trainer:
         batch = next(batches)
         waited = time.perf_counter() - t
         state, metrics = self.train_step(state, batch)
+        metrics = dict(metrics)
+        flags.append(metrics.pop(FINITE))
+        done = step + 1
+        if done == steps or any(done % n == 0 for n in every):
+          finite = np.asarray(jax.device_get(flags))
+          if not finite.all():
+            raise NonFiniteError(done - len(flags) + 1 + int(np.argmin(finite)))
+          flags = []
         if callback is not None:
-          callback(step + 1, state, metrics, waited)
+          callback(done, state, metrics, waited)
     finally:
       batches.close()
     return state
@@ -407,8 +507,13 @@ class Trainer:
     step = self._eval_step(state.apply_fn)
     split = self.dataset.eval if split is None else split
     sums = None
+    # No bigger than the split (rounded up to the devices): a batch size
+    # beyond it would only pad.
+    devices = jax.device_count()
+    batch_size = min(self.config.data.eval_batch_size,
+                     -(-len(split.labels) // devices) * devices)
     for batch in data_lib.eval_batches(
-        split, batch_size=self.config.data.eval_batch_size,
+        split, batch_size=batch_size,
         mean=self.dataset.mean, std=self.dataset.std):
       out = step(variables, jax.device_put(batch, self.sharded))
       sums = out if sums is None else jax.tree.map(np.add, sums, out)
