@@ -14,6 +14,7 @@ from sparsify.spz.container import load
 from sparsify.spz.container import MAGIC
 from sparsify.spz.container import save
 from sparsify.spz.container import VERSION
+from sparsify.spz.encodings import check_leaf
 from sparsify.spz.encodings import choose_encoding
 from sparsify.spz.encodings import decode_leaf
 from sparsify.spz.encodings import encode_leaf

@@ -35,24 +35,65 @@ length]`` in bytes from the start of the data section.
 
 Saving is atomic: the file is written under a temporary name in the same
 directory, then renamed over ``path``, so a failed save leaves a previous
-file as it was. Loading checks the magic, version, declared sizes and
-checksum before it reads a header, and every buffer span against the data
-section before it decodes a leaf.
+file as it was.
+
+Loading trusts nothing in the file; before it decodes any leaf it checks,
+in this order:
+
+* the 28-byte preamble, read first: the magic, the version, and the
+  declared sizes against the file's size (`os.fstat`; a pipe or device is
+  read up to the declared size only once the magic matched); a header of at
+  most `MAX_HEADER_BYTES`;
+* the checksum;
+* the header: UTF-8 JSON nested at most `MAX_DEPTH` deep (counted before it
+  is parsed), no key twice in an object, no NaN or infinity; exactly
+  ``leaves`` and ``metadata``;
+* each entry: exactly the fields above, of their types; ``path`` is
+  ``"/".join(keys)``, at most `MAX_DEPTH` keys; buffer spans are pairs of
+  ints within the data section; `encodings.check_leaf`: a known encoding and
+  dtype, a shape of ints >= 0, the encoding's attributes in their ranges and
+  its buffers of exactly the bytes the shape and attributes make them, so
+  that no shape claims more elements than its buffers can describe;
+* all entries: no path twice, no leaf under another, no two buffers
+  overlapping, and at most ``max_elements`` elements in all (`MAX_ELEMENTS`,
+  2**30, by default), the cap for the leaves whose few bytes describe many
+  elements (all-zero csr and shared leaves, pq leaves of one centroid);
+* while decoding: each buffer's contents (indices, codes, gaps, counts).
+
+Anything wrong raises `CompressedFileError`, one line naming the file and
+the problem; no other error escapes for what a file holds.
 """
 
 from collections.abc import Iterator, Mapping
+import contextlib
 import hashlib
+import itertools
 import json
+import math
 import os
+import re
+import stat
 import struct
 from typing import Any
+
+import numpy as np
 
 from sparsify.spz import encodings as encodings_lib
 
 MAGIC = b"\x89SPZ\r\n\x1a\n"
 VERSION = 1
+MAX_ELEMENTS = 2**30  # Default cap on the elements a file's leaves decode to.
+MAX_HEADER_BYTES = 2**26  # 64 MiB of header JSON at most.
+MAX_DEPTH = 64  # Deepest nesting of the header JSON, and of a leaf's keys.
 _PREAMBLE = struct.Struct("<8sIQQ")
 _DIGEST_BYTES = 32
+_CHUNK = 1 << 20
+_ENTRY_FIELDS = ("path", "keys", "encoding", "shape", "dtype", "attrs",
+                 "buffers")
+# A JSON string, or what is left of the text after an unterminated one.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)',
+                     re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 
 
 class CompressedFileError(ValueError):
@@ -60,8 +101,8 @@ class CompressedFileError(ValueError):
 
   def __init__(self, path: Any, problem: str):
     self.path = os.fspath(path)
-    self.problem = problem
-    super().__init__(f"{self.path}: {problem}")
+    self.problem = " ".join(str(problem).splitlines())  # One line.
+    super().__init__(f"{self.path}: {self.problem}")
 
 
 def flatten(params: Any) -> list[tuple[tuple[str, ...], Any]]:
@@ -130,7 +171,8 @@ def save(
 
   Raises:
     ValueError: on an unsupported leaf or encoding, an encoding for a path
-      that is no leaf, metadata that is not JSON, or a directory as ``path``.
+      that is no leaf, metadata that is not JSON, a header that `load` would
+      refuse (nested too deep, too large), or a directory as ``path``.
       Nothing is written then, and an existing file at ``path`` is kept.
 
   Example:
@@ -164,8 +206,12 @@ def save(
     raise ValueError(f"metadata must be a dict; got {type(metadata).__name__}")
   entries, chunks, offset = [], [], 0
   for (keys, value), name in zip(leaves, names):
+    if len(keys) > MAX_DEPTH:
+      raise ValueError(f"leaf {name!r} lies {len(keys)} dicts deep; a file "
+                       f"holds leaves at most {MAX_DEPTH} deep")
     try:
       leaf = encodings_lib.encode_leaf(value, encodings.get(name, "auto"))
+      encodings_lib.check_leaf(leaf)  # What `load` checks, such as ndim.
     except ValueError as e:
       raise ValueError(f"leaf {name!r}: {e}") from None
     spans = {}
@@ -182,9 +228,15 @@ def save(
         {"leaves": entries, "metadata": dict(metadata or {})},
         allow_nan=False, default=_json_default, separators=(",", ":"),
     ).encode("utf-8")
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, RecursionError) as e:
     raise ValueError(f"metadata must be JSON (finite numbers, strings, "
                      f"lists, dicts): {e}") from None
+  depth = _json_depth(header)
+  if depth > MAX_DEPTH or len(header) > MAX_HEADER_BYTES:
+    raise ValueError(f"metadata too large for a file: its header would take "
+                     f"{len(header)} bytes nested {depth} deep; a file's "
+                     f"header takes at most {MAX_HEADER_BYTES} bytes nested "
+                     f"{MAX_DEPTH} deep")
   _write_atomic(path, [_PREAMBLE.pack(MAGIC, VERSION, len(header), offset),
                        header, *chunks])
 
@@ -209,98 +261,322 @@ def _write_atomic(path: str, chunks: list[bytes]) -> None:
     raise
 
 
-def _read(path: Any) -> tuple[dict[str, Any], memoryview, int]:
-  """Checks the layout and checksum; returns header, data and file size."""
-  with open(path, "rb") as f:
-    blob = f.read()
-  n = len(blob)
-  if blob[:8] != MAGIC:
-    if n < 8 and MAGIC.startswith(blob):
+def _read_stream(f: Any, n: int) -> bytes:
+  """Up to ``n`` bytes of an unbuffered file; fewer only at its end."""
+  chunks, left = [], n
+  while left > 0:
+    chunk = f.read(min(left, _CHUNK))
+    if not chunk:
+      break
+    chunks.append(chunk)
+    left -= len(chunk)
+  return b"".join(chunks)
+
+
+def _read_regular(f: Any, n: int) -> bytearray:
+  """``n`` bytes of an unbuffered regular file, or fewer if it shrank."""
+  buf = bytearray(n)
+  view, got = memoryview(buf), 0
+  while got < n:
+    k = f.readinto(view[got:])
+    if not k:
+      break
+    got += k
+  view.release()
+  return buf if got == n else buf[:got]
+
+
+def _json_depth(text: bytes) -> int:
+  """How deep the arrays and objects of JSON text nest, without parsing it.
+
+  Strings are cut out first (each from its opening quote to the next quote
+  not escaped by a backslash, or to the end), so brackets inside them do not
+  count. For text that is not valid JSON the count is right up to its first
+  error, which is as far as a parser goes; so a parser never nests deeper
+  than this says. Time and memory are linear in the text's length.
+
+  Args:
+    text: UTF-8 JSON text.
+
+  Returns:
+    The deepest nesting of ``[`` and ``{``: 0 for a number or string, 1 for
+    ``[1, 2]``, 2 for ``{"a": [1]}``.
+
+  Example:
+    >>> from sparsify.spz import container
+    >>> container._json_depth(b'{"a": [1, {"b": "[[["}]}')
+    3
+  """
+  brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", text))
+  steps = np.frombuffer(brackets, np.uint8)
+  depth = level = 0
+  for start in range(0, steps.size, _CHUNK):
+    chunk = steps[start:start + _CHUNK]
+    opens = (chunk == ord("[")) | (chunk == ord("{"))
+    levels = np.cumsum(np.where(opens, 1, -1), dtype=np.int64) + level
+    depth, level = max(depth, int(levels.max())), int(levels[-1])
+  return depth
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  seen = set()
+  for key, _ in pairs:
+    if key in seen:
+      raise ValueError(f"key {encodings_lib.short_repr(key)} appears twice "
+                       "in one object")
+    seen.add(key)
+  return dict(pairs)
+
+
+def _json_constant(name: str) -> Any:
+  raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_float(text: str) -> float:
+  value = float(text)
+  if not math.isfinite(value):
+    raise ValueError(f"number {encodings_lib.short_repr(text)} is out of "
+                     "range")
+  return value
+
+
+def _read(path: Any, f: Any) -> tuple[Any, memoryview, int]:
+  """Checks the layout, checksum and JSON; returns header, data and size.
+
+  Args:
+    path: the file's name, for errors.
+    f: the file, opened unbuffered (so that only the bytes asked for are
+      read).
+  """
+  stat_result = os.fstat(f.fileno())
+  regular = stat.S_ISREG(stat_result.st_mode)
+  preamble = _read_stream(f, _PREAMBLE.size)
+  n = stat_result.st_size if regular else len(preamble)
+  if preamble[:8] != MAGIC:
+    if n < 8 and MAGIC.startswith(preamble):
       raise CompressedFileError(path, f"truncated: {n} bytes, not even the "
                                 "8-byte magic")
     raise CompressedFileError(
-        path, f"not a sparsify compressed model: starts with {blob[:8]!r}, "
-        f"expected the magic {MAGIC!r}")
-  if n < _PREAMBLE.size:
-    raise CompressedFileError(path, f"truncated: {n} bytes, shorter than the "
-                              f"{_PREAMBLE.size}-byte preamble")
-  _, version, header_len, data_len = _PREAMBLE.unpack_from(blob)
+        path, f"not a sparsify compressed model: starts with "
+        f"{preamble[:8]!r}, expected the magic {MAGIC!r}")
+  if len(preamble) < _PREAMBLE.size:
+    raise CompressedFileError(path, f"truncated: {len(preamble)} bytes, "
+                              f"shorter than the {_PREAMBLE.size}-byte "
+                              "preamble")
+  _, version, header_len, data_len = _PREAMBLE.unpack(preamble)
   if version != VERSION:
-    raise CompressedFileError(path, f"unsupported format version {version}; "
-                              f"this reader reads version {VERSION}")
-  end = _PREAMBLE.size + header_len + data_len
-  if n != end + _DIGEST_BYTES:
-    problem = "truncated" if n < end + _DIGEST_BYTES else "too long"
+    raise CompressedFileError(path, f"unsupported format version "
+                              f"{version}; this reader reads version "
+                              f"{VERSION}")
+  total = _PREAMBLE.size + header_len + data_len + _DIGEST_BYTES
+  if regular and n != total:
+    problem = "truncated" if n < total else "too long"
     raise CompressedFileError(
-        path, f"{problem}: {n} bytes, but its preamble declares "
-        f"{end + _DIGEST_BYTES} (or the preamble is corrupted)")
-  if hashlib.sha256(blob[:end]).digest() != blob[end:]:
+        path, f"{problem}: {n} bytes, but its preamble declares {total} "
+        "(or the preamble is corrupted)")
+  if header_len > MAX_HEADER_BYTES:
+    raise CompressedFileError(
+        path, f"its header of {header_len} bytes is larger than the "
+        f"{MAX_HEADER_BYTES} bytes this reader takes (or the preamble is "
+        "corrupted)")
+  if regular:
+    rest = _read_regular(f, total - _PREAMBLE.size)
+  else:  # A pipe or device: read what it holds, one byte more at most.
+    rest = _read_stream(f, total - _PREAMBLE.size + 1)
+  if len(rest) != total - _PREAMBLE.size:
+    n = _PREAMBLE.size + len(rest)
+    problem = "truncated" if n < total else "too long"
+    raise CompressedFileError(path, f"{problem}: {n} bytes read, but its "
+                              f"preamble declares {total}")
+  end = header_len + data_len
+  view = memoryview(rest)
+  digest = hashlib.sha256(preamble)
+  digest.update(view[:end])
+  if digest.digest() != view[end:]:
     raise CompressedFileError(path, "corrupted: the SHA-256 checksum of its "
                               "contents does not match the stored one")
+  raw = bytes(view[:header_len])
   try:
-    header = json.loads(blob[_PREAMBLE.size:_PREAMBLE.size + header_len])
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise CompressedFileError(path, f"header is not UTF-8: {e}") from None
+  depth = _json_depth(raw)
+  if depth > MAX_DEPTH:
+    raise CompressedFileError(
+        path, f"header nests arrays and objects {depth} deep; this reader "
+        f"takes at most {MAX_DEPTH}")
+  try:
+    header = json.loads(text, object_pairs_hook=_json_object,
+                        parse_constant=_json_constant, parse_float=_json_float)
   except ValueError as e:
     raise CompressedFileError(path, f"header is not valid JSON: {e}") from None
-  if (not isinstance(header, dict) or not isinstance(
-      header.get("leaves"), list) or not isinstance(
-          header.get("metadata"), dict)):
-    raise CompressedFileError(path, "header must be a JSON object with "
-                              "'leaves' (a list) and 'metadata' (an object)")
-  return header, memoryview(blob)[_PREAMBLE.size + header_len:end], n
+  return header, view[header_len:end], total
 
 
-def _entry(path: Any, entry: Any,
-           data: memoryview,
-           ) -> tuple[str, list[str], encodings_lib.EncodedLeaf]:
-  """The leaf path, keys and `EncodedLeaf` of one header entry."""
-  name = entry.get("path") if isinstance(entry, dict) else None
+def _span(buffer_name: str, span: Any, data_len: int) -> range:
+  """The byte range of one buffer span ``[offset, length]``, checked."""
+  if (not isinstance(span, list) or len(span) != 2
+      or not all(encodings_lib.is_int(v) and v >= 0 for v in span)):
+    raise ValueError(f"buffer {encodings_lib.short_repr(buffer_name)} span "
+                     f"{encodings_lib.short_repr(span)} must be [offset, "
+                     "length], two ints >= 0")
+  if span[0] + span[1] > data_len:
+    raise ValueError(f"buffer {encodings_lib.short_repr(buffer_name)} "
+                     f"{encodings_lib.short_repr(span)} ends past the "
+                     f"{data_len}-byte data section")
+  return range(span[0], span[0] + span[1])
+
+
+def _entry(path: Any, index: int, entry: Any, data: memoryview,
+           ) -> tuple[str, list[str], encodings_lib.EncodedLeaf, int]:
+  """Path, keys, `EncodedLeaf` (its buffers views of ``data``) and size."""
+  if not isinstance(entry, dict):
+    raise CompressedFileError(path, f"header entry {index} must be an "
+                              f"object; got {type(entry).__name__}")
+  name = entry.get("path")
+  where = (f"leaf {encodings_lib.short_repr(name)}" if isinstance(name, str)
+           else f"header entry {index}")
   try:
-    keys, shape = entry["keys"], entry["shape"]
-    if (not isinstance(name, str) or not isinstance(keys, list) or not keys
+    if sorted(entry) != sorted(_ENTRY_FIELDS):
+      raise ValueError(f"fields must be exactly {list(_ENTRY_FIELDS)}; got "
+                       f"{encodings_lib.short_repr(list(entry))}")
+    keys, shape, buffers = entry["keys"], entry["shape"], entry["buffers"]
+    if not isinstance(name, str):
+      raise ValueError(f"'path' {encodings_lib.short_repr(name)} must be a "
+                       "string")
+    if (not isinstance(keys, list) or not 1 <= len(keys) <= MAX_DEPTH
         or not all(isinstance(k, str) for k in keys)):
-      raise ValueError("'path' must be a string and 'keys' a list of strings")
-    if not isinstance(shape, list) or not all(
-        encodings_lib.is_int(d) and d >= 0 for d in shape):
-      raise ValueError(f"shape {shape!r} must be a list of ints >= 0")
-    if not isinstance(entry["attrs"], dict) or not isinstance(
-        entry["buffers"], dict):
-      raise ValueError("'attrs' and 'buffers' must be objects")
-    if (entry["encoding"] not in encodings_lib.ENCODINGS
-        or entry["dtype"] not in encodings_lib.DTYPES):
-      raise ValueError(f"encoding {entry['encoding']!r} or dtype "
-                       f"{entry['dtype']!r} unknown; this reader knows "
-                       f"{encodings_lib.ENCODINGS} and "
-                       f"{list(encodings_lib.DTYPES)}")
-    buffers = {}
+      raise ValueError(f"'keys' {encodings_lib.short_repr(keys)} must be a "
+                       f"list of 1 to {MAX_DEPTH} strings")
+    if "/".join(keys) != name:
+      raise ValueError(f"'keys' {encodings_lib.short_repr(keys)} do not "
+                       "join to its path")
+    if not isinstance(shape, list):
+      raise ValueError(f"shape {encodings_lib.short_repr(shape)} must be a "
+                       "list of ints")
+    if not isinstance(buffers, dict):
+      raise ValueError("'buffers' must be an object")
+    views = {}
+    for buffer_name, span in buffers.items():
+      span = _span(buffer_name, span, len(data))
+      views[buffer_name] = data[span.start:span.stop]
+    leaf = encodings_lib.EncodedLeaf(entry["encoding"], tuple(shape),
+                                     entry["dtype"], entry["attrs"], views)
+    size = encodings_lib.check_leaf(leaf)
+  except ValueError as e:
+    raise CompressedFileError(path, f"{where}: {e}") from None
+  return name, keys, leaf, size
+
+
+_LEAF = object()  # Marks a leaf in the tree `_check_header` builds.
+
+
+def _check_header(
+    path: Any, header: Any, data: memoryview, max_elements: int,
+) -> list[tuple[str, list[str], encodings_lib.EncodedLeaf]]:
+  """Checks every entry, and all of them together; returns the leaves."""
+  if (not isinstance(header, dict)
+      or sorted(header) != ["leaves", "metadata"]
+      or not isinstance(header["leaves"], list)
+      or not isinstance(header["metadata"], dict)):
+    raise CompressedFileError(path, "header must be a JSON object with "
+                              "exactly 'leaves' (a list) and 'metadata' (an "
+                              "object)")
+  leaves, names, tree, spans, total = [], set(), {}, [], 0
+  for index, entry in enumerate(header["leaves"]):
+    name, keys, leaf, size = _entry(path, index, entry, data)
+    where = f"leaf {encodings_lib.short_repr(name)}"
+    if name in names:
+      raise CompressedFileError(path, f"{where} is stored twice")
+    names.add(name)
+    node = tree
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+      if node is _LEAF:
+        raise CompressedFileError(path, f"{where} lies under another leaf")
+    if keys[-1] in node:
+      raise CompressedFileError(path, f"{where} is stored twice or has "
+                                "leaves under it")
+    node[keys[-1]] = _LEAF
     for buffer_name, span in entry["buffers"].items():
-      if not isinstance(span, list) or len(span) != 2 or not all(
-          encodings_lib.is_int(v) and v >= 0 for v in span):
-        raise ValueError(f"buffer {buffer_name!r} span {span!r} must be "
-                         "[offset, length]")
-      if span[0] + span[1] > len(data):
-        raise ValueError(f"buffer {buffer_name!r} {span} ends past the "
-                         f"{len(data)}-byte data section")
-      buffers[buffer_name] = bytes(data[span[0]:span[0] + span[1]])
-    return name, keys, encodings_lib.EncodedLeaf(
-        entry["encoding"], tuple(shape), entry["dtype"], entry["attrs"],
-        buffers)
-  except (KeyError, TypeError, ValueError) as e:
-    raise CompressedFileError(path, f"bad header entry for leaf {name!r}: "
-                              f"{e}") from None
+      if span[1]:
+        spans.append((span[0], span[0] + span[1], where, buffer_name))
+    total += size
+    leaves.append((name, keys, leaf))
+  spans.sort()
+  for (_, end, where, buffer_name), (start, _, other, other_name) in (
+      itertools.pairwise(spans)):
+    if start < end:
+      raise CompressedFileError(
+          path, f"buffer {encodings_lib.short_repr(other_name)} of {other} "
+          f"overlaps buffer {encodings_lib.short_repr(buffer_name)} of "
+          f"{where} in the data section")
+  if total > max_elements:
+    raise CompressedFileError(
+        path, f"its leaves hold {total} elements in all, more than "
+        f"max_elements={max_elements}; to read it anyway, pass "
+        f"max_elements={total} (or more)")
+  return leaves
+
+
+def _check_cap(max_elements: Any) -> None:
+  if not encodings_lib.is_int(max_elements) or max_elements < 0:
+    raise ValueError(f"max_elements must be an int >= 0; got "
+                     f"{max_elements!r}")
+
+
+@contextlib.contextmanager
+def _guard(path: Any, where: str | None = None) -> Iterator[None]:
+  """Raises what goes wrong inside as a `CompressedFileError`: a last guard.
+
+  The checks before decoding are meant to catch every malformed file; this
+  turns what they might miss (an error of numpy, an allocation that fails)
+  into the one error a reader of files is promised.
+  """
+  prefix = f"{where}: " if where else ""
+  try:
+    yield
+  except CompressedFileError:
+    raise
+  except ValueError as e:  # A decoder's own message says what is wrong.
+    raise CompressedFileError(path, f"{prefix}{e}") from None
+  except MemoryError:
+    raise CompressedFileError(path, f"{prefix}not enough memory to read "
+                              "it") from None
+  except (TypeError, KeyError, IndexError, OverflowError, RecursionError,
+          struct.error) as e:
+    raise CompressedFileError(path, f"{prefix}unreadable: "
+                              f"{type(e).__name__}: {e}") from None
+
+
+def _copies(path: Any,
+            leaves: list[tuple[str, list[str], encodings_lib.EncodedLeaf]],
+            ) -> Iterator[tuple[str, list[str], encodings_lib.EncodedLeaf]]:
+  """The leaves with their buffers copied out of the file, one at a time."""
+  for name, keys, leaf in leaves:
+    with _guard(path, f"leaf {encodings_lib.short_repr(name)}"):
+      buffers = {k: bytes(v) for k, v in leaf.buffers.items()}
+    yield name, list(keys), leaf._replace(buffers=buffers)
 
 
 def read_leaves(
     path: str | os.PathLike[str],
+    *,
+    max_elements: int = MAX_ELEMENTS,
 ) -> tuple[Iterator[tuple[str, list[str], encodings_lib.EncodedLeaf]],
            dict[str, Any], int]:
   """Checks a file and returns its leaves, undecoded, its metadata and size.
 
-  The magic, version, declared sizes, checksum and header are checked at
-  once; each header entry (its fields, and its buffer spans against the
-  data section) when the iterator reaches it.
+  Everything but the buffers' contents is checked at once (see the module
+  docstring): the preamble against the file's size, the checksum, the
+  header and every entry, all before this returns. The iterator then copies
+  each leaf's buffers out of the file as it reaches it.
 
   Args:
     path: a file written by `save`.
+    max_elements: the most elements all leaves together may decode to; raise
+      it to read a file of more (a file claiming more is refused, so a small
+      hostile file cannot make a reader allocate without bound).
 
   Returns:
     ``(leaves, metadata, file_bytes)``: an iterator of ``(path name, keys,
@@ -308,8 +584,10 @@ def read_leaves(
 
   Raises:
     CompressedFileError: if the file is truncated, corrupted (checksum), not
-      such a file (magic), of another format version, or a header entry is
-      malformed (raised by the iterator for that entry).
+      such a file (magic), of another format version, its header is
+      malformed, or its leaves hold more than ``max_elements`` elements.
+    OSError: if the file cannot be opened or read.
+    ValueError: if ``max_elements`` is not an int ``>= 0``.
 
   Example:
     >>> import os, tempfile
@@ -323,18 +601,24 @@ def read_leaves(
     ...   [(name, leaf.encoding, leaf.nbytes) for name, _, leaf in leaves]
     [('fc/kernel', 'dense', 12)]
   """
-  header, data, size = _read(path)
-  leaves = (_entry(path, entry, data) for entry in header["leaves"])
-  return leaves, header["metadata"], size
+  _check_cap(max_elements)
+  with open(path, "rb", buffering=0) as f, _guard(path):
+    header, data, size = _read(path, f)
+    leaves = _check_header(path, header, data, max_elements)
+  return _copies(path, leaves), header["metadata"], size
 
 
 def load(
     path: str | os.PathLike[str],
+    *,
+    max_elements: int = MAX_ELEMENTS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads a file written by `save`.
 
   Args:
     path: the file.
+    max_elements: the most elements all leaves together may decode to
+      (`MAX_ELEMENTS`, 2**30, unless raised); see `read_leaves`.
 
   Returns:
     ``(params, metadata)``: nested dicts of numpy arrays (of the saved shapes
@@ -342,7 +626,11 @@ def load(
 
   Raises:
     CompressedFileError: if the file is truncated, corrupted (checksum), not
-      such a file (magic), of another format version, or inconsistent.
+      such a file (magic), of another format version, or inconsistent, or
+      its leaves hold more than ``max_elements`` elements; never another
+      error for what a file holds.
+    OSError: if the file cannot be opened or read.
+    ValueError: if ``max_elements`` is not an int ``>= 0``.
 
   Example:
     >>> import os, tempfile
@@ -356,20 +644,13 @@ def load(
     >>> loaded['fc']['kernel'].dtype, metadata
     (dtype('float32'), {'model': 'mlp'})
   """
-  leaves, metadata, _ = read_leaves(path)
+  leaves, metadata, _ = read_leaves(path, max_elements=max_elements)
   params = {}
-  for name, keys, leaf in leaves:
-    try:
+  for name, keys, leaf in leaves:  # `read_leaves` checked keys and paths.
+    with _guard(path, f"leaf {encodings_lib.short_repr(name)}"):
       value = encodings_lib.decode_leaf(leaf)
-    except ValueError as e:
-      raise CompressedFileError(path, f"leaf {name!r}: {e}") from None
     node = params
     for key in keys[:-1]:
       node = node.setdefault(key, {})
-      if not isinstance(node, dict):
-        raise CompressedFileError(path, f"leaf {name!r} lies under a leaf")
-    if keys[-1] in node:
-      raise CompressedFileError(path, f"leaf {name!r} is stored twice")
     node[keys[-1]] = value
   return params, metadata
-

@@ -64,6 +64,9 @@ buffers and all integers of the layout are little-endian.
 ``{"nnz", "indptr_bytes", "index_bytes"}``; pq ``{"subspaces": s,
 "centroids": k, "code_bits": c, "masked": bool}``; shared ``{"nnz",
 "centroids": k, "code_bits": c, "gap_bits": g, "gap_entries": e}``.
+`check_leaf` checks a leaf read from a file against all of the above (every
+attribute's range, every buffer's exact length) before `decode_leaf`
+allocates anything.
 """
 
 from collections.abc import Mapping
@@ -82,6 +85,10 @@ DTYPES = {name: np.dtype(name) for name in (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
     "uint64", "float16", "float32", "float64")}
 DTYPES["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
+MAX_NDIM = 32  # The most dimensions a leaf may have.
+# The most entries a shape may span, its empty dimensions counted as 1 (so
+# that numpy can make it at any item size, even when it holds no entry).
+MAX_EXTENT = 2**56
 
 class PQLayer(NamedTuple):
   """A product-quantized kernel; `pq_layer` builds one and validates it.
@@ -639,16 +646,6 @@ def _encode_ternary(layer: TernaryLayer, shape: tuple[int, ...],
                          "sigma": sigma.astype("<f4").tobytes()})
 
 
-def _buffer(leaf: EncodedLeaf, name: str, nbytes: int) -> bytes:
-  if name not in leaf.buffers:
-    raise ValueError(f"{leaf.encoding} leaf without buffer {name!r}")
-  buf = leaf.buffers[name]
-  if len(buf) != nbytes:
-    raise ValueError(f"buffer {name!r} of a {leaf.encoding} leaf of shape "
-                     f"{leaf.shape} has {len(buf)} bytes, expected {nbytes}")
-  return buf
-
-
 def is_int(value: Any) -> bool:
   """True for a Python int that is not a bool, as the format's integers are.
 
@@ -666,20 +663,191 @@ def is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+  """``repr(value)`` cut to about ``limit`` characters, for error messages.
+
+  Args:
+    value: anything, such as a value read from a file's header.
+    limit: the most characters to keep of the repr.
+
+  Returns:
+    The repr, with ``...`` in place of what is cut.
+
+  Example:
+    >>> from sparsify.spz import encodings
+    >>> encodings.short_repr([0] * 100, 20)
+    '[0, 0, 0, 0, 0, 0, 0...'
+  """
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+# The attributes of each encoding, exactly (see the module docstring).
+_ATTRS = {
+    "dense": (), "bitmask": ("nnz",), "ternary": ("nnz",),
+    "csr": ("nnz", "indptr_bytes", "index_bytes"),
+    "pq": ("subspaces", "centroids", "code_bits", "masked"),
+    "shared": ("nnz", "centroids", "code_bits", "gap_bits", "gap_entries"),
+}
+_FLOATS = ("float16", "float32", "float64", "bfloat16")
+
+
 def _count(attrs: Mapping[str, Any], name: str, low: int, high: int) -> int:
   v = attrs.get(name)
   if not is_int(v) or not low <= v <= high:
-    raise ValueError(f"attribute {name}={v!r} must be an int in [{low}, "
-                     f"{high}]")
+    raise ValueError(f"attribute {name}={short_repr(v)} must be an int in "
+                     f"[{low}, {high}]")
   return v
 
 
-def _mask(leaf: EncodedLeaf, name: str, size: int) -> np.ndarray:
-  return bits.unpack_mask(_buffer(leaf, name, bits.mask_bytes(size)), size)
+def _width(attrs: Mapping[str, Any], name: str) -> int:
+  v = attrs.get(name)
+  if not is_int(v) or v not in (1, 2, 4, 8):
+    raise ValueError(f"attribute {name}={short_repr(v)} must be 1, 2, 4 or "
+                     "8 (bytes of an index)")
+  return v
+
+
+def _check_shape(shape: Any) -> int:
+  """The number of entries of a leaf's shape, checked; see `check_leaf`."""
+  if (not isinstance(shape, (tuple, list)) or len(shape) > MAX_NDIM
+      or not all(is_int(n) and n >= 0 for n in shape)):
+    raise ValueError(f"shape {short_repr(shape)} must be at most {MAX_NDIM} "
+                     "ints >= 0")
+  if math.prod(max(n, 1) for n in shape) > MAX_EXTENT:
+    raise ValueError(f"shape {short_repr(shape)} spans more than "
+                     f"{MAX_EXTENT} entries (its empty dimensions counted as "
+                     "1), more than an array can have")
+  return math.prod(shape)
+
+
+def _buffer_bytes(leaf: EncodedLeaf, shape: tuple[int, ...], size: int,
+                  itemsize: int) -> dict[str, int]:
+  """Checks the attributes; returns the bytes each buffer must have."""
+  encoding, attrs = leaf.encoding, leaf.attrs
+  if (not isinstance(attrs, Mapping)
+      or sorted(attrs, key=str) != sorted(_ATTRS[encoding])):
+    got = list(attrs) if isinstance(attrs, Mapping) else attrs
+    raise ValueError(f"attributes of a {encoding} leaf must be exactly "
+                     f"{sorted(_ATTRS[encoding])}; got {short_repr(got)}")
+  if encoding == "dense":
+    return {"values": itemsize * size}
+  if encoding == "pq":
+    if not shape:
+      raise ValueError("a pq leaf needs at least one dimension")
+    m, n = shape[-1], math.prod(shape[:-1])
+    s = _count(attrs, "subspaces", 1, n)
+    k = _count(attrs, "centroids", 1, 2**32)
+    c = _count(attrs, "code_bits", 0, 32)
+    if n % s or c != bits.code_bits(k):
+      raise ValueError(f"pq attributes s={s}, k={k}, code_bits={c} do not "
+                       f"fit n={n} inputs")
+    if not isinstance(attrs["masked"], bool):
+      raise ValueError(f"attribute masked={short_repr(attrs['masked'])} "
+                       "must be a bool")
+    out = {"codebooks": 4 * k * n, "codes": bits.packed_bytes(m * s, c)}
+    if attrs["masked"]:
+      out["mask"] = bits.mask_bytes(size)
+    return out
+  nnz = _count(attrs, "nnz", 0, size)
+  if encoding == "bitmask":
+    return {"mask": bits.mask_bytes(size), "values": itemsize * nnz}
+  if encoding == "ternary":
+    return {"mask": bits.mask_bytes(size), "sign": bits.mask_bytes(nnz),
+            "sigma": 4}
+  if encoding == "csr":
+    rows, _ = _matrix(shape)
+    wp, wi = _width(attrs, "indptr_bytes"), _width(attrs, "index_bytes")
+    return {"indptr": (rows + 1) * wp, "indices": nnz * wi,
+            "values": itemsize * nnz}
+  k = _count(attrs, "centroids", 1, 2**16)
+  c = _count(attrs, "code_bits", 0, 16)
+  g = _count(attrs, "gap_bits", 1, 16)
+  e = _count(attrs, "gap_entries", nnz, size)
+  if c != bits.code_bits(k):
+    raise ValueError(f"shared attributes k={k}, code_bits={c} disagree: "
+                     f"k centroids take {bits.code_bits(k)} bits")
+  return {"codebook": 4 * k, "gaps": bits.packed_bytes(e, g),
+          "codes": bits.packed_bytes(nnz, c)}
+
+
+def check_leaf(leaf: EncodedLeaf) -> int:
+  """Checks an `EncodedLeaf`'s fields and buffer sizes, not their contents.
+
+  The encoding and dtype must be known (pq, ternary and shared leaves are
+  float), the shape at most `MAX_NDIM` ints ``>= 0`` spanning at most
+  `MAX_EXTENT` entries (empty dimensions counted as 1), the attributes
+  exactly the encoding's, of the types and ranges the module docstring
+  gives, and the buffers exactly the encoding's, each of exactly the bytes
+  the shape and attributes make it. So a leaf describes no more entries than
+  its buffers hold: ``b`` bytes per dense entry, 8 entries per mask byte,
+  ``rows + 1`` row pointers per csr, one code per PQ row and subspace.
+  Where the data is all zeros (csr, shared) or every code is 0 bits (pq with
+  one centroid), a few bytes describe many entries; a file's reader caps
+  those with its ``max_elements``.
+
+  Reads only the lengths of the buffers, which may be any objects with a
+  length, such as `memoryview` slices.
+
+  Args:
+    leaf: an `EncodedLeaf`, from `encode_leaf` or read from a file.
+
+  Returns:
+    The number of entries the leaf decodes to, ``prod(shape)``.
+
+  Raises:
+    ValueError: on anything that does not fit the encoding, saying what.
+
+  Example:
+    >>> import numpy as np
+    >>> from sparsify import spz
+    >>> leaf = spz.encode_leaf(np.zeros((3, 4), np.float32), 'csr')
+    >>> spz.check_leaf(leaf)
+    12
+    >>> try:
+    ...   spz.check_leaf(leaf._replace(shape=(3, 4, 10)))
+    ... except ValueError as e:
+    ...   print(e)
+    buffer 'indptr' of a csr leaf of shape (3, 4, 10) has 4 bytes, expected 13
+  """
+  encoding, dtype = leaf.encoding, leaf.dtype
+  if not isinstance(encoding, str) or encoding not in ENCODINGS:
+    raise ValueError(f"unknown encoding {short_repr(encoding)}; this reader "
+                     f"knows {ENCODINGS}")
+  if not isinstance(dtype, str) or dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {short_repr(dtype)}; this reader knows "
+                     f"{list(DTYPES)}")
+  if encoding in ("pq", "ternary", "shared") and dtype not in _FLOATS:
+    raise ValueError(f"a {encoding} leaf must be float; got {dtype}")
+  size = _check_shape(leaf.shape)
+  shape = tuple(leaf.shape)
+  want = _buffer_bytes(leaf, shape, size, DTYPES[dtype].itemsize)
+  buffers = leaf.buffers
+  if (not isinstance(buffers, Mapping)
+      or sorted(buffers, key=str) != sorted(want)):
+    got = list(buffers) if isinstance(buffers, Mapping) else buffers
+    raise ValueError(f"buffers of this {encoding} leaf must be exactly "
+                     f"{sorted(want)}; got {short_repr(got)}")
+  for name, nbytes in want.items():
+    if len(buffers[name]) != nbytes:
+      raise ValueError(f"buffer {name!r} of a {encoding} leaf of shape "
+                       f"{shape} has {len(buffers[name])} bytes, expected "
+                       f"{nbytes}")
+  return size
+
+
+def _values(buf: Any, dtype: np.dtype) -> np.ndarray:
+  if dtype == np.bool_ and np.frombuffer(buf, np.uint8).max(initial=0) > 1:
+    raise ValueError("bool values must be bytes 0 or 1")
+  return np.frombuffer(buf, _little(dtype)).astype(dtype)
 
 
 def decode_leaf(leaf: EncodedLeaf) -> np.ndarray:
   """Returns the array an `EncodedLeaf` stores, in the leaf's dtype.
+
+  `check_leaf` checks the leaf first, so nothing is allocated for a shape
+  its buffers cannot hold; then the contents are checked as they are read
+  (row pointers, column indices, codes, gaps, counts of stored entries).
 
   Args:
     leaf: an `EncodedLeaf`, from `encode_leaf` or read from a file.
@@ -690,103 +858,80 @@ def decode_leaf(leaf: EncodedLeaf) -> np.ndarray:
   Raises:
     ValueError: if the buffers or attributes do not fit the encoding.
   """
-  if leaf.dtype not in DTYPES:
-    raise ValueError(f"unsupported dtype {leaf.dtype!r}")
+  size = check_leaf(leaf)
   dtype, shape = DTYPES[leaf.dtype], tuple(leaf.shape)
-  size = math.prod(shape)
+  buffers = leaf.buffers
   if leaf.encoding == "dense":
-    buf = _buffer(leaf, "values", size * dtype.itemsize)
-    return np.frombuffer(buf, _little(dtype)).astype(dtype).reshape(shape)
+    return _values(buffers["values"], dtype).reshape(shape)
   if leaf.encoding == "pq":
     return _decode_pq(leaf, shape, size).astype(dtype)
   if leaf.encoding == "shared":
     return _decode_shared(leaf, shape, size).astype(dtype)
-  if leaf.encoding not in ("bitmask", "csr", "ternary"):
-    raise ValueError(f"unknown encoding {leaf.encoding!r}; this reader knows "
-                     f"{ENCODINGS}")
-  nnz = _count(leaf.attrs, "nnz", 0, size)
-  out = np.zeros(size, dtype)
+  nnz = leaf.attrs["nnz"]
   if leaf.encoding == "ternary":
-    keep = _mask(leaf, "mask", size)
+    keep = bits.unpack_mask(buffers["mask"], size)
     if np.count_nonzero(keep) != nnz:
       raise ValueError(f"ternary mask has {np.count_nonzero(keep)} nonzeros, "
                        f"nnz says {nnz}")
-    negative = _mask(leaf, "sign", nnz)
-    sigma = np.frombuffer(_buffer(leaf, "sigma", 4), "<f4")[0]
+    negative = bits.unpack_mask(buffers["sign"], nnz)
+    sigma = np.frombuffer(buffers["sigma"], "<f4")[0]
+    if not np.isfinite(sigma) or sigma < 0:
+      raise ValueError(f"ternary sigma {sigma} must be finite and >= 0")
+    out = np.zeros(size, dtype)
     out[keep] = np.where(negative, -sigma, sigma).astype(dtype)
     return out.reshape(shape)
-  values = np.frombuffer(_buffer(leaf, "values", nnz * dtype.itemsize),
-                         _little(dtype)).astype(dtype)
+  values = _values(buffers["values"], dtype)
   if leaf.encoding == "bitmask":
-    keep = _mask(leaf, "mask", size)
+    keep = bits.unpack_mask(buffers["mask"], size)
     if np.count_nonzero(keep) != nnz:
       raise ValueError(f"bitmask has {np.count_nonzero(keep)} ones, nnz says "
                        f"{nnz}")
+    out = np.zeros(size, dtype)
     out[keep] = values
     return out.reshape(shape)
   rows, cols = _matrix(shape)
-  wp = _count(leaf.attrs, "indptr_bytes", 1, 8)
-  wi = _count(leaf.attrs, "index_bytes", 1, 8)
-  if wp not in (1, 2, 4, 8) or wi not in (1, 2, 4, 8):
-    raise ValueError(f"index widths must be 1, 2, 4 or 8 bytes; got {wp}, "
-                     f"{wi}")
-  indptr = np.frombuffer(_buffer(leaf, "indptr", (rows + 1) * wp),
-                         f"<u{wp}").astype(np.int64)
-  indices = np.frombuffer(_buffer(leaf, "indices", nnz * wi),
-                          f"<u{wi}").astype(np.int64)
+  wp, wi = leaf.attrs["indptr_bytes"], leaf.attrs["index_bytes"]
+  indptr = np.frombuffer(buffers["indptr"], f"<u{wp}").astype(np.int64)
+  indices = np.frombuffer(buffers["indices"], f"<u{wi}").astype(np.int64)
   counts = np.diff(indptr)
+  # 8-byte values past 2**63 - 1 read as negative int64: refused as well.
   if indptr[0] != 0 or indptr[-1] != nnz or np.any(counts < 0):
     raise ValueError("csr indptr must rise from 0 to nnz")
+  if np.any((indices < 0) | (indices >= cols)):
+    raise ValueError(f"csr column indices must be below {cols}")
   flat = np.repeat(np.arange(rows, dtype=np.int64), counts) * cols + indices
-  if np.any(indices >= cols) or np.any(np.diff(flat) <= 0):
+  if np.any(np.diff(flat) <= 0):
     raise ValueError(f"csr column indices must be increasing within a row "
                      f"and below {cols}")
+  out = np.zeros(size, dtype)
   out[flat] = values
   return out.reshape(shape)
 
 
 def _decode_pq(leaf: EncodedLeaf, shape: tuple[int, ...],
                size: int) -> np.ndarray:
-  if not shape:
-    raise ValueError("a pq leaf needs at least one dimension")
+  s, k, c = (leaf.attrs[a] for a in ("subspaces", "centroids", "code_bits"))
   m, n = shape[-1], math.prod(shape[:-1])
-  s = _count(leaf.attrs, "subspaces", 1, n)
-  k = _count(leaf.attrs, "centroids", 1, 2**32)
-  c = _count(leaf.attrs, "code_bits", 0, 32)
-  if n % s or c != bits.code_bits(k):
-    raise ValueError(f"pq attributes s={s}, k={k}, code_bits={c} do not "
-                     f"fit n={n} inputs")
-  d = n // s
-  codebooks = np.frombuffer(_buffer(leaf, "codebooks", 4 * s * k * d),
-                            "<f4").astype(np.float32).reshape(s, k, d)
-  codes = bits.unpack_codes(
-      _buffer(leaf, "codes", bits.packed_bytes(m * s, c)), c, m * s,
-      np.int64).reshape(m, s)
+  codebooks = np.frombuffer(leaf.buffers["codebooks"], "<f4").astype(
+      np.float32).reshape(s, k, n // s)
+  codes = bits.unpack_codes(leaf.buffers["codes"], c, m * s,
+                            np.int64).reshape(m, s)
   if codes.size and codes.max() >= k:
     raise ValueError(f"pq code {codes.max()} is not below k = {k}")
-  masked = leaf.attrs.get("masked")
-  if not isinstance(masked, bool):
-    raise ValueError(f"attribute masked={masked!r} must be a bool")
-  mask = _mask(leaf, "mask", size).reshape(shape) if masked else None
+  mask = None
+  if leaf.attrs["masked"]:
+    mask = bits.unpack_mask(leaf.buffers["mask"], size).reshape(shape)
   return PQLayer(codebooks, codes, shape, mask).decode()
 
 
 def _decode_shared(leaf: EncodedLeaf, shape: tuple[int, ...],
                    size: int) -> np.ndarray:
-  nnz = _count(leaf.attrs, "nnz", 0, size)
-  k = _count(leaf.attrs, "centroids", 1, 2**16)
-  c = _count(leaf.attrs, "code_bits", 0, 16)
-  g = _count(leaf.attrs, "gap_bits", 1, 16)
-  e = _count(leaf.attrs, "gap_entries", nnz, size)
-  if c != bits.code_bits(k):
-    raise ValueError(f"shared attributes k={k}, code_bits={c} disagree: "
-                     f"k centroids take {bits.code_bits(k)} bits")
-  codebook = np.frombuffer(_buffer(leaf, "codebook", 4 * k),
-                           "<f4").astype(np.float32)
-  entries = bits.unpack_codes(_buffer(leaf, "gaps", bits.packed_bytes(e, g)),
-                              g, e, np.int64)
-  codes = bits.unpack_codes(_buffer(leaf, "codes", bits.packed_bytes(nnz, c)),
-                            c, nnz, np.int64)
+  nnz, k, c, g, e = (leaf.attrs[a] for a in (
+      "nnz", "centroids", "code_bits", "gap_bits", "gap_entries"))
+  codebook = np.frombuffer(leaf.buffers["codebook"], "<f4").astype(
+      np.float32)
+  entries = bits.unpack_codes(leaf.buffers["gaps"], g, e, np.int64)
+  codes = bits.unpack_codes(leaf.buffers["codes"], c, nnz, np.int64)
   escape = 2**g - 1
   weight = entries != escape
   if np.count_nonzero(weight) != nnz or (e and not weight[-1]):
@@ -801,4 +946,3 @@ def _decode_shared(leaf: EncodedLeaf, shape: tuple[int, ...],
   mask = np.zeros(size, bool)
   mask[positions] = True
   return SharedLayer(codebook, codes, mask.reshape(shape), shape).decode()
-

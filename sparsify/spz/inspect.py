@@ -79,20 +79,28 @@ class FileReport:
     return out
 
 
-def file_report(path: str | os.PathLike[str]) -> FileReport:
+def file_report(
+    path: str | os.PathLike[str],
+    *,
+    max_elements: int = container.MAX_ELEMENTS,
+) -> FileReport:
   """Returns the bytes each leaf of a saved file takes on disk.
 
-  Reads and checks the file (magic, version, size, checksum) without
-  decoding the leaves.
+  Reads and checks the file (magic, version, size, checksum, header and
+  every entry, as `container.read_leaves`) without decoding the leaves.
 
   Args:
     path: a file written by `container.save`.
+    max_elements: the most elements all leaves together may hold, as
+      `container.load` takes it.
 
   Returns:
     A `FileReport`: one `LeafBytes` per leaf, and the file's total size.
 
   Raises:
-    container.CompressedFileError: as `container.load`.
+    container.CompressedFileError: as `container.read_leaves`: for any
+      problem but those only decoding finds (a column index out of range).
+    ValueError: if ``max_elements`` is not an int ``>= 0``.
 
   Example:
     >>> import os, tempfile
@@ -109,7 +117,8 @@ def file_report(path: str | os.PathLike[str]) -> FileReport:
     >>> report.float32_bytes, report.file_bytes < report.float32_bytes / 40
     (40000, True)
   """
-  leaves, _, size = container.read_leaves(path)
+  leaves, _, size = container.read_leaves(path,
+                                          max_elements=max_elements)
   rows = []
   for name, _, leaf in leaves:
     rows.append(LeafBytes(

@@ -292,3 +292,107 @@ def test_lenet5_params_round_trip(tmp_path):
   assert conv2.shape == (5, 5, 20, 50) and conv2.encoding == "bitmask"
   nnz = int(np.count_nonzero(params["conv2"]["kernel"]))
   assert conv2.nbytes == 25000 // 8 + 4 * nnz
+
+
+def _leaf(header, name):
+  return next(e for e in header["leaves"] if e["path"] == name)
+
+
+def _set(name, field, value):
+  return lambda h: _leaf(h, name).update({field: value})
+
+
+def _attr(name, attr, value):
+  return lambda h: _leaf(h, name)["attrs"].update({attr: value})
+
+
+def _span(name, buffer, span):
+  return lambda h: _leaf(h, name)["buffers"].update({buffer: span})
+
+
+def _raw_header(path, edit):
+  """Edits the header's bytes and writes a valid checksum again."""
+  blob = path.read_bytes()
+  h, d = struct.unpack_from("<QQ", blob, 12)
+  head = edit(blob[PREAMBLE:PREAMBLE + h])
+  body = (blob[:12] + struct.pack("<QQ", len(head), d) + head
+          + blob[PREAMBLE + h:PREAMBLE + h + d])
+  path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_set("fc1/kernel", "shape", "20x10"), "shape '20x10' must be a list"),
+    (_set("fc1/kernel", "shape", [-20, 10]), r"shape \(-20, 10\)"),
+    (_set("fc1/kernel", "shape", [20.0, 10]), r"shape \(20.0, 10\)"),
+    (_set("fc1/kernel", "shape", [True, 10]), r"shape \(True, 10\)"),
+    (_set("fc1/kernel", "shape", [10**30, 10]), "spans more than"),
+    (_set("fc1/kernel", "shape", [1] * 33), "at most 32"),
+    (_set("fc1/bias", "shape", [11]), "'values'.* 40 bytes, expected 44"),
+    (_set("fc1/kernel", "encoding", "zip"), "unknown encoding 'zip'"),
+    (_set("fc1/kernel", "encoding", ["csr"]), r"unknown encoding \['csr'\]"),
+    (_set("fc1/kernel", "dtype", "float128"), "unknown dtype 'float128'"),
+    (_set("fc1/kernel", "dtype", {"a": 1}), "unknown dtype"),
+    (_set("fc1/bias", "dtype", "int64"), "40 bytes, expected 80"),
+    (_set("fc2/kernel", "dtype", "int32"), "ternary leaf must be float"),
+    (_attr("fc1/kernel", "nnz", -1), r"nnz=-1 must be an int in \[0, 200\]"),
+    (_attr("fc1/kernel", "nnz", True), "nnz=True"),
+    (_attr("fc1/kernel", "nnz", 10**400), r"nnz=1000000.*\.\.\. must be"),
+    (_attr("fc1/kernel", "indptr_bytes", 3), "indptr_bytes=3 must be 1, 2"),
+    (_attr("fc1/kernel", "zip", 1), "attributes of a csr leaf must be"),
+    (lambda h: _leaf(h, "fc2/kernel")["attrs"].clear(), "attributes of a"),
+    (lambda h: _leaf(h, "fc2/kernel")["buffers"].pop("sign"),
+     r"buffers of this ternary leaf must be exactly \['mask', 'sigma'"),
+    (_span("fc1/bias", "values", [0, -40]), r"span \[0, -40\] must be"),
+    (_span("fc1/bias", "values", [0, 40.0]), r"span \[0, 40.0\] must be"),
+    (_span("fc1/bias", "values", [2**64, 40]), "data section"),
+    (_span("fc1/bias", "values", [4, 40]),
+     "overlaps buffer 'values' of leaf 'fc1/bias'"),
+    (_span("fc1/bias", "values", "all"), "span 'all'"),
+    (_set("fc1/bias", "keys", ["fc1", "b"]), "do not join to its path"),
+    (_set("fc1/bias", "keys", []), "list of 1 to 64 strings"),
+    (_set("fc1/bias", "keys", ["fc1", 2]), "list of 1 to 64 strings"),
+    (_set("fc1/bias", "path", 7), "entry 0: 'path' 7 must be a string"),
+    (lambda h: h["leaves"].append(dict(h["leaves"][0])),
+     "'fc1/bias' is stored twice"),
+    (lambda h: h["leaves"][0].update(path="fc1/kernel/x",
+                                     keys=["fc1", "kernel", "x"]),
+     "'fc1/kernel' is stored twice or has leaves under it"),
+    (lambda h: h["leaves"][1].update(path="fc1/bias/x",
+                                     keys=["fc1", "bias", "x"]),
+     "'fc1/bias/x' lies under another leaf"),
+    (lambda h: h["leaves"][1].update(path="fc1/bias", keys=["fc1/bias"]),
+     "'fc1/bias' is stored twice"),
+    (_set("fc1/bias", "comment", "hi"), "fields must be exactly"),
+    (lambda h: h["leaves"][0].pop("attrs"), "fields must be exactly"),
+    (lambda h: h["leaves"].__setitem__(0, [1]), "entry 0 must be an object"),
+    (lambda h: h.update(metadata=[]), "header must be a JSON object"),
+    (lambda h: h.update(version=2), "header must be a JSON object"),
+])
+def test_malformed_header_is_refused_in_one_line(saved, edit, match):
+  path, _ = saved
+  rewrite(path, edit)
+  _load_fails(path, match)
+  with pytest.raises(spz.CompressedFileError) as e:
+    spz.load(path)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda b: b[:-1] + b', "metadata": {}}', "key 'metadata' appears twice"),
+    (lambda b: b.replace(b'"accuracy": 0.5', b'"accuracy": NaN'),
+     "NaN is not a JSON number"),
+    (lambda b: b.replace(b'"accuracy": 0.5', b'"accuracy": 1e999'),
+     "number '1e999' is out of range"),
+    (lambda b: b.replace(b'"mlp"', b'"ml\xff"'), "header is not UTF-8"),
+    (lambda b: b.replace(b'"mlp"', b'"ml\n"'), "header is not valid JSON"),
+    (lambda b: b.replace(b'"mlp"', b"1" * 5000), "header is not valid JSON"),
+    (lambda b: b"\xef\xbb\xbf" + b, "header is not valid JSON"),  # BOM.
+    (lambda b: b.encode("utf-16") if isinstance(b, str) else b.decode(
+        "utf-8").encode("utf-16"), "header is not UTF-8"),
+    (lambda b: b[:len(b) // 2], "header is not valid JSON"),
+])
+def test_malformed_header_json_is_refused(saved, edit, match):
+  path, _ = saved
+  rewrite(path, lambda h: None)  # The header as json.dumps writes it.
+  _raw_header(path, edit)
+  _load_fails(path, match)
