@@ -22,11 +22,20 @@ names, built-in or imported. A slimmed model is the original model with a
 function is the traced computation at the kept widths
 (`sparsify.slimmed_apply`), and the compressed file records the plan, so
 that the model is rebuilt from it without any per-model code.
+
+The file is the model: ``model.spz`` holds the variables of the last stage,
+its codebook layers (``share``, ``pq``, the ternary layers of ``lct``) in
+the encodings those stages attach. ``finetune`` after them keeps every
+codebook (`sparsify.quantize.tie_updates`: the weights that share a value
+move by their mean update) and reads the new codebooks off the fine-tuned
+weights; the stages that would change the layers under their codes
+(``slim``, ``search``, ``lct``) are refused after them (`stage_names`).
+`run_stages` checks that every encoding decodes to its weights after each
+stage, and that the file, decoded, scores the last stage's accuracy.
 """
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -45,6 +54,8 @@ from sparsify import report as report_lib
 from sparsify import spz
 from sparsify.core import masking
 from sparsify.core import paths
+from sparsify.experiment import config as config_lib
+from sparsify.experiment import files
 from sparsify.structure import folding
 from sparsify.structure import neuron_search
 from sparsify.structure import scales
@@ -331,10 +342,7 @@ def slim_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
   structure = _structure(model)
   found = scales.unit_scales(model.variables, structure)
   if not found:
-    raise ValueError(
-        "post.slim: the model has no gates and no BatchNorm scales to "
-        f"select by; its units: {[u.name for u in structure]}. Train with "
-        "gates (preset sss) or a model with BatchNorm")
+    raise _unscaled(model, structure)
   gated = any(scales.scale_slots(u)[0] == "gate" for u in structure)
   threshold = cfg.threshold
   if not gated and cfg.fraction > 0:  # Network Slimming: BN scales
@@ -405,7 +413,16 @@ def search_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
 
 
 def finetune_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
-  """Trains the current model (masks kept) for ``cfg.epochs``.
+  """Trains the current model (masks and codebooks kept) for ``cfg.epochs``.
+
+  Layers with a codebook encoding (``share``, ``pq``, ternary layers of
+  ``lct``) stay on their codebook, as in Deep Compression's fine-tuning of
+  the shared centroids: `sparsify.quantize.tie_updates`, last in the
+  chain, moves each of their weights by the mean update of the weights
+  that share its value (for a ternary layer, of the signed updates of its
+  nonzero weights), so that with the codes unchanged the codebooks are
+  read off the fine-tuned weights and the encodings are those of the new
+  model.
 
   Args:
     ctx: the run's `Context`.
@@ -413,13 +430,61 @@ def finetune_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
     cfg: ``config.post.finetune``: ``epochs`` and ``learning_rate``.
 
   Returns:
-    ``(model, record)``: the model with its new variables, and
-    ``{'steps': ...}``.
+    ``(model, record)``: the model with its new variables and encodings,
+    and ``{'steps': ..., 'tied_layers': [path, ...]}``.
   """
   steps = ctx.epochs_to_steps(cfg.epochs)
-  variables = ctx.finetune(model, steps, cfg.learning_rate,
-                           masks=model.masks)
-  return dataclasses.replace(model, variables=variables), {"steps": steps}
+  ties = _ties(model)
+  variables = ctx.finetune(
+      model, steps, cfg.learning_rate, masks=model.masks,
+      extra=quantize.tie_updates(ties) if ties else None)
+  tuned = _refit(dataclasses.replace(model, variables=variables))
+  return tuned, {"steps": steps, "tied_layers": sorted(ties)}
+
+
+def _ternary(encoding: Any) -> bool:
+  """Whether an encoding is of a ternary kernel (`spz.smallest_ternary`)."""
+  if isinstance(encoding, spz.TernaryLayer):
+    return True
+  if not isinstance(encoding, spz.SharedLayer):
+    return False
+  book = encoding.codebook
+  return book.size == 2 and book[0] != 0 and book[1] == -book[0]
+
+
+def _ties(model: Model) -> dict[str, quantize.Tie]:
+  """``{param path: Tie}`` of the model's codebook encodings."""
+  flat = dict(paths.named_leaves(_saved(model)["params"]))
+  ties = {}
+  for key, encoding in model.encodings.items():
+    path = key.removeprefix("params/")
+    if _ternary(encoding):
+      ties[path] = quantize.sign_tie(flat[path])
+    elif isinstance(encoding, spz.SharedLayer):
+      ties[path] = quantize.shared_tie(encoding)
+    elif isinstance(encoding, spz.PQLayer):
+      ties[path] = quantize.pq_tie(encoding, encoding.mask)
+  return ties
+
+
+def _refit(model: Model) -> Model:
+  """``model`` with its codebook encodings read off its (tied) weights."""
+  flat = dict(paths.named_leaves(_saved(model)["params"]))
+  encodings = dict(model.encodings)
+  for key, encoding in model.encodings.items():
+    path = key.removeprefix("params/")
+    if _ternary(encoding):
+      encodings[key] = spz.smallest_ternary(flat[path])
+    elif isinstance(encoding, spz.SharedLayer):
+      encodings[key] = spz.shared_layer(*quantize.refit_shared(
+          quantize.SharedCode(*encoding), flat[path]))
+    elif isinstance(encoding, spz.PQLayer):
+      code = quantize.PQCode(encoding.codebooks, encoding.codes,
+                             encoding.shape)
+      encodings[key] = spz.pq_layer(
+          *quantize.refit_pq(code, flat[path], encoding.mask),
+          mask=encoding.mask)
+  return dataclasses.replace(model, encodings=encodings)
 
 
 def pq_stage(ctx: Context, model: Model, cfg) -> tuple[Model, dict]:
@@ -590,8 +655,20 @@ STAGES = {
 }
 
 
+# Stages that attach codebook encodings (`Model.encodings`), and those that
+# would change the layers under them: the second must come before the first
+# (``finetune`` keeps the codebooks, see `finetune_stage`).
+ENCODING = ("share", "pq", "lct")
+RESHAPING = ("slim", "search", "lct")
+
+
 def stage_names(stages: str) -> list[str]:
   """The stages of a ``post.stages`` string (comma-separated), checked.
+
+  Any order of `STAGES` is allowed, except a stage of `RESHAPING`
+  (``slim``, ``search``, ``lct``: they remove units, prune and retrain
+  layers) after one of `ENCODING` (``share``, ``pq``, ``lct``): the codes
+  those attach would no longer describe the layers.
 
   Args:
     stages: e.g. ``'slim, finetune'``.
@@ -600,18 +677,31 @@ def stage_names(stages: str) -> list[str]:
     The stage names, in order, without blanks.
 
   Raises:
-    ValueError: a name is not one of `STAGES`.
+    ValueError: a name is not one of `STAGES`, or a stage of `RESHAPING`
+      follows one of `ENCODING`.
 
   Example:
     >>> from sparsify.experiment import stages
-    >>> stages.stage_names('slim, finetune')
-    ['slim', 'finetune']
+    >>> stages.stage_names('slim, finetune, share')
+    ['slim', 'finetune', 'share']
+    >>> stages.stage_names('share, slim')
+    Traceback (most recent call last):
+    ...
+    ValueError: post.stages: got 'share, slim'; allowed: slim before share, \
+pq and lct (it would change the layers whose codes share stored)
   """
   names = [s.strip() for s in stages.split(",") if s.strip()]
   for s in names:
     if s not in STAGES:
       raise ValueError(f"post.stages: got {s!r}; allowed: a comma-separated "
                        f"list of {', '.join(sorted(STAGES))}")
+  for i, s in enumerate(names):
+    encoded = [e for e in names[:i] if e in ENCODING]
+    if s in RESHAPING and encoded:
+      raise ValueError(
+          f"post.stages: got {stages!r}; allowed: {s} before "
+          f"{', '.join(ENCODING[:-1])} and {ENCODING[-1]} (it would change "
+          f"the layers whose codes {encoded[-1]} stored)")
   return names
 
 
@@ -644,8 +734,17 @@ def run_stages(trainer: Any, variables: dict[str, Any],
     record; the compressed file's bytes on disk and the accuracy of the
     model decoded from it. Also written to ``post.json``, the file to
     ``model.spz``, both in the trainer's workdir.
+
+  Raises:
+    ConfigError: ``slim`` on a model without gates or BatchNorm scales
+      (before any stage runs).
+    RuntimeError: a stage left encodings that do not decode to its
+      weights, or the file decoded does not score the last stage's test
+      accuracy (to one example of the eval split); post.json is then not
+      written.
   """
   config, workdir = trainer.config, trainer.workdir
+  names = stage_names(config.post.stages)
   os.makedirs(workdir, exist_ok=True)
   ctx = Context(trainer)
   model = Model(config.model.name, config.model.kwargs.to_dict(),
@@ -653,10 +752,17 @@ def run_stages(trainer: Any, variables: dict[str, Any],
                 input_shape=tuple(trainer.dataset.input_shape),
                 train_arg=config.model.train_arg,
                 gates=config.model.get("gates", ""))
+  if "slim" in names:
+    check_slimmable(model)
   rows = [{"stage": "trained", **ctx.measure(model)}]
-  for name in stage_names(config.post.stages):
+  for name in names:
     t = time.perf_counter()
     model, record = STAGES[name](ctx, model, config.post[name])
+    stale = _stale_encodings(model)
+    if stale:  # a stage that changed weights under their codes
+      raise RuntimeError(
+          f"post.stages {config.post.stages!r}: after {name}, the encodings "
+          f"of {', '.join(stale)} no longer decode to their weights")
     row = {"stage": name, **ctx.measure(model),
            "seconds": time.perf_counter() - t, **record}
     rows.append(row)
@@ -664,9 +770,7 @@ def run_stages(trainer: Any, variables: dict[str, Any],
              row["params"])
   path = os.path.join(workdir, "model.spz")
   accuracy = rows[-1]["test_accuracy"]
-  params = jax.tree.map(np.asarray, model.variables)
-  if model.masks is not None:
-    params["params"] = masking.apply_masks(params["params"], model.masks)
+  params = _saved(model)
   plan, folded = _plan_record(model.plan)
   if folded:
     params[_FOLDED] = folded
@@ -678,10 +782,118 @@ def run_stages(trainer: Any, variables: dict[str, Any],
       "dataset": config.data.name, "test_accuracy": accuracy,
       "stages": [r["stage"] for r in rows]})
   file_info = evaluate_file(trainer, path)
+  # The file is the model: decoded, it scores what the last stage did (to
+  # one example of the eval split, for a rebuilt computation that rounds
+  # differently).
+  examples = len(trainer.dataset.eval.labels)
+  decoded, recorded = (file_info["decoded_accuracy"],
+                       file_info["recorded_accuracy"])
+  if abs(decoded - recorded) > 1.0 / examples + 1e-9:
+    raise RuntimeError(
+        f"post.stages {config.post.stages!r}: {path} decodes to test "
+        f"accuracy {decoded:.4f}, not the {recorded:.4f} recorded for the "
+        f"last stage ({rows[-1]['stage']})")
   results = {"stages": rows, "file": file_info}
-  with open(os.path.join(workdir, "post.json"), "w") as f:
-    json.dump(results, f, indent=2, default=_jsonable)
+  files.write_json(os.path.join(workdir, "post.json"), results,
+                   default=_jsonable)
   return results
+
+
+def check_slimmable(model: Model) -> None:
+  """Raises `ConfigError` unless ``slim`` can select units of ``model``.
+
+  ``slim`` selects units by their gates (SSS) or BatchNorm scales (Network
+  Slimming); a model with neither has nothing to select by. Only the
+  model's structure is read: its variables may be shapes
+  (`jax.ShapeDtypeStruct`, from `jax.eval_shape` of its ``init``).
+
+  Args:
+    model: the model the stages start from.
+
+  Raises:
+    ConfigError: naming ``post.stages``, the model's units and what is
+      allowed.
+  """
+  structure = [u for u in trace.structure_of(
+      model.apply_fn, model.variables, model.example(), train=False,
+      approximate=True) if u.exact]
+  if all(scales.scale_slots(u)[0] == "none" for u in structure):
+    raise _unscaled(model, structure)
+
+
+def check_config(config: Any, input_shape: tuple[int, ...]) -> None:
+  """Raises `ConfigError` for stages the config's model cannot run.
+
+  What can be known before training: the order of ``post.stages``
+  (`stage_names`), and for ``slim`` whether the model has gates or
+  BatchNorm scales (`check_slimmable`, on the model traced at shapes only).
+  `run_stages` checks the same on the trained model.
+
+  Args:
+    config: the experiment config.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+
+  Raises:
+    ConfigError: one line naming ``post.stages`` and what is allowed.
+
+  Example:
+    >>> from sparsify.experiment import config as config_lib
+    >>> from sparsify.experiment import stages
+    >>> config = config_lib.default_config()  # lenet_300_100: no gates, no BN
+    >>> config.post.stages = 'slim,finetune'
+    >>> stages.check_config(config, (28, 28, 1))
+    Traceback (most recent call last):
+    ...
+    sparsify.experiment.config.ConfigError: post.stages: slim needs gates ...
+    >>> config.model.gates = '.*'  # gates at every unit
+    >>> stages.check_config(config, (28, 28, 1))
+  """
+  try:
+    names = stage_names(config.post.stages)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  if "slim" not in names:
+    return
+  model = Model(config.model.name, config.model.kwargs.to_dict(), {},
+                input_shape=tuple(input_shape),
+                train_arg=config.model.train_arg,
+                gates=config.model.get("gates", ""))
+  x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+  shapes = jax.eval_shape(functools.partial(model.module.init, train=False),
+                          jax.random.key(0), x)
+  check_slimmable(dataclasses.replace(model, variables=shapes))
+
+
+def _unscaled(model: Model, structure) -> Exception:
+  """The `ConfigError` of ``slim`` on a model with nothing to select by."""
+  return config_lib.ConfigError(
+      f"post.stages: slim needs gates or BatchNorm scales to select units "
+      f"by, and {model.name} (units {', '.join(u.name for u in structure)})"
+      " has neither; allowed: a model with gates (model.gates='.*', preset "
+      "sss) or BatchNorm scales, or stages without slim")
+
+
+def _saved(model: Model) -> dict[str, Any]:
+  """The variables the file stores: numpy arrays, masked weights zero."""
+  variables = jax.tree.map(np.asarray, model.variables)
+  if model.masks is not None:
+    variables["params"] = jax.tree.map(
+        np.asarray, masking.apply_masks(variables["params"], model.masks))
+  return variables
+
+
+def _stale_encodings(model: Model) -> list[str]:
+  """The encodings of ``model`` that do not decode to the weights it holds."""
+  flat = dict(paths.named_leaves(_saved(model)))
+  stale = []
+  for key, encoding in sorted(model.encodings.items()):
+    if not hasattr(encoding, "decode"):  # an encoding's name: lossless
+      continue
+    leaf = flat.get(key)
+    if leaf is None or not np.array_equal(
+        encoding.decode(), np.asarray(leaf, np.float32)):
+      stale.append(key)
+  return stale
 
 
 def evaluate_file(trainer: Any, path: str) -> dict[str, Any]:
