@@ -231,12 +231,11 @@ def save(
   except (TypeError, ValueError, RecursionError) as e:
     raise ValueError(f"metadata must be JSON (finite numbers, strings, "
                      f"lists, dicts): {e}") from None
-  depth = _json_depth(header)
-  if depth > MAX_DEPTH or len(header) > MAX_HEADER_BYTES:
-    raise ValueError(f"metadata too large for a file: its header would take "
-                     f"{len(header)} bytes nested {depth} deep; a file's "
-                     f"header takes at most {MAX_HEADER_BYTES} bytes nested "
-                     f"{MAX_DEPTH} deep")
+  try:
+    _parse_header(header)  # As `load` will, so that it reads the file back.
+  except ValueError as e:
+    raise ValueError(f"metadata that `load` could not read back: {e}"
+                     ) from None
   _write_atomic(path, [_PREAMBLE.pack(MAGIC, VERSION, len(header), offset),
                        header, *chunks])
 
@@ -340,6 +339,33 @@ def _json_float(text: str) -> float:
   return value
 
 
+def _parse_header(raw: bytes) -> Any:
+  """The header's JSON, parsed within the reader's limits (ValueError if not).
+
+  Args:
+    raw: the header's bytes.
+
+  Returns:
+    The parsed JSON value.
+  """
+  if len(raw) > MAX_HEADER_BYTES:
+    raise ValueError(f"its header of {len(raw)} bytes is larger than the "
+                     f"{MAX_HEADER_BYTES} bytes this reader takes")
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"header is not UTF-8: {e}") from None
+  depth = _json_depth(raw)
+  if depth > MAX_DEPTH:
+    raise ValueError(f"header nests arrays and objects {depth} deep; this "
+                     f"reader takes at most {MAX_DEPTH}")
+  try:
+    return json.loads(text, object_pairs_hook=_json_object,
+                      parse_constant=_json_constant, parse_float=_json_float)
+  except ValueError as e:
+    raise ValueError(f"header is not valid JSON: {e}") from None
+
+
 def _read(path: Any, f: Any) -> tuple[Any, memoryview, int]:
   """Checks the layout, checksum and JSON; returns header, data and size.
 
@@ -395,21 +421,10 @@ def _read(path: Any, f: Any) -> tuple[Any, memoryview, int]:
   if digest.digest() != view[end:]:
     raise CompressedFileError(path, "corrupted: the SHA-256 checksum of its "
                               "contents does not match the stored one")
-  raw = bytes(view[:header_len])
   try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise CompressedFileError(path, f"header is not UTF-8: {e}") from None
-  depth = _json_depth(raw)
-  if depth > MAX_DEPTH:
-    raise CompressedFileError(
-        path, f"header nests arrays and objects {depth} deep; this reader "
-        f"takes at most {MAX_DEPTH}")
-  try:
-    header = json.loads(text, object_pairs_hook=_json_object,
-                        parse_constant=_json_constant, parse_float=_json_float)
+    header = _parse_header(bytes(view[:header_len]))
   except ValueError as e:
-    raise CompressedFileError(path, f"header is not valid JSON: {e}") from None
+    raise CompressedFileError(path, str(e)) from None
   return header, view[header_len:end], total
 
 

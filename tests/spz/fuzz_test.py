@@ -15,8 +15,10 @@ thousand ways, from a seeded `np.random.RandomState`:
   (paths, shapes, dtypes, metadata; the original arrays if the header and
   data are the original's), within the ``max_elements`` cap.
 
-`load` and `file_report` both run on each file; `file_report` must refuse
-every file it does not fully check and accept every file `load` accepts.
+`load` and `file_report` both run on each file, and every file that `load`
+accepts `file_report` accepts too (it checks all but the buffers' contents).
+Special cases follow: /dev/zero, a huge file, a pipe, deep nesting, huge
+shapes.
 """
 
 import hashlib
@@ -379,6 +381,8 @@ def test_huge_file_is_refused_reading_only_its_preamble(tmp_path, bytes_read):
   path = tmp_path / "huge.bin"
   with open(path, "wb") as f:
     f.truncate(2**34)  # 16 GiB, sparse: no disk used, never read.
+  if os.stat(path).st_blocks * 512 > 2**20:
+    pytest.skip("this file system has no sparse files")
   for reader in (spz.load, spz.file_report):
     with pytest.raises(spz.CompressedFileError, match="magic"):
       reader(path)
