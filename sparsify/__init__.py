@@ -42,6 +42,7 @@ from sparsify.quantize import pq_storage_bits
 from sparsify.quantize import PQCode
 from sparsify.quantize import share_params
 from sparsify.quantize import share_weights
+from sparsify.quantize import tie_updates
 from sparsify.quantize import shared_decode
 from sparsify.quantize import SharedCode
 from sparsify.report import compression_report
@@ -197,6 +198,7 @@ __all__ = (
     "ternarize",
     "ternary_bits",
     "ternary_constrained",
+    "tie_updates",
     "ternary_layer",
     "top_k_mask",
     "train_and_evaluate",

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from sparsify import data as data_lib
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
 from sparsify.experiment import files
@@ -309,3 +310,25 @@ def test_checkpoints_by_time_protect_a_short_run(tmp_path):
   steps = mngr.all_steps()
   mngr.close()
   assert 5 in steps and 10 in steps  # at logging steps, not only the end
+
+
+def test_an_empty_test_split_is_refused_before_training(tmp_path):
+  from tests.data_test import write_idx_dir  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "data"
+  folder.mkdir()
+  write_idx_dir(folder, np.random.default_rng(0), num_train=64, num_eval=0)
+  config = _small(**{"data.name": "mnist", "data.source": "idx",
+                     "data.data_dir": str(folder)})
+  with pytest.raises(data_lib.MissingDataError,
+                     match="the eval split of 'mnist'") as info:
+    trainer_lib.Trainer(config, str(tmp_path / "run"))
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "run").exists()
+
+
+def test_slim_on_a_model_without_gates_or_batchnorm_before_training(tmp_path):
+  config = _small(**{"post.stages": "slim,finetune"})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^post.stages: slim needs gates or BatchNorm"):
+    trainer_lib.Trainer(config, str(tmp_path))
+  assert not (tmp_path / "run.json").exists()

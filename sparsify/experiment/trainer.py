@@ -39,6 +39,7 @@ from sparsify.core import paths
 from sparsify.core import types
 from sparsify.experiment import config as config_lib
 from sparsify.experiment import registry
+from sparsify.experiment import stages
 from sparsify.experiment import workdir as workdir_lib
 from sparsify.transforms import sss
 
@@ -309,6 +310,7 @@ class Trainer:
         raise
       raise config_lib.ConfigError(str(e)) from e
     self._check_selections(shapes["params"])
+    stages.check_config(config, tuple(self.dataset.input_shape))
     workdir_lib.claim(config, workdir)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.sharded),

@@ -228,6 +228,7 @@ def tie_updates(ties: Mapping[str, Tie | sharing.SharedCode | pq.PQCode]
       `sparsify.path_name` writes them, e.g. ``'fc1/kernel'``); a tie is a
       `Tie`, or a `SharedCode` or (unmasked) `PQCode`, converted with
       `shared_tie` or `pq_tie`. Other leaves pass through unchanged.
+      Structural, so static under `optax.inject_hyperparams`.
 
   Returns:
     An `optax.GradientTransformation`; its state is a `TieState`, the

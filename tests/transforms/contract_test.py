@@ -44,6 +44,7 @@ class Case(NamedTuple):
   sparsity: float | None = None  # reached by every selected kernel
   zeroes: bool = False  # drives weights or whole units to exactly zero
   static: tuple[str, ...] = ()  # structural or callable: static when injected
+  reads_params: bool = True  # False: a function of the updates alone
 
 
 def _keep_positive(params):
@@ -116,6 +117,12 @@ CASES = {
     "ternary_mean": Case(sparsify.ternary_constrained,
                          dict(sigma_learning_rate=0.01, threshold=0.3),
                          "after", zeroes=True),
+    # Fine-tuning a shared layer: fc1's weights in 4 groups move together.
+    "tie_updates": Case(sparsify.tie_updates, dict(ties={
+        "fc1/kernel": sparsify.quantize.shared_tie(sparsify.share_weights(
+            jnp.asarray(np.random.default_rng(0).normal(size=(16, 24)),
+                        jnp.float32), bits=2))}), "after", static=("ties",),
+        reads_params=False),
 }
 NAMES = pytest.mark.parametrize("name", sorted(CASES))
 
@@ -454,6 +461,9 @@ def test_needs_params(name):
   case = CASES[name]
   params = _params()
   tx = _build(case)
+  if not case.reads_params:  # e.g. tie_updates, a function of the updates
+    tx.update(params, jax.jit(tx.init)(params))
+    return
   with pytest.raises(ValueError, match="params"):
     tx.update(params, jax.jit(tx.init)(params))
 
