@@ -49,7 +49,16 @@ def strict(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
 
 def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None,
           indent: int | None = None) -> str:
-  """Strict JSON text of ``obj`` (non-finite floats as ``null``)."""
+  """Strict JSON text of ``obj`` (non-finite floats as ``null``).
+
+  Args:
+    obj: the value.
+    default: converts objects JSON cannot hold, as in `json.dumps`.
+    indent: as in `json.dumps`.
+
+  Returns:
+    The JSON text; parsers that refuse ``NaN`` read it.
+  """
   return json.dumps(strict(obj, default), indent=indent, allow_nan=False)
 
 

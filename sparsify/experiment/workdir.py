@@ -143,7 +143,11 @@ def lock(workdir: str) -> None:
 
 
 def release(workdir: str) -> None:
-  """Releases ``workdir``'s lock if this process holds it."""
+  """Releases ``workdir``'s lock if this process holds it.
+
+  Args:
+    workdir: the directory given to `lock`.
+  """
   fd = _held.pop(os.path.realpath(workdir), None)
   if fd is not None:
     fcntl.flock(fd, fcntl.LOCK_UN)
