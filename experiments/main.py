@@ -4,9 +4,11 @@ r"""Trains one config and prints its compression report.
   python -m experiments.main --config configs/quickstart.py --workdir /tmp/qs \
       --config.train.epochs=3 --config.compression[0].kwargs.sparsity=0.9
 
-A run resumes from the latest checkpoint in ``--workdir``. A bad config value
-or missing data stops the run with one line on stderr (exit status 2) before
-any training starts.
+A run resumes from the latest checkpoint in ``--workdir``. A bad config value,
+a config file that does not load, a workdir that cannot be written or
+missing data stops the run with one line on stderr (exit status 2) before
+any training starts; the workdir and the config file are checked before the
+config file runs (`cli.parse_flags`).
 """
 
 from absl import flags

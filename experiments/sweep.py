@@ -10,15 +10,30 @@ Every point of the Cartesian product of the ``--grid`` values (the last
 in ``<workdir>/<field=value,...>``, e.g.
 ``compression_0_.kwargs.target_sparsity=0.9,...`` (made safe, with a hash). ``--set FIELD=VALUE`` (and
 ``--config.FIELD=VALUE``) changes every run. A run whose ``results.json``
-exists is skipped, so a sweep started again carries on where it stopped; a
-run that was interrupted resumes from its latest checkpoint. Each run's
-config is kept in its ``config.json``: a workdir that holds a run of another
-config is refused.
+holds its finished results is skipped, so a sweep started again carries on
+where it stopped; a run that was interrupted resumes from its latest
+checkpoint. A run folder whose ``results.json`` or ``config.json`` is empty
+or torn (a kill while it was written), or whose results lack the
+post-training stages the config asks for, counts as unfinished and runs
+again (one line says so). Each run's config is kept in its ``config.json``:
+a workdir that holds a run of another config is refused.
 
 Values are read with the type of the config field (bool: true/false; int;
 float; str; tuple: a Python literal such as ``(64, 32)``); every config of
-the grid is validated before the first run starts. At the end the workdir
-holds ``results.csv`` and ``results.md`` (one row per run: the grid fields,
+the grid is validated before the first run starts.
+
+The values of one ``--grid`` are separated by commas outside brackets and
+quotes. A value that holds a comma itself is quoted (the quotes are not
+part of it), so a field whose value is a comma list (`LIST_FIELDS`:
+``post.stages``) takes one quoted value per run::
+
+  --grid "post.stages='share','pq'"                # two runs: share; pq
+  --grid "post.stages='slim,finetune','share,pq'"  # two runs of two stages
+
+An unquoted comma list for such a field (``post.stages=share,pq``: one run
+or two?) is refused with a line that shows both ways to write it.
+
+At the end the workdir holds ``results.csv`` and ``results.md`` (one row per run: the grid fields,
 eval accuracy, nonzeros, parameters, the report's compression ratio and,
 with post-training stages, the compressed file's bytes on disk and decoded
 accuracy) and ``pareto.png`` (eval accuracy against compression ratio, the
@@ -50,6 +65,7 @@ from ml_collections.config_flags import config_path
 from experiments import cli
 from sparsify import models
 from sparsify.experiment import config as config_lib
+from sparsify.experiment import files
 from sparsify.experiment import run as run_lib
 
 # Groups whose keys are free (a model's keyword arguments): a new key may be
@@ -58,6 +74,9 @@ OPEN_GROUPS = ("model.kwargs",)
 _INDEX = re.compile(r"\[(\d+)\]")
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 _MAX_NAME = 200
+# Fields whose value is itself a comma-separated list: their grid values
+# are quoted, one per run.
+LIST_FIELDS = ("post.stages",)
 
 
 def _entries(value: Any) -> bool:
@@ -149,8 +168,20 @@ def _locate(config: ml_collections.ConfigDict, field: str):
 def _literal(text: str) -> Any:
   try:
     return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
+  except (ValueError, SyntaxError, MemoryError, RecursionError):
     return text
+
+
+def _quoted(text: str) -> bool:
+  """Whether ``text`` is one quoted string, ``'a,b'`` or ``"a,b"``."""
+  text = text.strip()
+  return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and (
+      isinstance(_literal(text), str))
+
+
+def _unquote(text: str) -> str:
+  """The string a quoted ``text`` holds; other text as it is."""
+  return _literal(text.strip()) if _quoted(text) else text
 
 
 def parse_value(config: ml_collections.ConfigDict, field: str,
@@ -211,7 +242,7 @@ def parse_value(config: ml_collections.ConfigDict, field: str,
     raise bad("a finite number")
   if kind is str:
     if isinstance(value, str):
-      return value
+      return _unquote(value)
     raise bad("a string" + (" or none" if optional else ""))
   if kind in (tuple, list):
     parsed = _literal(value) if text is not None else value
@@ -261,7 +292,20 @@ def parse_assignment(text: str, *, several: bool) -> tuple[str, Any]:
                                  f"{',VALUE...' if several else ''}, e.g. "
                                  f"{example}")
   field, value = text.split("=", 1)
-  return field.strip(), split_values(value) if several else value
+  field = field.strip()
+  if not several:
+    return field, value
+  values = split_values(value)
+  if field in LIST_FIELDS and len(values) > 1 and not all(
+      _quoted(v) for v in values):
+    one = ",".join(_unquote(v) for v in values)
+    raise config_lib.ConfigError(
+        f"--grid {field}: got {value!r}, a comma list that could be one run "
+        f"or {len(values)} runs; allowed: each run's value quoted: --grid "
+        f"\"{field}='{one}'\" for one run, --grid \"{field}="
+        f"{','.join(repr(_unquote(v)) for v in values)}\" for "
+        f"{len(values)}")
+  return field, values
 
 
 def _token(value: Any) -> str:
@@ -282,14 +326,16 @@ def run_name(values: Mapping[str, Any]) -> str:
   """The directory name of one run: ``field=value,...`` made safe.
 
   Characters other than letters, digits and ``. _ = , + -`` become ``_``;
-  when anything was replaced, or the name is long, a short hash of the exact
+  when anything was replaced, a value holds ``=`` (so that its commas could
+  read as more fields), or the name is long, a short hash of the exact
   values is appended so that different runs never share a directory.
   """
   # An entry of a list of groups, ``compression[0].x``, reads ``compression.0.x``.
   exact = ",".join(f"{_INDEX.sub(_dot, f)}={_token(v)}"
                    for f, v in values.items())
   name = _SAFE.sub("_", exact)
-  if name != exact or len(name) > _MAX_NAME:
+  if name != exact or len(name) > _MAX_NAME or any(
+      "=" in _token(v) for v in values.values()):
     digest = hashlib.sha1(exact.encode()).hexdigest()[:8]
     name = f"{name[:_MAX_NAME]}-{digest}"
   return name or "default"
@@ -306,13 +352,34 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _check_run_dir(config, run_dir: str) -> None:
-  """Refuses a run directory whose ``config.json`` is another config's."""
+def _read_json(path: str) -> Any:
+  """The JSON object in ``path``; None if it is missing, empty or torn."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError):  # missing, unreadable, empty, torn, binary
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def _check_run_dir(config, run_dir: str) -> bool:
+  """Refuses a run directory whose ``config.json`` is another config's.
+
+  Returns:
+    False when ``config.json`` is there but empty or torn (the run is then
+    treated as unfinished), else True.
+  """
+  if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+    raise config_lib.ConfigError(
+        f"{run_dir}: got a file where the sweep keeps a run; allowed: a "
+        "directory (remove the file, or pass another --workdir)")
   path = os.path.join(run_dir, "config.json")
   if not os.path.exists(path):
-    return
-  with open(path) as f:
-    theirs = _flat(json.load(f))
+    return True
+  theirs = _read_json(path)
+  if theirs is None:
+    return False
+  theirs = _flat(theirs)
   mine = _flat(json.loads(config.to_json()))
   differ = sorted(k for k in set(mine) | set(theirs)
                   if mine.get(k) != theirs.get(k))
@@ -322,6 +389,24 @@ def _check_run_dir(config, run_dir: str) -> None:
     raise config_lib.ConfigError(
         f"{run_dir} holds a run of another config, differing in {shown}; "
         "allowed: the same config, or another --workdir")
+  return True
+
+
+def _finished_row(name: str, values: Mapping[str, Any], run_dir: str,
+                  config: ml_collections.ConfigDict
+                  ) -> dict[str, Any] | None:
+  """The row of a finished run in ``run_dir``, or None if it is not done.
+
+  Done: ``results.json`` reads as the results of a whole run, its
+  post-training stages included when the config has some.
+  """
+  results = _read_json(os.path.join(run_dir, "results.json"))
+  if results is None or (config.post.stages and not results.get("post")):
+    return None
+  try:
+    return _row(name, values, results)
+  except (KeyError, TypeError, AttributeError):
+    return None
 
 
 def _row(name: str, values: Mapping[str, Any],
@@ -471,18 +556,28 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid,
   rows = []
   for i, (name, values, run_config) in enumerate(runs, 1):
     run_dir = os.path.join(workdir, name)
-    results_path = os.path.join(run_dir, "results.json")
-    _check_run_dir(run_config, run_dir)
-    if os.path.exists(results_path):
-      print(f"[{i}/{len(runs)}] {name}: done before, skipped", flush=True)
+    step = f"[{i}/{len(runs)}] {name}"
+    known = _check_run_dir(run_config, run_dir)
+    row = _finished_row(name, values, run_dir, run_config)
+    if known and row is not None:
+      print(f"{step}: done before, skipped", flush=True)
     else:
-      print(f"[{i}/{len(runs)}] {name}: training", flush=True)
+      torn = [f for f, bad in (("config.json", not known),
+                               ("results.json", row is None))
+              if bad and os.path.exists(os.path.join(run_dir, f))]
+      print(f"{step}: " + (f"{' and '.join(torn)} empty, torn or "
+                           "incomplete: training again (resuming)"
+                           if torn else "training"), flush=True)
       os.makedirs(run_dir, exist_ok=True)
-      with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(run_config.to_json(indent=2))
+      files.write_text(os.path.join(run_dir, "config.json"),
+                       run_config.to_json(indent=2))
       run_lib.run(run_config, run_dir)
-    with open(results_path) as f:
-      rows.append(_row(name, values, json.load(f)))
+      row = _finished_row(name, values, run_dir, run_config)
+      if row is None:
+        raise config_lib.ConfigError(
+            f"{run_dir}: got no complete results.json after training; "
+            "allowed: a run that writes its results (see its log)")
+    rows.append(row)
   write_csv(rows, os.path.join(workdir, "results.csv"))
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(markdown(rows))
@@ -503,9 +598,11 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
       flag_values=flag_values, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "The sweep's directory.",
                       flag_values=flag_values)
-  flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: values of one "
-                            "field; several --grid give their product.",
-                            flag_values=flag_values)
+  flags.DEFINE_multi_string(
+      "grid", [], "FIELD=V1,V2,...: values of one field; several --grid "
+      "give their product. A value holding a comma is quoted: "
+      "\"post.stages='share,pq','slim,finetune'\" is two runs.",
+      flag_values=flag_values)
   flags.DEFINE_multi_string("set", [], "FIELD=VALUE, set in every run.",
                             flag_values=flag_values)
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)

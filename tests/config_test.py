@@ -35,7 +35,7 @@ from sparsify.experiment import trainer as trainer_lib
     ("post.lct.by", "speed", "quantization, size, sparsity"),
     ("data.batch_size", 0, "an integer >= 1"),
     ("train.epochs", -1.0, "a number > 0"),
-    ("seed", -3, "an integer >= 0"),
+    ("seed", -3, "an integer >= 0 and < 2**32"),
 ])
 def test_bad_value_names_field_value_and_allowed(field, value, allowed,
                                                  tmp_path):
@@ -186,3 +186,51 @@ def test_unknown_optimizer_argument_is_one_line(preset, allowed, tmp_path):
   assert str(info.value) == (
       f"optimizer.kwargs: unknown argument(s) 'foo'; allowed: {allowed}")
   assert not os.listdir(tmp_path)
+
+
+def _replace(group, key, value):
+  with group.unlocked():
+    del group[key]
+    group[key] = value
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.model.kwargs.update({"hidden": (16, float("inf"))}),
+     "model.kwargs.hidden[1]: got inf; allowed: a finite number"),
+    (lambda c: c.compression.append(config_lib.method(
+        "dat", c=float("nan"))),
+     "compression[0].kwargs.c: got nan; allowed: a finite number"),
+    (lambda c: c.compression.append(config_lib.method(
+        "gmp", sparsity="high")),
+     "compression[0].kwargs.sparsity: got 'high'; allowed: a number (not "
+     "text)"),
+    (lambda c: c.compression.append(config_lib.method(
+        "gmp", sparsity=0.5, where="fc[")),
+     "compression[0].kwargs.where: got 'fc['; allowed: a regular expression "
+     "(unterminated character set at position 2)"),
+    (lambda c: _replace(c.post, "stages", 3),
+     "post.stages: got 3; allowed: a comma-separated list of finetune, lct, "
+     "pq, search, share, slim, or ''"),
+    (lambda c: _replace(c, "post", 3),
+     "post: got 3; allowed: a group of fields, as in "
+     "sparsify.default_config()"),
+    (lambda c: _replace(c.optimizer, "warmup_steps", 2.0**40),
+     "optimizer.warmup_steps: got 1099511627776.0; allowed: an integer >= 0 "
+     "and < 2**31"),
+])
+def test_validate_walks_every_field(change, message):
+  config = config_lib.default_config()
+  change(config)
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config)
+  assert str(info.value) == message
+
+
+def test_a_nested_message_is_not_wrapped_twice():
+  inner = "allocation: got 'global'; allowed: erk, uniform"
+  assert str(config_lib.ConfigError("compression[0].kwargs", "random", inner)
+             ) == f"compression[0].kwargs.{inner}"
+  full = f"compression[0].kwargs.{inner}"
+  assert str(config_lib.ConfigError("compression", "random", full)) == full
+  assert str(config_lib.ConfigError("a: got 1\n  allowed: 2")) == (
+      "a: got 1; allowed: 2")

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from sparsify.experiment import config as config_lib
+from sparsify.experiment import files
 from sparsify.experiment import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,8 @@ def tiny_config():
   config.train.log_every = 5
   config.train.plots = False
   # Masks at steps 0, 5, ..., 20.
-  config.compression = [config_lib.method("gmp", end=0.8, update_every=5)]
+  config.compression = [config_lib.method("gmp", end=0.8, update_every=5,
+                                          sparsity=0.5)]
   return config
 
 
@@ -211,3 +213,95 @@ def test_command_line_reports_a_bad_field_in_one_line(command, tmp_path):
   assert len(lines) == 1 and lines[0].startswith(
       "error: compression[0].kwargs.cc: no such config field; close matches: "
       "compression[0].kwargs.c,"), lines
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+  """Replaces training by a run that only writes its results.json."""
+  seen = []
+
+  def fake(config, workdir):
+    seen.append(os.path.basename(workdir))
+    results = {"eval_accuracy": 0.5, "report": {"total": {
+        "nonzeros": 1, "params": 2, "compression_ratio": 2.0}}}
+    if config.post.stages:
+      results["post"] = {"stages": []}
+    files.write_json(os.path.join(workdir, "results.json"), results)
+    return results
+
+  monkeypatch.setattr(run_lib, "run", fake)
+  return seen
+
+
+def test_torn_run_files_count_as_unfinished(tmp_path, fake_runs, capsys):
+  workdir = str(tmp_path)
+  grid = {"seed": [0, 1, 2, 3]}
+  rows = sweep.run_sweep(tiny_config(), workdir, grid)
+  names = [r["run"] for r in rows]
+  assert fake_runs == names == ["seed=0", "seed=1", "seed=2", "seed=3"]
+  # A kill while writing: an empty results.json, a torn config.json, a
+  # results.json of a run that stopped before its end.
+  open(tmp_path / "seed=0" / "results.json", "w").close()
+  text = (tmp_path / "seed=1" / "config.json").read_text()
+  (tmp_path / "seed=1" / "config.json").write_text(text[:len(text) // 2])
+  (tmp_path / "seed=2" / "results.json").write_text('{"eval_accuracy": 0.5')
+  capsys.readouterr()
+  again = sweep.run_sweep(tiny_config(), workdir, grid)
+  assert again == rows
+  assert fake_runs[4:] == ["seed=0", "seed=1", "seed=2"]
+  out = capsys.readouterr().out.splitlines()
+  assert out[:4] == [
+      "[1/4] seed=0: results.json empty, torn or incomplete: training again "
+      "(resuming)",
+      "[2/4] seed=1: config.json empty, torn or incomplete: training again "
+      "(resuming)",
+      "[3/4] seed=2: results.json empty, torn or incomplete: training again "
+      "(resuming)",
+      "[4/4] seed=3: done before, skipped"]
+  assert json.loads((tmp_path / "seed=1" / "config.json").read_text())
+  sweep.run_sweep(tiny_config(), workdir, grid)
+  assert len(fake_runs) == 7  # all done now
+
+
+def test_a_run_with_stages_but_no_stage_results_is_unfinished(tmp_path,
+                                                              fake_runs):
+  config = tiny_config()
+  config.post.stages = "share"
+  grid = {"seed": [0]}
+  sweep.run_sweep(config, str(tmp_path), grid)
+  path = tmp_path / "seed=0" / "results.json"
+  results = json.loads(path.read_text())
+  del results["post"]  # training finished, the stages did not
+  path.write_text(json.dumps(results))
+  sweep.run_sweep(config, str(tmp_path), grid)
+  assert fake_runs == ["seed=0", "seed=0"]
+
+
+def test_a_file_in_place_of_a_run_folder_is_refused(tmp_path, fake_runs):
+  (tmp_path / "seed=0").write_text("")
+  with pytest.raises(config_lib.ConfigError, match=(
+      r"seed=0: got a file where the sweep keeps a run; allowed: a "
+      r"directory")):
+    sweep.run_sweep(tiny_config(), str(tmp_path), {"seed": [0]})
+  assert not fake_runs
+
+
+@pytest.mark.parametrize("text,values", [
+    ("post.stages='share,pq'", ["share,pq"]),
+    ("post.stages='share','pq'", ["share", "pq"]),
+    ("post.stages=\"slim,finetune\",'share,pq'", ["slim,finetune", "share,pq"]),
+    ("post.stages=share", ["share"]),
+    ("post.stages=", [""]),
+])
+def test_quoted_values_hold_commas(text, values):
+  field, texts = sweep.parse_assignment(text, several=True)
+  runs = sweep.plan(tiny_config(), [(field, texts)])
+  assert [r[1][field] for r in runs] == values
+  assert [r[2].post.stages for r in runs] == values
+
+
+def test_unquoted_comma_list_for_a_list_field_is_refused():
+  with pytest.raises(config_lib.ConfigError, match=(
+      "post.stages: got 'share,pq', a comma list that could be one run or 2 "
+      "runs")):
+    sweep.parse_assignment("post.stages=share,pq", several=True)

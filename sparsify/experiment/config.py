@@ -21,7 +21,11 @@ value and what is allowed.
 """
 
 from collections.abc import Iterable
+from collections.abc import Iterator
 import inspect
+import math
+import numbers
+import re
 from typing import Any
 
 import ml_collections
@@ -36,18 +40,74 @@ from sparsify.structure import significance
 # the data (and so the run's length) is known.
 _NOMINAL_STEPS = 1000
 
+# JAX counts steps (and holds Python integers) in int32: every integer field
+# lies in [-2**31, 2**31), and a run has fewer than 2**31 steps.
+INT_LIMIT = 2**31
+# `jax.random.key` reads 32 bits of a seed (without x64): larger seeds give
+# the same key as smaller ones, negative ones wrap around.
+SEED_LIMIT = 2**32
+# The training examples of each dataset's standard split: with the batch
+# size they bound a run's steps before its data is loaded.
+TRAIN_EXAMPLES = {"embedded_mnist": 8000, "mnist": 60000,
+                  "fashion_mnist": 60000, "cifar10": 50000}
+# Fields whose text is a regular expression: every ``where`` (a method's,
+# the optimizer's, a stage's) is searched in parameter paths. ``model.gates``
+# is checked by `models.check_gates`.
+REGEX_KEYS = ("where",)
+
 
 class ConfigError(ValueError):
   """A config field holds a value that is not allowed."""
 
-  def __init__(self, field: str, value: Any = None, allowed: str | None = None):
+  def __init__(self, field: str, value: Any = None, allowed: Any = None):
     # With one argument (as when re-raised by a library), it is the message.
+    # An ``allowed`` that is itself an error ("name: got v; allowed: a", as
+    # a factory raises it) is that error under ``field``, not a second
+    # "got" wrapped around the first.
+    if allowed is not None and _FIELD_OF.match(one_line(allowed)):
+      field, value, allowed = _nested(field, one_line(allowed)), None, None
     message = field if allowed is None else (
         f"{field}: got {value!r}; allowed: {allowed}")
-    super().__init__(message)
+    super().__init__(one_line(message))
     self.field = field
     self.value = value
     self.allowed = allowed
+
+
+_FIELD_OF = re.compile(r"^([\w.\[\]]+): got .*; allowed: ")
+
+
+def one_line(message: Any) -> str:
+  """A message as one line: its lines joined with ``'; '``, blanks dropped.
+
+  Args:
+    message: an error message (anything `str` takes).
+
+  Returns:
+    The message without line breaks.
+
+  Example:
+    >>> from sparsify.experiment.config import one_line
+    >>> one_line("data.name: got 'x'\\n  allowed: mnist")
+    "data.name: got 'x'; allowed: mnist"
+  """
+  lines = [line.strip() for line in str(message).splitlines()]
+  return "; ".join(line for line in lines if line)
+
+
+def _nested(field: str, message: str) -> str:
+  """An inner error's one-line ``message`` under ``field``.
+
+  An inner ``"name: got v; allowed: a"`` whose field is relative
+  (``allocation`` under ``compression[0].kwargs``) reads with the full path,
+  ``"compression[0].kwargs.allocation: got v; allowed: a"``; one that
+  already names a path under ``field``'s section is kept as it is.
+  """
+  inner = _FIELD_OF.match(message).group(1)
+  section = field.split(".")[0].split("[")[0]
+  if inner.split(".")[0].split("[")[0] == section:
+    return message
+  return f"{field}.{message}"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -350,19 +410,114 @@ def _one_of(field: str, value: Any, allowed: Iterable[str]) -> None:
 def _in_range(field: str, value: Any, low: float, high: float | None = None,
               *, low_open: bool = False, high_open: bool = True,
               integer: bool = False) -> None:
-  """Checks ``low <= value < high`` (ends as given); ``None`` is unbounded."""
+  """Checks ``low <= value < high`` (ends as given); ``None`` is unbounded.
+
+  An integer field is also below `INT_LIMIT` (said only when it is not).
+  """
   ok = isinstance(value, (int, float)) and not isinstance(value, bool)
   if ok and integer:
-    ok = float(value).is_integer()
+    ok = math.isfinite(value) and float(value).is_integer()
   if ok:
     ok = (value > low) if low_open else (value >= low)
   if ok and high is not None:
     ok = (value < high) if high_open else (value <= high)
+  kind = "an integer" if integer else "a number"
+  lo = f"{'>' if low_open else '>='} {low}"
   if not ok:
-    kind = "an integer" if integer else "a number"
-    lo = f"{'>' if low_open else '>='} {low}"
     hi = "" if high is None else f" and {'<' if high_open else '<='} {high}"
     raise ConfigError(field, value, f"{kind} {lo}{hi}")
+  if integer and high is None and value >= INT_LIMIT:
+    raise ConfigError(field, value, f"{kind} {lo} and < 2**31")
+
+
+def _number(value: Any) -> bool:
+  """Whether ``value`` is a real number (a bool is not)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+  """``(path, key, value)`` of every leaf: groups, lists and tuples walked.
+
+  Paths read as on the command line: ``compression[0].kwargs.c``,
+  ``model.kwargs.hidden[1]``; ``key`` is the last name (a list index is not
+  a name: the leaf keeps its list's name).
+  """
+  key = path.rpartition(".")[2].split("[")[0]
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    for name, value in node.items():
+      yield from _leaves(value, f"{path}.{name}" if path else str(name))
+  elif isinstance(node, (list, tuple)):
+    for i, value in enumerate(node):
+      yield from _leaves(value, f"{path}[{i}]")
+  else:
+    yield path, key, node
+
+
+def _check_leaves(config: ml_collections.ConfigDict) -> None:
+  """Checks every leaf, wherever it is: numbers finite, integers in range,
+  seeds what `jax.random.key` tells apart, ``where`` regexes that compile.
+  """
+  for path, key, value in _leaves(config):
+    if _number(value) and not math.isfinite(value):
+      raise ConfigError(path, float(value), "a finite number")
+    if key == "seed" and not (_number(value) and float(value).is_integer()
+                              and 0 <= value < SEED_LIMIT):
+      raise ConfigError(path, value, "an integer >= 0 and < 2**32")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+      if value >= INT_LIMIT:
+        raise ConfigError(path, int(value), "an integer < 2**31 (JAX counts "
+                          "in int32)")
+      if value < -INT_LIMIT:
+        raise ConfigError(path, int(value), "an integer >= -2**31 (JAX "
+                          "counts in int32)")
+    if key in REGEX_KEYS and isinstance(value, str):
+      try:
+        re.compile(value)
+      except re.error as e:
+        raise ConfigError(path, value, f"a regular expression ({e})") from e
+
+
+def _check_sections(config: Any) -> None:
+  """Every group and field that `validate` reads is there (as defaults)."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError("config", config,
+                      "a ConfigDict built from sparsify.default_config()")
+  paths = [p for p, _, _ in _leaves(default_config())]
+  for path in ["compression", "model.kwargs", "optimizer.kwargs", *paths]:
+    if path.startswith(("model.kwargs.", "optimizer.kwargs.")) or (
+        path == "model.gates"):  # open groups; gates default to none
+      continue
+    node = config
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+      inner = ".".join(parts[:i + 1])
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ConfigError(".".join(parts[:i]), node,
+                          "a group of fields, as in "
+                          "sparsify.default_config()")
+      if part not in node:
+        raise ConfigError(f"{inner}: got no such field; allowed: a config "
+                          "built from sparsify.default_config(), which has "
+                          "it")
+      node = node[part]
+
+
+def _max_epochs(config: ml_collections.ConfigDict) -> int:
+  """The most epochs that keep a run of ``config`` under 2**31 steps."""
+  examples = TRAIN_EXAMPLES.get(config.data.name, max(TRAIN_EXAMPLES.values()))
+  per_epoch = -(-examples // int(config.data.batch_size))
+  return (INT_LIMIT - 1) // per_epoch
+
+
+def _check_epochs(field: str, value: Any, config: ml_collections.ConfigDict,
+                  *, low_open: bool) -> None:
+  _in_range(field, value, 0, low_open=low_open)
+  most = _max_epochs(config)
+  if value > most:
+    raise ConfigError(field, value, (
+        f"a number {'>' if low_open else '>='} 0 and <= {most} (fewer than "
+        f"2**31 steps of {config.data.name} in batches of "
+        f"{config.data.batch_size})"))
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:
@@ -388,6 +543,14 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks names and numeric ranges of ``config``; raises `ConfigError`.
 
+  Before the checks of single fields, every leaf of the config is checked
+  wherever it is (a method's keyword arguments and a model's included):
+  numbers are finite, integers lie in [-2**31, 2**31) (JAX's int32), every
+  ``seed`` in [0, 2**32) (what `jax.random.key` tells apart), and every
+  ``where`` that is text compiles as a regular expression. Step counts that
+  the data fixes later are bounded with the standard training set sizes
+  (`TRAIN_EXAMPLES`): a run has fewer than 2**31 steps.
+
   Args:
     config: a config built from `default_config`.
 
@@ -406,6 +569,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ...   print(e)
     data.batch_size: got 0; allowed: an integer >= 1
   """
+  _check_sections(config)
+  _check_leaves(config)
   _check_model(config.model)
   _one_of("data.name", config.data.name, data.DATASETS)
   _one_of("data.source", config.data.source, data.SOURCES)
@@ -438,6 +603,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(str(e)) from e
 
   post = config.post
+  if not isinstance(post.stages, str):
+    raise ConfigError("post.stages", post.stages, "a comma-separated list of "
+                      f"{', '.join(sorted(registry.STAGES))}, or ''")
   try:
     registry.stage_names(config.post.stages)
   except ValueError as e:
@@ -456,7 +624,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if post.finetune.optimizer is not None:
     _one_of("post.finetune.optimizer", post.finetune.optimizer,
             set(registry.OPTIMIZERS) - {"sss"})
-  _in_range("post.finetune.epochs", post.finetune.epochs, 0)
+  _check_epochs("post.finetune.epochs", post.finetune.epochs, config,
+                low_open=False)
   _in_range("post.finetune.learning_rate", post.finetune.learning_rate, 0,
             low_open=True)
   _in_range("post.pq.dim", post.pq.dim, 1, integer=True)
@@ -474,9 +643,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _in_range("post.lct.sigma_learning_rate", post.lct.sigma_learning_rate, 0)
 
   tr = config.train
-  _in_range("train.epochs", tr.epochs, 0, low_open=True)
+  _check_epochs("train.epochs", tr.epochs, config, low_open=True)
   for name in ("log_every", "eval_every_epochs", "checkpoint_every",
                "keep_checkpoints"):
     _in_range(f"train.{name}", tr[name], 1, integer=True)
   _in_range("train.checkpoint_seconds", tr.checkpoint_seconds, 0)
-  _in_range("seed", config.seed, 0, integer=True)

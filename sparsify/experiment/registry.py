@@ -87,14 +87,19 @@ def steps(fraction: float | None, total_steps: int) -> int | None:
   return None if fraction is None else int(round(fraction * total_steps))
 
 
-def _call(field: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
-          allowed: Sequence[str]) -> Any:
-  """Calls ``factory(**kwargs)``; errors name ``field`` and what is allowed."""
+def _refuse_unknown(field: str, kwargs: Mapping[str, Any],
+                    allowed: Sequence[str]) -> None:
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:
     raise ValueError(f"{field}: unknown argument(s) "
                      f"{', '.join(map(repr, unknown))}; allowed: "
                      f"{', '.join(sorted(allowed)) or 'none'}")
+
+
+def _call(field: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
+          allowed: Sequence[str]) -> Any:
+  """Calls ``factory(**kwargs)``; errors name ``field`` and what is allowed."""
+  _refuse_unknown(field, kwargs, allowed)
   try:
     return factory(**kwargs)
   except TypeError as e:  # a required argument is missing
@@ -148,9 +153,49 @@ def build_method(entry: Mapping[str, Any], total_steps: int, *,
     kwargs[arg] = steps(fraction, total_steps)
   if method.window == ("begin_step", "end_step") and "end_step" in kwargs:
     kwargs["end_step"] = max(kwargs["end_step"], kwargs.get("begin_step", 0))
-  allowed = list(inspect.signature(method.factory).parameters)
+  params = inspect.signature(method.factory).parameters
+  _refuse_unknown(f"{field}.kwargs", kwargs, list(params))
+  _check_arguments(field, name, params, kwargs,
+                   dict(zip(method.window, ("begin", "end"))))
   return method.position, _call(f"{field}.kwargs", method.factory, kwargs,
-                                allowed)
+                                list(params))
+
+
+def _takes_text(annotation: Any) -> bool:
+  """Whether an argument's annotation admits a string (or says nothing)."""
+  if annotation is inspect.Parameter.empty:
+    return True
+  text = str(annotation)
+  return any(word in text for word in ("str", "Literal", "Any", "Where"))
+
+
+def _check_arguments(field: str, name: str,
+                     params: Mapping[str, inspect.Parameter],
+                     kwargs: Mapping[str, Any],
+                     window: Mapping[str | None, str]) -> None:
+  """Refuses a required argument left unset and text for a number.
+
+  An unset optional argument of a config entry is ``None`` (a placeholder
+  that the command line can set): for an argument without a default the
+  factory would only fail once training runs. ``window`` maps the step
+  arguments to the entry's fields (``begin``, ``end``) that give them.
+  """
+  for arg, param in params.items():
+    if arg not in kwargs and param.default is not param.empty:
+      continue
+    value = kwargs.get(arg)
+    where = f"{field}.{window[arg]}" if arg in window else (
+        f"{field}.kwargs.{arg}")
+    if value is None and param.default is param.empty and param.kind in (
+        param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+      allowed = ("a fraction of training in [0, 1]" if arg in window else
+                 "a value")
+      raise ValueError(f"{where}: got None; allowed: {allowed}, which "
+                       f"{name} needs (it has no default)")
+    if isinstance(value, str) and not _takes_text(param.annotation):
+      kind = ("true or false" if param.annotation is bool else
+              "a number (not text)")
+      raise ValueError(f"{where}: got {value!r}; allowed: {kind}")
 
 
 def make_chain(entries: Sequence[Mapping[str, Any]],
