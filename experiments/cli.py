@@ -9,7 +9,9 @@ training starts: `parse_flags` checks ``--workdir`` (`check_workdir_path`)
 and the config file (`check_config_file`) before the file runs, and turns
 whatever goes wrong while the flags parse (a config file that raises, an
 override of a field the config lacks, a value of the wrong type, an unknown
-flag) into that line.
+flag) into that line. A run that started and then stopped (training
+diverged, the disk is full: `RunError`) also ends with one ``error:`` line,
+and exit status 1; its checkpoints and the files written before are kept.
 """
 
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from ml_collections.config_flags import config_path
 
 from sparsify.data import MissingDataError
 from sparsify.experiment.config import ConfigError
+from sparsify.experiment.trainer import RunError
 from sparsify.experiment.config import one_line
 
 Define = Callable[[flags.FlagValues, list[str]], None]
@@ -362,11 +365,42 @@ def parse_flags(argv: list[str],
   return rest
 
 
+def _not_rethrown(record: logging.LogRecord) -> bool:
+  """False for orbax's log of a background failure it raises again later.
+
+  A checkpoint save that fails in orbax's background threads (a full disk)
+  is logged there with its traceback, once per thread and stage, and raised
+  again in the training loop, where the run reports it in one line.
+  """
+  return not (record.levelno >= logging.ERROR
+              and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_closed_loops(previous):
+  """An excepthook that drops the echoes of a failed background write.
+
+  After a failed checkpoint write, the storage library's callbacks try to
+  wake asyncio loops that orbax already closed; each prints a traceback
+  ending in ``RuntimeError: Event loop is closed`` through `sys.excepthook`.
+  """
+  def hook(kind, value, traceback):
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+      return
+    previous(kind, value, traceback)
+  hook.quiet_closed_loops = True
+  return hook
+
+
 def quiet_logging() -> None:
   """Progress lines from sparsify; only warnings from the libraries."""
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("absl", "jax", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  absl_logger = logging.getLogger("absl")
+  if _not_rethrown not in absl_logger.filters:
+    absl_logger.addFilter(_not_rethrown)
+  if not getattr(sys.excepthook, "quiet_closed_loops", False):
+    sys.excepthook = _quiet_closed_loops(sys.excepthook)
 
 
 def _error(e: Exception) -> int:
@@ -375,11 +409,14 @@ def _error(e: Exception) -> int:
 
 
 def _guarded(fn: Callable[..., Any], *args: Any) -> int:
-  """Calls ``fn(*args)``: 0, or status 2 after one ``error:`` line."""
+  """Calls ``fn(*args)``: 0, or 2 (bad input) or 1 (a run that stopped)."""
   try:
     fn(*args)
   except (UsageError, ConfigError, MissingDataError) as e:
     return _error(e)
+  except RunError as e:  # the run started and stopped (NaN, a full disk)
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    return 1
   return 0
 
 
@@ -397,7 +434,8 @@ def call(define: Define, body: Body, argv: list[str]) -> int:
     argv: its command line, program name first.
 
   Returns:
-    The exit status `main` would give: 0, or 2 after one ``error:`` line on
+    The exit status `main` would give: 0, or 2 (bad input) or 1 (a run
+    that stopped) after one ``error:`` line on
     stderr.
   """
   flag_values = flags.FlagValues()

@@ -6,6 +6,7 @@ workdir stays as it was: not created, or without checkpoints.
 """
 
 import inspect
+import errno
 import os
 import stat
 
@@ -266,11 +267,19 @@ def test_bad_workdir_is_one_line_before_the_config_runs(name, case, command,
   assert sorted(os.listdir(tmp_path)) == ["a_file", "raises.py"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_workdir_is_one_line(command, tmp_path):
+def test_read_only_workdir_is_one_line(command, tmp_path, monkeypatch):
   folder = tmp_path / "read_only"
   folder.mkdir()
   folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+  if os.geteuid() == 0:  # root ignores permission bits: the kernel's answer
+    real = os.mkdir       # to anyone else is given here
+
+    def mkdir(path, *args, **kwargs):
+      if os.path.dirname(os.path.abspath(path)) == str(folder):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+      return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
   try:
     status, lines = command("main", "--config", L300, "--workdir",
                             str(folder / "run"))

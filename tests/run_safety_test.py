@@ -332,3 +332,15 @@ def test_slim_on_a_model_without_gates_or_batchnorm_before_training(tmp_path):
                      match=r"^post.stages: slim needs gates or BatchNorm"):
     trainer_lib.Trainer(config, str(tmp_path))
   assert not (tmp_path / "run.json").exists()
+
+
+def test_the_command_line_says_divergence_in_one_line(command, tmp_path):
+  status, lines = command(
+      "main", "--config", "configs/quickstart.py", "--workdir", str(tmp_path),
+      "--config.optimizer.learning_rate=1e30", "--config.train.epochs=0.1")
+  assert status == 1
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: training diverged: the loss or the parameters are not finite "
+      "after step "), lines
+  assert not (tmp_path / "model.spz").exists()
+  assert not (tmp_path / "results.json").exists()

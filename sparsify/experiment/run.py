@@ -10,6 +10,7 @@ import errno
 import importlib.util
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -92,6 +93,24 @@ _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO,
                  errno.EACCES, errno.EPERM)
 
 
+def _write_error(e: BaseException) -> OSError | None:
+  """The write failure ``e`` is or reports, or None.
+
+  Orbax's background writes fail with a ``ValueError`` that carries the
+  operating system's error code as text (``[os_error_code='28']``).
+  """
+  if isinstance(e, OSError):
+    return e if e.errno in _WRITE_ERRORS else None
+  if isinstance(e, trainer_lib.RunError):
+    return None
+  found = re.search(r"os_error_code='(\d+)'", str(e))
+  if found and int(found.group(1)) in _WRITE_ERRORS:
+    code = int(found.group(1))
+    path = re.search(r'local file "([^"]+)"', str(e))
+    return OSError(code, os.strerror(code), path.group(1) if path else None)
+  return None
+
+
 def _write_failed(workdir: str, e: OSError) -> trainer_lib.RunError:
   return trainer_lib.RunError(
       f"cannot write in {workdir}: {e.strerror or e} "
@@ -146,10 +165,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   trainer = trainer_lib.Trainer(config, workdir)
   try:
     return _run(trainer, config, workdir)
-  except OSError as e:
-    if e.errno not in _WRITE_ERRORS:
+  except (OSError, ValueError, RuntimeError) as e:
+    error = _write_error(e)
+    if error is None:
       raise
-    raise _write_failed(workdir, e) from e
+    raise _write_failed(workdir, error) from e
   finally:
     workdir_lib.release(workdir)
 

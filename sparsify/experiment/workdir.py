@@ -39,7 +39,7 @@ RESULT_FREE = ("train.log_every", "train.eval_every_epochs",
                "train.checkpoint_every", "train.checkpoint_seconds",
                "train.keep_checkpoints", "train.plots", "data.data_dir",
                "data.eval_batch_size")
-_HELD_OUT = "post.held_out"  # validation examples held out of training
+_HELD_OUT = "training examples held out for validation"
 _RUN_FILE = "run.json"
 _LOCK_FILE = ".lock"
 # The lock files this process holds, by real path.
