@@ -50,6 +50,7 @@ import csv
 import difflib
 import hashlib
 import importlib.util
+import io
 import itertools
 import json
 import math
@@ -431,11 +432,12 @@ def _cell(value: Any) -> str:
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   """The rows as CSV; None becomes an empty cell."""
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: _cell(v) for k, v in row.items()})
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: _cell(v) for k, v in row.items()})
+  files.write_text(path, text.getvalue())
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -579,8 +581,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid,
             "allowed: a run that writes its results (see its log)")
     rows.append(row)
   write_csv(rows, os.path.join(workdir, "results.csv"))
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(markdown(rows))
+  files.write_text(os.path.join(workdir, "results.md"), markdown(rows))
   if importlib.util.find_spec("matplotlib") is not None:
     from sparsify.experiment import plots  # pylint: disable=g-import-not-at-top
     fields = list(runs[0][1])

@@ -284,6 +284,11 @@ class Trainer:
           f"at most the training set size ({len(self.dataset.train.labels)})")
     self.total_steps = max(int(round(config.train.epochs *
                                      self.steps_per_epoch)), 1)
+    if self.total_steps >= 2 ** 31:  # the optimizer counts steps in int32
+      raise config_lib.ConfigError(
+          "train.epochs", config.train.epochs,
+          f"fewer than {2 ** 31 / self.steps_per_epoch:.0f} epochs of "
+          f"{self.steps_per_epoch} steps (fewer than 2**31 steps)")
     try:
       self.model = models.get_model(
           config.model.name, num_classes=self.dataset.num_classes,
