@@ -32,9 +32,14 @@ import ml_collections
 
 from sparsify import data
 from sparsify import models
+from sparsify.experiment import errors
 from sparsify.experiment import optim
 from sparsify.experiment import registry
 from sparsify.structure import significance
+
+# Where they have always been imported from.
+ConfigError = errors.ConfigError
+one_line = errors.one_line
 
 # Steps of the nominal run that validation builds every factory for, before
 # the data (and so the run's length) is known.
@@ -54,60 +59,6 @@ TRAIN_EXAMPLES = {"embedded_mnist": 8000, "mnist": 60000,
 # the optimizer's, a stage's) is searched in parameter paths. ``model.gates``
 # is checked by `models.check_gates`.
 REGEX_KEYS = ("where",)
-
-
-class ConfigError(ValueError):
-  """A config field holds a value that is not allowed."""
-
-  def __init__(self, field: str, value: Any = None, allowed: Any = None):
-    # With one argument (as when re-raised by a library), it is the message.
-    # An ``allowed`` that is itself an error ("name: got v; allowed: a", as
-    # a factory raises it) is that error under ``field``, not a second
-    # "got" wrapped around the first.
-    if allowed is not None and _FIELD_OF.match(one_line(allowed)):
-      field, value, allowed = _nested(field, one_line(allowed)), None, None
-    message = field if allowed is None else (
-        f"{field}: got {value!r}; allowed: {allowed}")
-    super().__init__(one_line(message))
-    self.field = field
-    self.value = value
-    self.allowed = allowed
-
-
-_FIELD_OF = re.compile(r"^([\w.\[\]]+): got .*; allowed: ")
-
-
-def one_line(message: Any) -> str:
-  """A message as one line: its lines joined with ``'; '``, blanks dropped.
-
-  Args:
-    message: an error message (anything `str` takes).
-
-  Returns:
-    The message without line breaks.
-
-  Example:
-    >>> from sparsify.experiment.config import one_line
-    >>> one_line("data.name: got 'x'\\n  allowed: mnist")
-    "data.name: got 'x'; allowed: mnist"
-  """
-  lines = [line.strip() for line in str(message).splitlines()]
-  return "; ".join(line for line in lines if line)
-
-
-def _nested(field: str, message: str) -> str:
-  """An inner error's one-line ``message`` under ``field``.
-
-  An inner ``"name: got v; allowed: a"`` whose field is relative
-  (``allocation`` under ``compression[0].kwargs``) reads with the full path,
-  ``"compression[0].kwargs.allocation: got v; allowed: a"``; one that
-  already names a path under ``field``'s section is kept as it is.
-  """
-  inner = _FIELD_OF.match(message).group(1)
-  section = field.split(".")[0].split("[")[0]
-  if inner.split(".")[0].split("[")[0] == section:
-    return message
-  return f"{field}.{message}"
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -54,7 +54,7 @@ from sparsify import report as report_lib
 from sparsify import spz
 from sparsify.core import masking
 from sparsify.core import paths
-from sparsify.experiment import config as config_lib
+from sparsify.experiment import errors
 from sparsify.experiment import files
 from sparsify.structure import folding
 from sparsify.structure import neuron_search
@@ -844,14 +844,14 @@ def check_config(config: Any, input_shape: tuple[int, ...]) -> None:
     >>> stages.check_config(config, (28, 28, 1))
     Traceback (most recent call last):
     ...
-    sparsify.experiment.config.ConfigError: post.stages: slim needs gates ...
+    sparsify.experiment.errors.ConfigError: post.stages: slim needs gates ...
     >>> config.model.gates = '.*'  # gates at every unit
     >>> stages.check_config(config, (28, 28, 1))
   """
   try:
     names = stage_names(config.post.stages)
   except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from e
+    raise errors.ConfigError(str(e)) from e
   if "slim" not in names:
     return
   model = Model(config.model.name, config.model.kwargs.to_dict(), {},
@@ -866,7 +866,7 @@ def check_config(config: Any, input_shape: tuple[int, ...]) -> None:
 
 def _unscaled(model: Model, structure) -> Exception:
   """The `ConfigError` of ``slim`` on a model with nothing to select by."""
-  return config_lib.ConfigError(
+  return errors.ConfigError(
       f"post.stages: slim needs gates or BatchNorm scales to select units "
       f"by, and {model.name} (units {', '.join(u.name for u in structure)})"
       " has neither; allowed: a model with gates (model.gates='.*', preset "
