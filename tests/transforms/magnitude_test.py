@@ -103,3 +103,81 @@ def test_every_argument_can_be_injected(factory, kwargs):
     a, b = optax.apply_updates(a, ua), optax.apply_updates(b, ub)
     np.testing.assert_array_equal(a["w"]["kernel"], b["w"]["kernel"])
   assert np.sum(np.asarray(a["w"]["kernel"]) == 0) > 0
+
+
+def test_gmp_two_of_four_goes_four_three_two_on_the_cubic_schedule():
+  # Dense_0 (20, 30) is 5 groups of 4 inputs per output; every group keeps
+  # max(2, 4 - round(4 s_t)) weights, s_t the cubic schedule to 0.5.
+  params = {"Dense_0": _params()["Dense_0"]}
+  begin, end = 0, 8
+  tx = optax.chain(optax.sgd(0.01), magnitude.gradual_magnitude_pruning(
+      0.5, begin_step=begin, end_step=end, update_every=1, pattern="2:4"))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state,
+                               params)
+    return optax.apply_updates(params, updates), state
+
+  seen = []
+  for t in range(10):
+    params, state = step(params, state)
+    s = np.float32(0.5 * (1 - (1 - min(t, end) / end) ** 3))
+    keep = max(2, 4 - round(s * 4))
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    per_group = (kernel.T.reshape(30, 5, 4) != 0).sum(axis=-1)
+    assert np.all(per_group == keep), t
+    seen.append(keep)
+  assert seen[0] == 4 and 3 in seen and seen[-1] == 2
+
+
+def test_gmp_blocks_follow_the_schedule_in_tiles():
+  params = _params()  # Dense_0 (20, 30): 5 x 10 tiles of (4, 3)
+  tx = magnitude.gradual_magnitude_pruning(
+      0.8, begin_step=0, end_step=4, update_every=2, pattern=(4, 3),
+      where="Dense_0/kernel")
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t in range(5):
+    updates, state = update(jax.tree.map(jnp.zeros_like, params), state,
+                            params)
+    params = optax.apply_updates(params, updates)
+  kernel = np.asarray(params["Dense_0"]["kernel"])
+  tiles = (kernel.reshape(5, 4, 10, 3) != 0).sum(axis=(1, 3))
+  assert set(np.unique(tiles)) == {0, 12}
+  assert np.sum(tiles == 0) == round(0.8 * 50)
+  assert np.all(np.asarray(params["Dense_1"]["kernel"]) != 0)
+
+
+def test_pattern_is_static_under_inject_hyperparams():
+  params = {"w": {"kernel": jnp.arange(64.0).reshape(8, 8) - 20.5}}
+  kwargs = dict(sparsity=0.5, begin_step=0, end_step=4, update_every=2,
+                pattern="2:4")
+  injected = optax.inject_hyperparams(magnitude.gradual_magnitude_pruning)(
+      **kwargs)
+  plain = magnitude.gradual_magnitude_pruning(**kwargs)
+  a, sa, b, sb = params, injected.init(params), params, plain.init(params)
+  for _ in range(6):
+    ua, sa = jax.jit(injected.update)(a, sa, a)
+    ub, sb = jax.jit(plain.update)(b, sb, b)
+    a, b = optax.apply_updates(a, ua), optax.apply_updates(b, ub)
+  np.testing.assert_array_equal(a["w"]["kernel"], b["w"]["kernel"])
+  assert np.all((np.asarray(a["w"]["kernel"]).reshape(2, 4, 8) != 0).sum(1)
+                == 2)
+
+
+def test_pattern_arguments_are_named():
+  with pytest.raises(ValueError, match="^pattern: got '4:2'; allowed: "):
+    magnitude.magnitude_pruning(0.5, pattern="4:2")
+  with pytest.raises(ValueError, match="^sparsity: got 0.9; allowed: 0.5 "
+                     "with pattern '2:4'"):
+    magnitude.gradual_magnitude_pruning(0.9, begin_step=0, end_step=1,
+                                        pattern="2:4")
+  with pytest.raises(ValueError, match="^allocation: got 'global'; allowed: "
+                     "'layerwise' with pattern '1:4'"):
+    magnitude.magnitude_pruning(0.75, pattern="1:4", allocation="global")
+  tx = magnitude.magnitude_pruning(0.5, pattern="2:4")
+  with pytest.raises(ValueError, match="^pattern '2:4': Dense_1/kernel has "
+                     "30 inputs"):
+    tx.init(_params())
