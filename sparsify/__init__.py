@@ -98,6 +98,8 @@ from sparsify.transforms.sss import network_slimming
 from sparsify.transforms.sss import slimming_threshold
 from sparsify.transforms.sss import sparse_structure_selection
 from sparsify.transforms.sss import sss_optimizer
+from sparsify.transforms.ste import magnitude_ste
+from sparsify.transforms.ste import random_ste
 from sparsify.transforms.ternary import sigma_of
 from sparsify.transforms.ternary import ternarize
 from sparsify.transforms.ternary import ternary_bits
@@ -154,6 +156,7 @@ __all__ = (
     "layer_significance",
     "load_compressed",
     "magnitude_pruning",
+    "magnitude_ste",
     "mask",
     "mask_updates",
     "named_leaves",
@@ -176,6 +179,7 @@ __all__ = (
     "proximal_sgd",
     "random_pruning",
     "random_sparsity",
+    "random_ste",
     "run",
     "save_compressed",
     "save_weights",

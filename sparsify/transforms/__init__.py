@@ -1,10 +1,14 @@
 """Per-step compression methods, each an `optax.GradientTransformation`.
 
-`magnitude` (GMP, one-shot), `random` (static random sparsity), `dat`
-(dynamic and adaptive threshold), `proximal` (soft-threshold, ISTA, APG,
-group-lasso prox), `penalties` (binary and k-centre attractors, L1, group
-lasso), `sss` (sparse structure selection, Network Slimming) and `ternary`
-(LCT's ternary-constrained training).
+`magnitude` (GMP, one-shot), `random` (static random sparsity), `ste`
+(magnitude and random masks with straight-through training of the pruned
+weights), `dat` (dynamic and adaptive threshold), `proximal`
+(soft-threshold, ISTA, APG, group-lasso prox), `penalties` (binary and
+k-centre attractors, L1, group lasso), `sss` (sparse structure selection,
+Network Slimming) and `ternary` (LCT's ternary-constrained training).
+Magnitude and random masks take a sparsity ``pattern``
+(`sparsify.core.patterns`: unstructured, N:M along the input axis, or
+blocks), which is static.
 
 Every factory selects its parameters with ``where`` (a `paths.Where`), names
 an L1 or penalty strength ``strength``, and takes every numeric
