@@ -292,6 +292,17 @@ METHOD_PRESETS = {
     "gmp": _compress(_GMP),
     "magnitude": _compress(dict(name="magnitude", begin=0.5, sparsity=0.95)),
     "random": _compress(dict(name="random", sparsity=0.95)),
+    "random_erk": _compress(dict(name="random", sparsity=0.95,
+                                 allocation="erk")),
+    # GMP's schedule with a pattern: 2:4 (2 of every 4 consecutive inputs,
+    # the sparse tensor cores' format) ends at 50 %; 4x4 blocks at 95 %.
+    "gmp_2_4": _compress({**_GMP, "sparsity": 0.5, "pattern": "2:4"}),
+    "gmp_blocks": _compress({**_GMP, "pattern": (4, 4)}),
+    # Straight-through: masks from the dense weights, which keep training.
+    "magnitude_ste": _compress(dict(name="magnitude_ste", begin=0.1,
+                                    sparsity=0.95, update_every=100)),
+    "random_ste": _compress(dict(name="random_ste", begin=0.1,
+                                 sparsity=0.95, update_every=100)),
     "dat": _compress(_DAT),
     "sss": _sss,
     "slimming": _slimming,

@@ -28,6 +28,7 @@ from sparsify.transforms import magnitude
 from sparsify.transforms import penalties
 from sparsify.transforms import random
 from sparsify.transforms import sss
+from sparsify.transforms import ste
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +38,15 @@ class Method:
   Attributes:
     factory: returns the `optax.GradientTransformation`, called with the
       entry's ``kwargs`` and the step arguments of ``window``.
-    position: ``'mask'`` (after the optimizer: rewrites its updates) or
-      ``'penalty'`` (before it: adds a gradient).
+    position: ``'mask'`` (after the optimizer: rewrites its updates),
+      ``'penalty'`` (before it: adds a gradient) or ``'wrap'`` (around it:
+      the factory takes the optimizer as its first argument, for methods
+      that read the raw gradients, such as RigL's regrowth and SNIP).
     window: the factory's arguments that receive the entry's ``begin`` and
       ``end`` as steps (``None``: that fraction is not used).
   """
   factory: Callable[..., optax.GradientTransformation]
-  position: Literal["mask", "penalty"] = "mask"
+  position: Literal["mask", "penalty", "wrap"] = "mask"
   window: tuple[str | None, str | None] = (None, None)
 
 
@@ -53,6 +56,8 @@ METHODS: dict[str, Method] = {
     "gmp": Method(magnitude.gradual_magnitude_pruning,
                   window=("begin_step", "end_step")),
     "magnitude": Method(magnitude.magnitude_pruning, window=("step", None)),
+    "magnitude_ste": Method(ste.magnitude_ste, window=("begin_step", None)),
+    "random_ste": Method(ste.random_ste, window=("begin_step", None)),
     "random": Method(random.random_sparsity),
     "random_pruning": Method(random.random_pruning, window=("step", None)),
     "binary": Method(penalties.binary_attractor, "penalty"),
@@ -110,7 +115,8 @@ def _call(field: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
 
 
 def build_method(entry: Mapping[str, Any], total_steps: int, *,
-                 field: str = "compression[0]"
+                 field: str = "compression[0]",
+                 optimizer: optax.GradientTransformation | None = None,
                  ) -> tuple[str, optax.GradientTransformation]:
   """Builds one compression entry: ``(position, transform)``.
 
@@ -119,10 +125,12 @@ def build_method(entry: Mapping[str, Any], total_steps: int, *,
       ``begin`` and ``end`` are optional fractions of training.
     total_steps: the number of training steps.
     field: the entry's place in the config, for error messages.
+    optimizer: what a ``'wrap'`` method wraps (`optax.identity` if None).
 
   Returns:
-    ``(position, transform)``: ``'mask'`` or ``'penalty'``, and the
-    `optax.GradientTransformation`.
+    ``(position, transform)``: ``'mask'``, ``'penalty'`` or ``'wrap'``, and
+    the `optax.GradientTransformation` (a wrap method's includes
+    ``optimizer``).
 
   Raises:
     ValueError: an unknown name or argument, or a value the factory refuses;
@@ -153,11 +161,16 @@ def build_method(entry: Mapping[str, Any], total_steps: int, *,
     kwargs[arg] = steps(fraction, total_steps)
   if method.window == ("begin_step", "end_step") and "end_step" in kwargs:
     kwargs["end_step"] = max(kwargs["end_step"], kwargs.get("begin_step", 0))
-  params = inspect.signature(method.factory).parameters
+  params = dict(inspect.signature(method.factory).parameters)
+  factory = method.factory
+  if method.position == "wrap":  # its first argument is the optimizer
+    first = next(iter(params))
+    del params[first]
+    factory = functools.partial(factory, optimizer or optax.identity())
   _refuse_unknown(f"{field}.kwargs", kwargs, list(params))
   _check_arguments(field, name, params, kwargs,
                    dict(zip(method.window, ("begin", "end"))))
-  return method.position, _call(f"{field}.kwargs", method.factory, kwargs,
+  return method.position, _call(f"{field}.kwargs", factory, kwargs,
                                 list(params))
 
 
@@ -203,6 +216,9 @@ def make_chain(entries: Sequence[Mapping[str, Any]],
                total_steps: int) -> optax.GradientTransformation:
   """``[penalties] -> optimizer -> [masks]``, each group in entry order.
 
+  A method that wraps the optimizer (position ``'wrap'``; at most one)
+  takes its place: ``[penalties] -> method(optimizer) -> [masks]``.
+
   Args:
     entries: the config's ``compression`` list.
     optimizer: the optimizer the entries compose with.
@@ -214,11 +230,25 @@ def make_chain(entries: Sequence[Mapping[str, Any]],
   Raises:
     ValueError: an entry that `build_method` refuses.
   """
-  before, after = [], []
+  before, after, wraps = [], [], []
   for i, entry in enumerate(entries):
-    position, tx = build_method(entry, total_steps,
-                                field=f"compression[{i}]")
+    field = f"compression[{i}]"
+    if METHODS.get(entry.get("name")) and METHODS[entry["name"]].position == (
+        "wrap"):
+      wraps.append((field, entry))
+      continue
+    position, tx = build_method(entry, total_steps, field=field)
     (before if position == "penalty" else after).append(tx)
+  if len(wraps) > 1:
+    raise ValueError(
+        f"{wraps[1][0]}.name: got {wraps[1][1]['name']!r} after "
+        f"{wraps[0][1]['name']!r} ({wraps[0][0]}); allowed: one method that "
+        "wraps the optimizer (" + ", ".join(
+            n for n, m in sorted(METHODS.items()) if m.position == "wrap")
+        + ") per config")
+  for field, entry in wraps:
+    _, optimizer = build_method(entry, total_steps, field=field,
+                                optimizer=optimizer)
   parts = [*before, optimizer, *after]
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
