@@ -17,9 +17,8 @@ from sparsify.experiment import trainer as trainer_lib
     ("model.name", "resnet9000", "lenet5, lenet_300_100, mlp, resnet, vgg"),
     ("data.name", "imagenet", "cifar10, embedded_mnist, fashion_mnist, mnist"),
     ("data.source", "ftp", "auto, embedded, idx, tfds"),
-    ("compression[0].name", "prune_it_all",
-     "binary, dat, gmp, group_lasso, kcentre, l1, magnitude, random, "
-     "random_pruning, slimming"),
+    ("compression[0].name", "prune_it_all", ", ".join(sorted(
+        registry.METHODS))),
     ("post.search.order", "random", "backward, forward, size"),
     ("post.share.bits", 17, "an integer >= 1 and <= 16"),
     ("optimizer.name", "rmsprop",
@@ -144,8 +143,8 @@ def test_cli_unknown_override_is_one_line(command, tmp_path):
 
 @pytest.mark.parametrize("config_arg,expected", [
     ("configs/lenet5.py:pruneit", "error: config preset (after ':' in "
-     "--config): got 'pruneit'; allowed: dat, dat_pq, deep_compression, "
-     "dense, gmp, lct, magnitude, pq, random, search, slimming, sss"),
+     "--config): got 'pruneit'; allowed: " + ", ".join(sorted(
+         config_lib.METHOD_PRESETS))),
     ("configs/missing.py", "error: --config: got 'configs/missing.py', no such"
      " file; allowed: configs/lenet5.py"),
 ])
@@ -165,9 +164,12 @@ def test_presets_validate(preset):
   for i, entry in enumerate(config.compression):
     assert entry.name in registry.METHODS
     position, tx = registry.build_method(entry, 100, field=f"[{i}]")
-    assert position in ("mask", "penalty") and callable(tx.update)
+    assert position in ("mask", "penalty", "wrap") and callable(tx.update)
   names = {"dense": [], "gmp": ["gmp"], "magnitude": ["magnitude"],
            "random": ["random"], "dat": ["dat"], "sss": [],
+           "random_erk": ["random"], "gmp_2_4": ["gmp"],
+           "gmp_blocks": ["gmp"], "magnitude_ste": ["magnitude_ste"],
+           "random_ste": ["random_ste"],
            "slimming": ["slimming"], "search": [], "pq": [],
            "dat_pq": ["dat"], "lct": [], "deep_compression": ["dat"]}
   stages = {"sss": "slim,finetune", "slimming": "slim,finetune",
