@@ -17,9 +17,11 @@ would have built while it was pruned.
 
 Every selection is the sort-free radix selection of `sparsify.core.topk`
 (`gradients.top_k_exact`), so a mask update costs a few passes over the
-weights, linear in their number.
+weights, linear in their number. With a block ``pattern`` the same happens
+to whole tiles (`sparsify.core.patterns`), scored by their L2 norm.
 """
 
+import math
 from typing import Literal
 
 import jax
@@ -30,11 +32,61 @@ from sparsify.core import checks
 from sparsify.core import gradients
 from sparsify.core import masking
 from sparsify.core import paths
+from sparsify.core import patterns
 from sparsify.core import schedules
 from sparsify.core import types
 from sparsify.transforms import random as random_lib
 
-PATTERNS = ("unstructured",)
+_ALLOWED = "'unstructured' or a block shape (b1, b2)"
+
+
+def check_pattern(pattern: patterns.Pattern) -> patterns.Structure:
+  """Parses a dynamic sparse training ``pattern``: unstructured or blocks.
+
+  A drop-and-grow that keeps N:M groups would have to drop and grow within
+  every group; it is refused.
+
+  Args:
+    pattern: ``'unstructured'`` or a block shape ``(b1, b2)``.
+
+  Returns:
+    The parsed pattern (see `patterns.parse`).
+
+  Raises:
+    ValueError: any other pattern, in one line naming what is allowed.
+
+  Example:
+    >>> from sparsify.transforms import dynamic
+    >>> dynamic.check_pattern((4, 1))
+    Blocks(rows=4, cols=1)
+    >>> dynamic.check_pattern('2:4')
+    Traceback (most recent call last):
+      ...
+    ValueError: pattern: got '2:4'; allowed: 'unstructured' or a block shape (b1, b2)
+  """
+  try:
+    structure = patterns.parse(pattern)
+  except ValueError:
+    structure = None
+  if structure is None or isinstance(structure, patterns.NByM):
+    raise ValueError(f"pattern: got {pattern!r}; allowed: {_ALLOWED}")
+  return structure
+
+
+def _check_blocks_fit(params, structure):
+  """Every layer's 2-D view must be a whole number of tiles (exact counts)."""
+  if not isinstance(structure, patterns.Blocks):
+    return
+  for name, leaf in paths.named_leaves(params):
+    shape = tuple(jnp.shape(leaf))
+    rows, cols = (math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else (
+        math.prod(shape), 1)
+    if rows % structure.rows or cols % structure.cols:
+      raise ValueError(
+          f"pattern {structure}: {name} of shape {shape} (2-D view "
+          f"({rows}, {cols})) is not a whole number of tiles, so its count "
+          "of kept weights could not stay fixed; leave it out with `where` "
+          "or choose a block shape that divides it")
 
 
 def drop_fraction(step: jax.typing.ArrayLike, zeta: jax.typing.ArrayLike,
@@ -69,7 +121,8 @@ def drop_fraction(step: jax.typing.ArrayLike, zeta: jax.typing.ArrayLike,
 
 def drop_and_grow(weights: types.Params, masks: types.Masks,
                   grow_scores: types.Params,
-                  fraction: jax.typing.ArrayLike) -> types.Masks:
+                  fraction: jax.typing.ArrayLike,
+                  pattern: patterns.Pattern = "unstructured") -> types.Masks:
   r"""One drop-and-grow of every layer: its count of kept weights is kept.
 
   A layer with :math:`n` kept weights keeps the :math:`n - k` of largest
@@ -78,14 +131,22 @@ def drop_and_grow(weights: types.Params, masks: types.Masks,
   just dropped may be grown back; it then stays as it was). Ties go to the
   first weight in row-major order, both when keeping and when growing.
 
+  With a block shape ``pattern`` the same is done to the tiles of every
+  layer's 2-D view (`patterns.tile_scores`): a tile's magnitude is the L2
+  norm of its weights, its growth score the L2 norm of its scores, and
+  :math:`n` and :math:`k` count tiles.
+
   Args:
     weights: the current weights.
     masks: their masks, shaped like ``weights``.
     grow_scores: non-negative growth scores shaped like ``weights``.
     fraction: the fraction of kept weights replaced (may be traced).
+    pattern: ``'unstructured'`` or a block shape ``(b1, b2)`` whose tiles
+      divide every layer (see `check_pattern`); static.
 
   Returns:
-    The new masks; every layer keeps exactly as many weights as before.
+    The new masks; every layer keeps exactly as many weights (tiles) as
+    before.
 
   Example:
     Two of four kept weights are replaced: the two smallest go, the two
@@ -99,16 +160,27 @@ def drop_and_grow(weights: types.Params, masks: types.Masks,
     Array([ True, False,  True,  True,  True, False], dtype=bool)
   """
   fraction = jnp.asarray(fraction, jnp.float32)
+  structure = check_pattern(pattern)
 
-  def layer(w, m, g):
+  def replace(magnitude, m, growth):
     n = jnp.sum(m, dtype=jnp.int32)
     k = jnp.round(fraction * n).astype(jnp.int32)
-    magnitude = jnp.maximum(jnp.abs(w).astype(jnp.float32), gradients.TINY)
+    magnitude = jnp.maximum(magnitude, gradients.TINY)
     survivors = gradients.top_k_exact([jnp.where(m, magnitude, 0.0)],
                                       n - k)[0]
-    growth = jnp.maximum(jnp.asarray(g, jnp.float32), gradients.TINY)
+    growth = jnp.maximum(growth, gradients.TINY)
     grown = gradients.top_k_exact([jnp.where(survivors, 0.0, growth)], k)[0]
     return survivors | grown
+
+  def layer(w, m, g):
+    magnitude = jnp.abs(w).astype(jnp.float32)
+    growth = jnp.asarray(g, jnp.float32)
+    if structure == patterns.UNSTRUCTURED:
+      return replace(magnitude, m, growth)
+    tiles = lambda x: patterns.tile_scores(x, structure)
+    kept = replace(tiles(jnp.where(m, magnitude, 0.0)),
+                   tiles(m.astype(jnp.float32)) > 0, tiles(growth))
+    return patterns.untile(kept, w.shape, structure)
 
   return jax.tree.map(layer, weights, masks, grow_scores)
 
@@ -121,13 +193,14 @@ def _dynamic_sparse_training(optimizer, grow_scores, sparsity, end_step,
   checks.check_fraction("zeta", zeta, closed=True)
   checks.check_integer("end_step", end_step, 0)
   checks.check_one_of("allocation", allocation, ("uniform", "erk"))
-  checks.check_one_of("pattern", pattern, PATTERNS)
+  structure = check_pattern(pattern)
 
   def init_masks(params):
+    _check_blocks_fit(params, structure)
     # The selected parameters only: random_sparsity draws its masks over
     # the same leaves as when it is used alone.
     initial = random_lib.random_sparsity(
-        sparsity, seed=seed, allocation=allocation,
+        sparsity, seed=seed, allocation=allocation, pattern=structure,
         where=lambda name, leaf: True)
     return masking.find_masks(initial.init(params))
 
@@ -137,7 +210,7 @@ def _dynamic_sparse_training(optimizer, grow_scores, sparsity, end_step,
                              schedules.value_at(end_step, step))
     fraction = jnp.where(step > 0, fraction, 0.0)  # train before the first
     return drop_and_grow(weights, masks, grow_scores(step, masks, grads),
-                         fraction)
+                         fraction, structure)
 
   return gradients.masked_optimizer(
       optimizer, update_masks, init_masks=init_masks,
@@ -153,7 +226,7 @@ def rigl(
     update_every: types.ScalarOrSchedule = 100,
     zeta: types.ScalarOrSchedule = 0.3,
     allocation: Literal["uniform", "erk"] = "uniform",
-    pattern: str = "unstructured",
+    pattern: patterns.Pattern = "unstructured",
     where: paths.Where = None,
     seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformation:
@@ -198,7 +271,10 @@ def rigl(
       [0, 1].
     allocation: ``'uniform'`` (every layer at ``sparsity``) or ``'erk'``
       (`distributions.erk_densities`, same total); static.
-    pattern: ``'unstructured'``, the only pattern for now; static.
+    pattern: ``'unstructured'`` or a block shape ``(b1, b2)``: whole tiles
+      of every layer's 2-D view are dropped and grown, by the L2 norm of
+      their weights and of their gradients (`drop_and_grow`); the tiles
+      must divide every selected layer. N:M is refused; static.
     where: which parameters are sparse, a `paths.Where` (``None``: Dense and
       Conv kernels).
     seed: seed of the initial mask (may be traced).
@@ -251,7 +327,7 @@ def sparse_evolutionary_training(
     update_every: types.ScalarOrSchedule = 100,
     zeta: types.ScalarOrSchedule = 0.3,
     allocation: Literal["uniform", "erk"] = "uniform",
-    pattern: str = "unstructured",
+    pattern: patterns.Pattern = "unstructured",
     where: paths.Where = None,
     seed: jax.typing.ArrayLike = 0,
 ) -> optax.GradientTransformation:
@@ -282,7 +358,8 @@ def sparse_evolutionary_training(
       [0, 1] (decayed by the cosine of `drop_fraction`).
     allocation: ``'uniform'`` or ``'erk'`` (the Erdős–Rényi allocation of
       the paper, extended to kernels); static.
-    pattern: ``'unstructured'``, the only pattern for now; static.
+    pattern: ``'unstructured'`` or a block shape ``(b1, b2)`` (random
+      tiles grown; see `rigl`); N:M is refused; static.
     where: which parameters are sparse, a `paths.Where` (``None``: Dense and
       Conv kernels).
     seed: seed of the initial mask and of the growth (may be traced).

@@ -4,7 +4,8 @@ The score of a weight is its saliency :math:`|g \odot w|`, the first-order
 change of the loss when it is removed. Both methods need the raw gradients,
 so they wrap the optimizer (`gradients.masked_optimizer`) as RigL does; the
 selection is the sort-free radix selection of `sparsify.core.topk`, with
-exact counts (`gradients.top_k_exact`).
+exact counts (`gradients.top_k_exact`), or a sparsity ``pattern`` of
+`sparsify.core.patterns` (N:M groups, L2-norm blocks) as GMP takes it.
 """
 
 import jax
@@ -13,12 +14,12 @@ import optax
 
 from sparsify.core import checks
 from sparsify.core import gradients
+from sparsify.core import masking
 from sparsify.core import paths
+from sparsify.core import patterns
 from sparsify.core import schedules
 from sparsify.core import topk
 from sparsify.core import types
-
-PATTERNS = ("unstructured",)
 
 
 def saliency(grads: types.Params, weights: types.Params) -> types.Params:
@@ -44,20 +45,25 @@ def saliency(grads: types.Params, weights: types.Params) -> types.Params:
 
 def keep_most_salient(scores: types.Params, masks: types.Masks,
                       sparsity: jax.typing.ArrayLike,
-                      allocation: topk.Allocation = "layerwise"
+                      allocation: topk.Allocation = "layerwise",
+                      pattern: patterns.Pattern = patterns.UNSTRUCTURED
                       ) -> types.Masks:
   """Masks keeping the kept weights of largest score, at ``sparsity``.
 
   Exactly ``size - round(sparsity * size)`` weights per layer
   (``'layerwise'``) or of all layers pooled (``'global'``) are kept, ties
   to the first in flattening order; only weights kept by ``masks`` are
-  eligible (masks only shrink), those of score zero included.
+  eligible (masks only shrink), those of score zero included. In another
+  ``pattern`` the selection is `patterns.select`'s: N:M groups (ties to the
+  lower input index) or the tiles of largest L2 norm (tiles tied with the
+  last one kept are all kept).
 
   Args:
     scores: non-negative scores of the selected weights.
     masks: their current masks.
     sparsity: the fraction to remove (may be traced).
     allocation: ``'layerwise'`` or ``'global'``.
+    pattern: ``'unstructured'``, ``'N:M'`` or a block shape ``(b1, b2)``.
 
   Returns:
     Masks shaped like ``scores``.
@@ -73,6 +79,10 @@ def keep_most_salient(scores: types.Params, masks: types.Masks,
   leaves, treedef = jax.tree.flatten(scores)
   eligible = [jnp.where(m, jnp.maximum(s, gradients.TINY), 0.0)
               for s, m in zip(leaves, jax.tree.leaves(masks))]
+  structure = patterns.parse(pattern)
+  if structure != patterns.UNSTRUCTURED:
+    return patterns.select(treedef.unflatten(eligible), sparsity, structure,
+                           allocation)
   if allocation == "global":
     total = sum(s.size for s in leaves)
     return treedef.unflatten(
@@ -87,13 +97,23 @@ def _zeros(params):
   return jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), jnp.float32), params)
 
 
+def _all_true_fitting(structure):
+  """Initial masks that keep everything, once the layers fit ``structure``."""
+
+  def init_masks(params):
+    patterns.check_layers(params, structure)
+    return masking.all_true(params)
+
+  return init_masks
+
+
 def snip(
     optimizer: optax.GradientTransformation,
     *,
     sparsity: types.ScalarOrSchedule,
     batches: types.ScalarOrSchedule = 1,
     allocation: topk.Allocation = "layerwise",
-    pattern: str = "unstructured",
+    pattern: patterns.Pattern = patterns.UNSTRUCTURED,
     where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""SNIP: prune once, at initialisation, by the saliency of a few batches.
@@ -121,7 +141,9 @@ def snip(
       array or a schedule (read at step :math:`B - 1`).
     batches: :math:`B \ge 1`, how many batches' gradients the saliency sums.
     allocation: ``'layerwise'`` or ``'global'`` (the paper's); static.
-    pattern: ``'unstructured'``, the only pattern for now; static.
+    pattern: ``'unstructured'``, ``'N:M'`` (``sparsity`` must be 1 - N/M,
+      ``'layerwise'`` only) or a block shape ``(b1, b2)``, as in
+      `patterns.select`; static.
     where: which parameters to prune, a `paths.Where` (``None``: Dense and
       Conv kernels).
 
@@ -150,7 +172,8 @@ def snip(
   checks.check_fraction("sparsity", sparsity)
   checks.check_integer("batches", batches, 1)
   checks.check_one_of("allocation", allocation, topk.ALLOCATIONS)
-  checks.check_one_of("pattern", pattern, PATTERNS)
+  structure = patterns.check_pattern(pattern, sparsity=sparsity,
+                                     allocation=allocation)
   last = lambda count: schedules.value_at(batches, count) - 1
   one_batch = checks.is_number(batches) and batches == 1
 
@@ -163,10 +186,12 @@ def snip(
     if one_batch:
       scores = saliency(grads, weights)
     return keep_most_salient(scores, masks,
-                             schedules.value_at(sparsity, step), allocation)
+                             schedules.value_at(sparsity, step), allocation,
+                             structure)
 
   return gradients.masked_optimizer(
-      optimizer, update_masks, init_scores=None if one_batch else _zeros,
+      optimizer, update_masks, init_masks=_all_true_fitting(structure),
+      init_scores=None if one_batch else _zeros,
       update_scores=None if one_batch else update_scores, begin_step=last,
       end_step=last, hold_steps=None if one_batch else last, where=where)
 
@@ -182,7 +207,7 @@ def gradual_saliency_pruning(
     power: types.ScalarOrSchedule = 3.0,
     decay: types.ScalarOrSchedule = 0.9,
     allocation: topk.Allocation = "layerwise",
-    pattern: str = "unstructured",
+    pattern: patterns.Pattern = patterns.UNSTRUCTURED,
     where: paths.Where = None,
 ) -> optax.GradientTransformation:
   r"""Gradual pruning with GMP's polynomial schedule, by saliency.
@@ -220,7 +245,9 @@ def gradual_saliency_pruning(
     power: the schedule's exponent :math:`p` (3 in Zhu & Gupta).
     decay: :math:`\beta` in [0, 1), the average's decay per step.
     allocation: ``'layerwise'`` or ``'global'``; static.
-    pattern: ``'unstructured'``, the only pattern for now; static.
+    pattern: ``'unstructured'``, ``'N:M'`` (``sparsity`` must be 1 - N/M,
+      ``'layerwise'`` only) or a block shape ``(b1, b2)``, as in
+      `patterns.select`; static.
     where: which parameters to prune, a `paths.Where` (``None``: Dense and
       Conv kernels).
 
@@ -259,7 +286,8 @@ def gradual_saliency_pruning(
   checks.check_fraction("decay", decay)
   checks.check_window(begin_step, end_step)
   checks.check_one_of("allocation", allocation, topk.ALLOCATIONS)
-  checks.check_one_of("pattern", pattern, PATTERNS)
+  structure = patterns.check_pattern(pattern, sparsity=sparsity,
+                                     allocation=allocation)
   current = checks.is_number(decay) and decay == 0
 
   def update_scores(step, grads, weights, scores):
@@ -272,10 +300,12 @@ def gradual_saliency_pruning(
       scores = saliency(grads, weights)
     ramp = schedules.polynomial_ramp(*(schedules.value_at(v, step) for v in (
         initial_sparsity, sparsity, begin_step, end_step, power)))
-    return keep_most_salient(scores, masks, ramp(step), allocation)
+    return keep_most_salient(scores, masks, ramp(step), allocation,
+                             structure)
 
   return gradients.masked_optimizer(
-      optimizer, update_masks, init_scores=None if current else _zeros,
+      optimizer, update_masks, init_masks=_all_true_fitting(structure),
+      init_scores=None if current else _zeros,
       update_scores=None if current else update_scores,
       update_every=update_every, begin_step=begin_step, end_step=end_step,
       where=where)

@@ -202,9 +202,57 @@ def test_arguments_are_checked_and_patterns_named():
     dynamic.rigl(optax.sgd(0.1), sparsity=1.0, end_step=10)
   with pytest.raises(ValueError, match="zeta"):
     dynamic.rigl(optax.sgd(0.1), sparsity=0.5, end_step=10, zeta=1.5)
-  with pytest.raises(ValueError, match="pattern.*unstructured"):
+  with pytest.raises(ValueError, match="pattern: got '2:4'; allowed: "
+                     "'unstructured' or a block shape"):
     dynamic.sparse_evolutionary_training(
         optax.sgd(0.1), sparsity=0.5, end_step=10, pattern="2:4")
+  with pytest.raises(ValueError, match="fc1/kernel.*whole number of tiles"):
+    dynamic.rigl(optax.sgd(0.1), sparsity=0.5, end_step=10,
+                 pattern=(5, 5)).init(_params())
+
+
+def _tiles(mask, rows, cols):
+  """Per tile of a 2-D mask: (all kept, any kept)."""
+  r, c = mask.shape
+  t = mask.reshape(r // rows, rows, c // cols, cols)
+  return t.all(axis=(1, 3)), t.any(axis=(1, 3))
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_block_pattern_drops_and_grows_whole_tiles(factory):
+  block = (2, 2)  # fc1 (12, 10): 30 tiles, 9 kept; fc2 (10, 6): 15, 4 kept
+  kept_tiles = {"fc1": 30 - round(0.7 * 30), "fc2": 15 - round(0.7 * 15)}
+  tx = factory(optax.sgd(0.1), sparsity=0.7, end_step=8, update_every=2,
+               zeta=0.5, pattern=block)
+  history = _train(tx, 8)
+  targets = _targets()
+  changed = False
+  for t, ((before, state_before), (_, state_after)) in enumerate(
+      itertools.pairwise(history)):
+    for name in SHAPES:
+      old, new = _masks(state_before)[name], _masks(state_after)[name]
+      every, some = _tiles(new, *block)
+      np.testing.assert_array_equal(every, some)  # whole tiles only
+      assert every.sum() == kept_tiles[name]
+      changed |= bool(np.any(old != new))
+      if factory is dynamic.rigl:
+        # The unstructured reference on tiles: a tile's magnitude is the
+        # norm of its weights, its growth score the norm of its gradient.
+        w = np.asarray(before[name]["kernel"], np.float64)
+        g = w - targets[name]
+        fraction = (0.25 * (1 + np.cos(np.pi * t / 8))
+                    if t % 2 == 0 and 0 < t < 8 else 0.0)
+        survivors, grown = _reference_drop_and_grow(
+            np.sqrt(_tile_sums(np.where(old, w, 0) ** 2, *block)),
+            _tiles(old, *block)[0],
+            np.sqrt(_tile_sums(g ** 2, *block)), fraction)
+        np.testing.assert_array_equal(every, survivors | grown)
+  assert changed
+
+
+def _tile_sums(x, rows, cols):
+  r, c = x.shape
+  return x.reshape(r // rows, rows, c // cols, cols).sum(axis=(1, 3))
 
 
 class _Net(nn.Module):

@@ -157,8 +157,29 @@ def test_arguments_are_checked_and_patterns_named():
   with pytest.raises(ValueError, match="decay"):
     saliency.gradual_saliency_pruning(optax.sgd(0.1), sparsity=0.5,
                                       begin_step=0, end_step=4, decay=1.0)
-  with pytest.raises(ValueError, match="pattern.*unstructured"):
-    saliency.snip(optax.sgd(0.1), sparsity=0.5, pattern="2:4")
+  with pytest.raises(ValueError, match="pattern: got '3:2'"):
+    saliency.snip(optax.sgd(0.1), sparsity=0.5, pattern="3:2")
+  with pytest.raises(ValueError, match="sparsity: got 0.75; allowed: 0.5"):
+    saliency.snip(optax.sgd(0.1), sparsity=0.75, pattern="2:4")
+  with pytest.raises(ValueError, match="fc2/kernel has 10 inputs"):
+    saliency.snip(optax.sgd(0.1), sparsity=0.75, pattern="1:4").init(
+        _params())
+
+
+def test_snip_n_by_m_keeps_the_most_salient_of_every_group():
+  params = {"fc": {"kernel": _params()["fc1"]["kernel"]}}  # (12, 10)
+  grads = {"fc": {"kernel": _grads(0)["fc1"]["kernel"]}}
+  tx = saliency.snip(optax.sgd(0.1), sparsity=0.5, pattern="2:4")
+  _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  mask = np.asarray(masking.find_masks(state)["fc"]["kernel"])
+  scores = np.abs(np.asarray(grads["fc"]["kernel"]) *
+                  np.asarray(params["fc"]["kernel"]))
+  want = np.zeros_like(mask)
+  for start in range(0, 12, 4):  # groups of 4 consecutive inputs
+    for j in range(10):
+      top = np.argsort(-scores[start:start + 4, j], kind="stable")[:2]
+      want[start + top, j] = True
+  np.testing.assert_array_equal(mask, want)
 
 
 FACTORIES = {
