@@ -80,6 +80,8 @@ from sparsify.structure.trace import structure_of
 from sparsify.structure.trace import StructureError
 from sparsify.structure.units import Unit
 from sparsify.transforms.dat import dynamic_adaptive_threshold
+from sparsify.transforms.dynamic import rigl
+from sparsify.transforms.dynamic import sparse_evolutionary_training
 from sparsify.transforms.magnitude import gradual_magnitude_pruning
 from sparsify.transforms.magnitude import magnitude_pruning
 from sparsify.transforms.penalties import binary_attractor
@@ -93,6 +95,8 @@ from sparsify.transforms.proximal import proximal_sgd
 from sparsify.transforms.proximal import soft_threshold
 from sparsify.transforms.random import random_pruning
 from sparsify.transforms.random import random_sparsity
+from sparsify.transforms.saliency import gradual_saliency_pruning
+from sparsify.transforms.saliency import snip
 from sparsify.transforms.sss import batchnorm_scales
 from sparsify.transforms.sss import network_slimming
 from sparsify.transforms.sss import slimming_threshold
@@ -146,6 +150,7 @@ __all__ = (
     "find_masks",
     "fold_gates",
     "gradual_magnitude_pruning",
+    "gradual_saliency_pruning",
     "group_lasso",
     "group_lasso_prox",
     "insert_gates",
@@ -180,6 +185,7 @@ __all__ = (
     "random_pruning",
     "random_sparsity",
     "random_ste",
+    "rigl",
     "run",
     "save_compressed",
     "save_weights",
@@ -195,7 +201,9 @@ __all__ = (
     "slim_nnx",
     "slimmed_apply",
     "slimming_threshold",
+    "snip",
     "soft_threshold",
+    "sparse_evolutionary_training",
     "sparse_structure_selection",
     "sss_optimizer",
     "structure_of",

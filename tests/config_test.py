@@ -169,7 +169,8 @@ def test_presets_validate(preset):
            "random": ["random"], "dat": ["dat"], "sss": [],
            "random_erk": ["random"], "gmp_2_4": ["gmp"],
            "gmp_blocks": ["gmp"], "magnitude_ste": ["magnitude_ste"],
-           "random_ste": ["random_ste"],
+           "random_ste": ["random_ste"], "set": ["set"], "rigl": ["rigl"],
+           "snip": ["snip"], "saliency": ["saliency"],
            "slimming": ["slimming"], "search": [], "pq": [],
            "dat_pq": ["dat"], "lct": [], "deep_compression": ["dat"]}
   stages = {"sss": "slim,finetune", "slimming": "slim,finetune",

@@ -39,7 +39,8 @@ METHODS = (
     "pq_quantize", "proximal_sgd", "random_sparsity", "share_params",
     "share_weights", "sigma_of", "slim", "slimming_threshold",
     "soft_threshold", "sparse_structure_selection", "sss_optimizer",
-    "ternarize", "ternary_constrained")
+    "ternarize", "ternary_constrained", "rigl", "sparse_evolutionary_training",
+    "snip", "gradual_saliency_pruning", "magnitude_ste", "random_ste")
 
 _SECTION = re.compile(r"^(Args|Returns|Yields|Raises|Example|Examples|"
                       r"References|Attributes):\s*$", re.M)

@@ -303,6 +303,16 @@ METHOD_PRESETS = {
                                     sparsity=0.95, update_every=100)),
     "random_ste": _compress(dict(name="random_ste", begin=0.1,
                                  sparsity=0.95, update_every=100)),
+    # Dynamic sparse training at constant sparsity (ERK, as in RigL's
+    # paper), connections exchanged until 75 % of training.
+    "set": _compress(dict(name="set", end=0.75, sparsity=0.95,
+                          update_every=100, allocation="erk")),
+    "rigl": _compress(dict(name="rigl", end=0.75, sparsity=0.95,
+                           update_every=100, allocation="erk")),
+    # Saliency |g w|: once at initialisation (SNIP, one batch), or as GMP's
+    # score under its schedule.
+    "snip": _compress(dict(name="snip", sparsity=0.95)),
+    "saliency": _compress({**_GMP, "name": "saliency"}),
     "dat": _compress(_DAT),
     "sss": _sss,
     "slimming": _slimming,

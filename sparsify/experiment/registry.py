@@ -24,9 +24,11 @@ import optax
 from sparsify.experiment import optim
 from sparsify.experiment import stages
 from sparsify.transforms import dat
+from sparsify.transforms import dynamic
 from sparsify.transforms import magnitude
 from sparsify.transforms import penalties
 from sparsify.transforms import random
+from sparsify.transforms import saliency
 from sparsify.transforms import sss
 from sparsify.transforms import ste
 
@@ -58,6 +60,13 @@ METHODS: dict[str, Method] = {
     "magnitude": Method(magnitude.magnitude_pruning, window=("step", None)),
     "magnitude_ste": Method(ste.magnitude_ste, window=("begin_step", None)),
     "random_ste": Method(ste.random_ste, window=("begin_step", None)),
+    # These read the raw gradients: they take the optimizer and replace it.
+    "set": Method(dynamic.sparse_evolutionary_training, "wrap",
+                  window=(None, "end_step")),
+    "rigl": Method(dynamic.rigl, "wrap", window=(None, "end_step")),
+    "snip": Method(saliency.snip, "wrap"),
+    "saliency": Method(saliency.gradual_saliency_pruning, "wrap",
+                       window=("begin_step", "end_step")),
     "random": Method(random.random_sparsity),
     "random_pruning": Method(random.random_pruning, window=("step", None)),
     "binary": Method(penalties.binary_attractor, "penalty"),
