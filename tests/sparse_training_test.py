@@ -60,3 +60,34 @@ def test_preset_trains_to_its_sparsity(preset, tmp_path):
     for kernel in kernels.values():
       groups = kernel.reshape(-1, 4, kernel.shape[-1])
       assert np.all(np.count_nonzero(groups, axis=1) == 2)
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.parametrize("preset", ["rigl", "magnitude_ste"])
+def test_an_interrupted_run_resumes_to_the_same_state(preset, tmp_path,
+                                                      monkeypatch, caplog):
+  import jax  # pylint: disable=g-import-not-at-top
+  config = _config(preset)
+  config.train.checkpoint_every = 10
+  run_lib.run(config, str(tmp_path / "whole"))
+  real = run_lib._Logger.__call__  # pylint: disable=protected-access
+
+  def killed_after_step_10(self, done, *args):
+    real(self, done, *args)
+    if done == 10:  # its checkpoint is being written
+      self.mngr.wait_until_finished()
+      raise _Killed
+
+  monkeypatch.setattr(run_lib._Logger, "__call__", killed_after_step_10)  # pylint: disable=protected-access
+  with pytest.raises(_Killed):
+    run_lib.run(config, str(tmp_path / "killed"))
+  monkeypatch.undo()
+  with caplog.at_level("INFO", logger="sparsify"):
+    run_lib.run(config, str(tmp_path / "killed"))
+  assert "resumed from step 10" in caplog.text
+  a, b = (checkpoint.load(str(tmp_path / n)) for n in ("whole", "killed"))
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
