@@ -64,8 +64,8 @@ def test_quickstart_is_two_commands_and_ci_runs_the_second():
 def test_readme_python_blocks_run_in_order_and_do_what_they_say():
   """The README's Python blocks, one script; each block's claim checked."""
   blocks = _blocks(README, "python")
-  titles = ["compose", "any model", "pruning", "dat", "sss", "pq", "search",
-            "lct", "penalties", "config"]
+  titles = ["compose", "any model", "pruning", "sparse training", "dat", "sss",
+            "pq", "search", "lct", "penalties", "config"]
   assert len(blocks) == len(titles)
   ns, out, run = _runner()
 
@@ -95,6 +95,19 @@ def test_readme_python_blocks_run_in_order_and_do_what_they_say():
   assert np.mean(kernels["hidden/kernel"] == 0) > np.mean(
       kernels["out/kernel"] == 0)
   assert "random ERK: test accuracy" in out.getvalue()
+
+  # Sparse training: RigL and STE hold 90 % of every kernel at zero; 2:4
+  # keeps 2 of every 4 consecutive inputs of each output; all of them learn.
+  run(blocks.pop(2))
+  for name in ("RigL", "magnitude STE"):
+    for path, kernel in _kernels(ns["sparse"][name]).items():
+      assert np.sum(kernel == 0) == np.round(0.9 * kernel.size), (name, path)
+  for path, kernel in _kernels(ns["sparse"]["GMP 2:4"]).items():
+    groups = kernel.reshape(-1, 4, kernel.shape[-1])
+    assert np.all(np.count_nonzero(groups, axis=1) == 2), path
+  for name in ("RigL", "magnitude STE", "GMP 2:4"):
+    score = float(out.getvalue().split(f"{name}: test accuracy ")[1][:5])
+    assert score > 0.8, (name, score)
 
   # DAT, one global budget: 90 % of all kernel weights, unevenly shared.
   run(blocks[2])

@@ -11,11 +11,11 @@ the gradients of the kept weights and masks the optimizer's updates through
 `masking.mask_updates`, so that `optax.apply_updates` (flax's
 `TrainState.apply_gradients`, `nnx.Optimizer.update`) needs no extra call.
 
-`top_k_exact` is the selection these methods share: exactly ``k`` entries,
+`topk.top_k_exact` is the selection these methods share: exactly ``k`` entries,
 ties broken by position, sort-free like `topk.top_k_mask`.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -28,6 +28,8 @@ from sparsify.core import paths
 from sparsify.core import schedules
 from sparsify.core import topk
 from sparsify.core import types
+
+top_k_exact = topk.top_k_exact  # where the sparse-training methods use it
 
 # ``(step, weights, masks, grads, scores) -> masks`` over the selected
 # parameters: the current weights, masks, raw gradients and running scores.
@@ -55,49 +57,6 @@ class MaskedOptimizerState(NamedTuple):
   inner: optax.OptState
   scores: types.Params
   masking: optax.OptState
-
-
-def top_k_exact(scores: Sequence[jax.Array],
-                k: jax.typing.ArrayLike) -> list[jax.Array]:
-  """Masks keeping exactly the ``k`` largest of non-negative ``scores``.
-
-  Like `topk.top_k_mask` (one pool, sort-free radix selection of the k-th
-  largest value), but of the entries tied with the k-th largest only as
-  many are kept as make ``k``: the first ones in flattening order (the
-  arrays in order, each in row-major order). That is one more pass (a
-  cumulative sum), so the cost stays linear in the number of entries.
-
-  Args:
-    scores: non-negative arrays (anything not above zero counts as 0),
-      treated as one pool.
-    k: how many entries to keep, ``0 <= k`` (all of them if ``k`` exceeds
-      their number); may be traced.
-
-  Returns:
-    One boolean array per score array, ``min(k, n)`` `True` in all.
-
-  Example:
-    Three entries tie at 1.0; two of them make ``k = 3``, the first two:
-
-    >>> import jax.numpy as jnp
-    >>> from sparsify.core import gradients
-    >>> gradients.top_k_exact([jnp.array([1.0, 2.0, 1.0, 1.0])], 3)
-    [Array([ True,  True,  True, False], dtype=bool)]
-  """
-  k = jnp.asarray(k, jnp.int32)
-  scores = [jnp.where(s > 0, s, 0.0).astype(jnp.float32) for s in scores]
-  with_ties = topk.top_k_mask(scores, k)
-  kth = jnp.min(jnp.stack([jnp.min(jnp.where(m, s, jnp.inf))
-                           for s, m in zip(scores, with_ties)]))
-  above = [s > kth for s in scores]
-  room = k - sum(jnp.sum(a, dtype=jnp.int32) for a in above)
-  kept, before = [], jnp.int32(0)
-  for s, a in zip(scores, above):
-    tied = s == kth  # none when k == 0: then kth is +inf
-    rank = before + jnp.cumsum(tied.ravel(), dtype=jnp.int32).reshape(s.shape)
-    kept.append(a | (tied & (rank <= room)))
-    before = before + jnp.sum(tied, dtype=jnp.int32)
-  return kept
 
 
 def _selected(params, tree, where):
@@ -233,9 +192,10 @@ def masked_optimizer(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> from sparsify.core import gradients
+    >>> from sparsify.core import topk
     >>> def largest_two(step, weights, masks, grads, scores):
     ...   return jax.tree.map(
-    ...       lambda g: gradients.top_k_exact([jnp.abs(g)], 2)[0], grads)
+    ...       lambda g: topk.top_k_exact([jnp.abs(g)], 2)[0], grads)
     >>> tx = gradients.masked_optimizer(optax.sgd(1.0), largest_two,
     ...                                 end_step=0)
     >>> params = {'fc': {'kernel': jnp.ones((2, 2))}}

@@ -152,3 +152,46 @@ def select_by_score(
   checks.check_one_of("allocation", allocation, ALLOCATIONS)
   masks = [top_k_mask([x], keep_count(x.size, sparsity))[0] for x in leaves]
   return treedef.unflatten(masks)
+
+
+def top_k_exact(scores: Sequence[jax.Array],
+                k: jax.typing.ArrayLike) -> list[jax.Array]:
+  """Masks keeping exactly the ``k`` largest of non-negative ``scores``.
+
+  Like `top_k_mask` (one pool, sort-free radix selection of the k-th
+  largest value), but of the entries tied with the k-th largest only as
+  many are kept as make ``k``: the first ones in flattening order (the
+  arrays in order, each in row-major order). That is one more pass (a
+  cumulative sum), so the cost stays linear in the number of entries.
+
+  Args:
+    scores: non-negative arrays (anything not above zero counts as 0),
+      treated as one pool.
+    k: how many entries to keep, ``0 <= k`` (all of them if ``k`` exceeds
+      their number); may be traced.
+
+  Returns:
+    One boolean array per score array, ``min(k, n)`` `True` in all.
+
+  Example:
+    Three entries tie at 1.0; two of them make ``k = 3``, the first two:
+
+    >>> import jax.numpy as jnp
+    >>> from sparsify.core import topk
+    >>> topk.top_k_exact([jnp.array([1.0, 2.0, 1.0, 1.0])], 3)
+    [Array([ True,  True,  True, False], dtype=bool)]
+  """
+  k = jnp.asarray(k, jnp.int32)
+  scores = [jnp.where(s > 0, s, 0.0).astype(jnp.float32) for s in scores]
+  with_ties = top_k_mask(scores, k)
+  kth = jnp.min(jnp.stack([jnp.min(jnp.where(m, s, jnp.inf))
+                           for s, m in zip(scores, with_ties)]))
+  above = [s > kth for s in scores]
+  room = k - sum(jnp.sum(a, dtype=jnp.int32) for a in above)
+  kept, before = [], jnp.int32(0)
+  for s, a in zip(scores, above):
+    tied = s == kth  # none when k == 0: then kth is +inf
+    rank = before + jnp.cumsum(tied.ravel(), dtype=jnp.int32).reshape(s.shape)
+    kept.append(a | (tied & (rank <= room)))
+    before = before + jnp.sum(tied, dtype=jnp.int32)
+  return kept

@@ -16,7 +16,7 @@ starts at zero with zero momentum instead of the momentum its dense gradient
 would have built while it was pruned.
 
 Every selection is the sort-free radix selection of `sparsify.core.topk`
-(`gradients.top_k_exact`), so a mask update costs a few passes over the
+(`topk.top_k_exact`), so a mask update costs a few passes over the
 weights, linear in their number. With a block ``pattern`` the same happens
 to whole tiles (`sparsify.core.patterns`), scored by their L2 norm.
 """
@@ -34,6 +34,7 @@ from sparsify.core import masking
 from sparsify.core import paths
 from sparsify.core import patterns
 from sparsify.core import schedules
+from sparsify.core import topk
 from sparsify.core import types
 from sparsify.transforms import random as random_lib
 
@@ -166,10 +167,10 @@ def drop_and_grow(weights: types.Params, masks: types.Masks,
     n = jnp.sum(m, dtype=jnp.int32)
     k = jnp.round(fraction * n).astype(jnp.int32)
     magnitude = jnp.maximum(magnitude, gradients.TINY)
-    survivors = gradients.top_k_exact([jnp.where(m, magnitude, 0.0)],
+    survivors = topk.top_k_exact([jnp.where(m, magnitude, 0.0)],
                                       n - k)[0]
     growth = jnp.maximum(growth, gradients.TINY)
-    grown = gradients.top_k_exact([jnp.where(survivors, 0.0, growth)], k)[0]
+    grown = topk.top_k_exact([jnp.where(survivors, 0.0, growth)], k)[0]
     return survivors | grown
 
   def layer(w, m, g):
@@ -254,7 +255,7 @@ def rigl(
   the same update stays as it was). The kept weights take the optimizer's
   step as usual, mask updates included.
 
-  The mask update is sort-free (radix selection, `gradients.top_k_exact`):
+  The mask update is sort-free (radix selection, `topk.top_k_exact`):
   its cost grows linearly with the number of weights. It runs inside
   `jax.lax.cond`, so other steps cost what static masks cost.
 

@@ -20,6 +20,7 @@ from sparsify.core import masking
 from sparsify.core import paths
 from sparsify.core import patterns
 from sparsify.core import schedules
+from sparsify.core import topk
 from sparsify.core import types
 
 Allocation = Literal["uniform", "erk"]
@@ -34,6 +35,11 @@ def _keep_largest(scores, sparsity, allocation, pattern):
         [x.shape for x in scores], sparsity)]
   else:
     per_layer = [sparsity] * len(scores)
+  if patterns.parse(pattern) == patterns.UNSTRUCTURED:
+    # Uniform draws tie (float32 has 2**24 values in [0, 1)): exactly the
+    # layer's count is kept, ties to the lower index.
+    return [topk.top_k_exact([x], topk.keep_count(x.size, s))[0]
+            for x, s in zip(scores, per_layer)]
   return [patterns.layer_mask(x, s, pattern)
           for x, s in zip(scores, per_layer)]
 

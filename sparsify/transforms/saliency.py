@@ -4,7 +4,7 @@ The score of a weight is its saliency :math:`|g \odot w|`, the first-order
 change of the loss when it is removed. Both methods need the raw gradients,
 so they wrap the optimizer (`gradients.masked_optimizer`) as RigL does; the
 selection is the sort-free radix selection of `sparsify.core.topk`, with
-exact counts (`gradients.top_k_exact`), or a sparsity ``pattern`` of
+exact counts (`topk.top_k_exact`), or a sparsity ``pattern`` of
 `sparsify.core.patterns` (N:M groups, L2-norm blocks) as GMP takes it.
 """
 
@@ -86,10 +86,10 @@ def keep_most_salient(scores: types.Params, masks: types.Masks,
   if allocation == "global":
     total = sum(s.size for s in leaves)
     return treedef.unflatten(
-        gradients.top_k_exact(eligible, topk.keep_count(total, sparsity)))
+        topk.top_k_exact(eligible, topk.keep_count(total, sparsity)))
   checks.check_one_of("allocation", allocation, topk.ALLOCATIONS)
   return treedef.unflatten([
-      gradients.top_k_exact([s], topk.keep_count(s.size, sparsity))[0]
+      topk.top_k_exact([s], topk.keep_count(s.size, sparsity))[0]
       for s in eligible])
 
 

@@ -102,3 +102,13 @@ def test_random_pruning_ignores_magnitudes_and_follows_the_seed():
   magnitude = np.abs(np.asarray(params["Dense_0"]["kernel"]))
   big = magnitude > np.median(magnitude)
   assert abs(masks[:, big].sum() / masks.sum() - 0.5) < 0.05
+
+
+def test_counts_are_exact_where_uniform_draws_tie():
+  # 200,704 float32 draws in [0, 1) hold ties (2**24 values); the mask
+  # still keeps exactly size - round(s * size).
+  import sparsify  # pylint: disable=g-import-not-at-top
+  params = {"hidden": {"kernel": jnp.zeros((784, 256))}}
+  masks = sparsify.find_masks(sparsify.random_sparsity(0.9).init(params))
+  assert int(np.sum(masks["hidden"]["kernel"])) == 200704 - round(
+      0.9 * 200704)
