@@ -171,6 +171,7 @@ def test_presets_validate(preset):
            "gmp_blocks": ["gmp"], "magnitude_ste": ["magnitude_ste"],
            "random_ste": ["random_ste"], "set": ["set"], "rigl": ["rigl"],
            "snip": ["snip"], "saliency": ["saliency"],
+           "gmp_global": ["gmp"], "saliency_global": ["saliency"],
            "slimming": ["slimming"], "search": [], "pq": [],
            "dat_pq": ["dat"], "lct": [], "deep_compression": ["dat"]}
   stages = {"sss": "slim,finetune", "slimming": "slim,finetune",

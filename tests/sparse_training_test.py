@@ -17,7 +17,7 @@ from tests.train_test import tiny_config
 # uniform allocations prune alike, ERK less).
 PRESETS = {"set": None, "rigl": None, "snip": 0.8, "saliency": 0.8,
            "magnitude_ste": 0.8, "random_ste": 0.8, "random_erk": None,
-           "gmp_2_4": 0.5, "gmp_blocks": 0.8}
+           "gmp_2_4": 0.5, "gmp_blocks": 0.8, "saliency_global": None}
 
 
 def _config(preset):

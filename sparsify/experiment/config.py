@@ -313,6 +313,10 @@ METHOD_PRESETS = {
     # score under its schedule.
     "snip": _compress(dict(name="snip", sparsity=0.95)),
     "saliency": _compress({**_GMP, "name": "saliency"}),
+    # One threshold over all layers (jaxpruner's global variants).
+    "gmp_global": _compress({**_GMP, "allocation": "global"}),
+    "saliency_global": _compress({**_GMP, "name": "saliency",
+                                  "allocation": "global"}),
     "dat": _compress(_DAT),
     "sss": _sss,
     "slimming": _slimming,
