@@ -298,11 +298,14 @@ METHOD_PRESETS = {
     # the sparse tensor cores' format) ends at 50 %; 4x4 blocks at 95 %.
     "gmp_2_4": _compress({**_GMP, "sparsity": 0.5, "pattern": "2:4"}),
     "gmp_blocks": _compress({**_GMP, "pattern": (4, 4)}),
-    # Straight-through: masks from the dense weights, which keep training.
+    # Straight-through: masks from the dense weights, which keep training,
+    # recomputed at every step (with rarer updates the dense copies of
+    # pruned weights drift under gradients they do not feel, and the loss
+    # jumps at each update).
     "magnitude_ste": _compress(dict(name="magnitude_ste", begin=0.1,
-                                    sparsity=0.95, update_every=100)),
+                                    sparsity=0.95, update_every=1)),
     "random_ste": _compress(dict(name="random_ste", begin=0.1,
-                                 sparsity=0.95, update_every=100)),
+                                 sparsity=0.95, update_every=1)),
     # Dynamic sparse training at constant sparsity (ERK, as in RigL's
     # paper), connections exchanged until 75 % of training.
     "set": _compress(dict(name="set", end=0.75, sparsity=0.95,
