@@ -2,9 +2,6 @@
 
 import itertools
 
-from flax import nnx
-import flax.linen as nn
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -255,65 +252,5 @@ def _tile_sums(x, rows, cols):
   return x.reshape(r // rows, rows, c // cols, cols).sum(axis=(1, 3))
 
 
-class _Net(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(6, name="fc2")(nn.relu(nn.Dense(10, name="fc1")(x)))
-
-
-@pytest.mark.parametrize("factory", FACTORIES)
-def test_flax_train_state_needs_no_extra_call(factory):
-  model = _Net()
-  params = model.init(jax.random.key(0), jnp.ones((1, 12)))["params"]
-  state = train_state.TrainState.create(
-      apply_fn=model.apply, params=params,
-      tx=factory(optax.adam(0.01), sparsity=0.7, end_step=6, update_every=2))
-  x = jax.random.normal(jax.random.key(1), (16, 12))
-
-  @jax.jit
-  def step(state):
-    loss = lambda p: jnp.mean(state.apply_fn({"params": p}, x) ** 2)
-    return state.apply_gradients(grads=jax.grad(loss)(state.params))
-
-  leaves = [(x.shape, x.dtype) for x in jax.tree.leaves(state.opt_state)]
-  for _ in range(7):
-    state = step(state)
-  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
-  assert [(x.shape, x.dtype) for x in jax.tree.leaves(state.opt_state)] == (
-      leaves)
-  for name, kept in KEPT_AT_07.items():
-    mask = np.asarray(masking.find_masks(state.opt_state)[name]["kernel"])
-    kernel = np.asarray(state.params[name]["kernel"])
-    assert mask.sum() == kept and np.all(kernel[~mask] == 0)
-
-
-class _NnxNet(nnx.Module):
-
-  def __init__(self, rngs):
-    self.fc1 = nnx.Linear(12, 10, rngs=rngs)
-    self.fc2 = nnx.Linear(10, 6, rngs=rngs)
-
-  def __call__(self, x):
-    return self.fc2(nnx.relu(self.fc1(x)))
-
-
-def test_nnx_optimizer_needs_no_extra_call():
-  model = _NnxNet(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(
-      model, dynamic.rigl(optax.sgd(0.05, momentum=0.9), sparsity=0.7,
-                          end_step=6, update_every=2), wrt=nnx.Param)
-  x = jax.random.normal(jax.random.key(1), (16, 12))
-
-  @nnx.jit
-  def step(model, optimizer):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    optimizer.update(model, grads)
-
-  for _ in range(7):
-    step(model, optimizer)
-  masks = masking.find_masks(optimizer.opt_state)
-  for name, kept in KEPT_AT_07.items():
-    mask = np.asarray(masks[name]["kernel"])
-    kernel = np.asarray(getattr(model, name).kernel[...])
-    assert mask.sum() == kept and np.all(kernel[~mask] == 0)
+# How flax's TrainState and nnx.Optimizer drive these transforms (no extra
+# call, state shapes fixed, masks applied) is tests/transforms/contract_test.py's.

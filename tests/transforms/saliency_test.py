@@ -2,9 +2,6 @@
 
 import itertools
 
-from flax import nnx
-import flax.linen as nn
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,73 +179,5 @@ def test_snip_n_by_m_keeps_the_most_salient_of_every_group():
   np.testing.assert_array_equal(mask, want)
 
 
-FACTORIES = {
-    "snip": lambda opt: saliency.snip(opt, sparsity=0.75, batches=2),
-    "gradual": lambda opt: saliency.gradual_saliency_pruning(
-        opt, sparsity=0.75, begin_step=1, end_step=5, update_every=2),
-}
-KEPT = {"fc1": 30, "fc2": 15}
-
-
-class _Net(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(6, name="fc2")(nn.relu(nn.Dense(10, name="fc1")(x)))
-
-
-@pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_flax_train_state_needs_no_extra_call(name):
-  model = _Net()
-  params = model.init(jax.random.key(0), jnp.ones((1, 12)))["params"]
-  state = train_state.TrainState.create(
-      apply_fn=model.apply, params=params,
-      tx=FACTORIES[name](optax.sgd(0.05, momentum=0.9)))
-  x = jax.random.normal(jax.random.key(1), (16, 12))
-
-  @jax.jit
-  def step(state):
-    loss = lambda p: jnp.mean(state.apply_fn({"params": p}, x) ** 2)
-    return state.apply_gradients(grads=jax.grad(loss)(state.params))
-
-  leaves = [(x.shape, x.dtype) for x in jax.tree.leaves(state.opt_state)]
-  for _ in range(7):
-    state = step(state)
-  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
-  assert [(x.shape, x.dtype) for x in jax.tree.leaves(state.opt_state)] == (
-      leaves)
-  for layer, kept in KEPT.items():
-    mask = np.asarray(masking.find_masks(state.opt_state)[layer]["kernel"])
-    kernel = np.asarray(state.params[layer]["kernel"])
-    assert mask.sum() == kept and np.all(kernel[~mask] == 0)
-
-
-class _NnxNet(nnx.Module):
-
-  def __init__(self, rngs):
-    self.fc1 = nnx.Linear(12, 10, rngs=rngs)
-    self.fc2 = nnx.Linear(10, 6, rngs=rngs)
-
-  def __call__(self, x):
-    return self.fc2(nnx.relu(self.fc1(x)))
-
-
-@pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_nnx_optimizer_needs_no_extra_call(name):
-  model = _NnxNet(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, FACTORIES[name](optax.adam(0.01)),
-                            wrt=nnx.Param)
-  x = jax.random.normal(jax.random.key(1), (16, 12))
-
-  @nnx.jit
-  def step(model, optimizer):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    optimizer.update(model, grads)
-
-  for _ in range(7):
-    step(model, optimizer)
-  masks = masking.find_masks(optimizer.opt_state)
-  for layer, kept in KEPT.items():
-    mask = np.asarray(masks[layer]["kernel"])
-    kernel = np.asarray(getattr(model, layer).kernel[...])
-    assert mask.sum() == kept and np.all(kernel[~mask] == 0)
+# How flax's TrainState and nnx.Optimizer drive these transforms (no extra
+# call, state shapes fixed, masks applied) is tests/transforms/contract_test.py's.
