@@ -401,6 +401,15 @@ def quiet_logging() -> None:
     absl_logger.addFilter(_not_rethrown)
   if not getattr(sys.excepthook, "quiet_closed_loops", False):
     sys.excepthook = _quiet_closed_loops(sys.excepthook)
+  if not getattr(sys.unraisablehook, "quiet_closed_loops", False):
+    previous = sys.unraisablehook
+
+    def unraisable(info):
+      if not (isinstance(info.exc_value, RuntimeError)
+              and str(info.exc_value) == "Event loop is closed"):
+        previous(info)
+    unraisable.quiet_closed_loops = True
+    sys.unraisablehook = unraisable
 
 
 def _error(e: Exception) -> int:
