@@ -12,7 +12,8 @@ transform on the mean gradients), keeps bfloat16 parameters and updates in
 bfloat16, gives under `jax.vmap` over initial parameters (and seeds) what a
 Python loop gives, needs ``params``, and runs with flax's
 `TrainState.apply_gradients` and `nnx.Optimizer.update` with no extra call
-(the checks of how a transform is driven take one case per factory).
+(the checks of how a transform is driven, MultiSteps, vmap, TrainState and
+nnx, take one case per factory).
 The masking transforms also keep pruned weights at exactly zero and reach
 their target sparsity after any optimizer.
 """
@@ -477,7 +478,7 @@ def test_bfloat16_params_and_updates_stay_bfloat16(name):
     assert np.all(np.isfinite(np.asarray(leaf, np.float32)))
 
 
-@NAMES
+@FACTORY_NAMES
 def test_vmap_over_initial_params_and_seeds_equals_a_loop(name):
   case = CASES[name]
   seeded = "seed" in inspect.signature(case.factory).parameters
