@@ -10,6 +10,11 @@ random ERK masks (``random_erk``), SET, RigL, magnitude pruning with a
 straight-through dense copy (``magnitude_ste``), SNIP, DAT, gradual
 saliency :math:`|g w|` (``saliency``), GMP in 4x4 blocks (``gmp_blocks``)
 at every target, and GMP in the 2:4 pattern (``gmp_2_4``) at 50 % only.
+``magnitude_ste_every1`` is the ``magnitude_ste`` preset with masks
+recomputed at every step instead of every 100 (`VARIANTS`): with the
+preset's 100, the dense copies of pruned weights drift for 100 steps under
+gradients they do not feel, and the loss jumps at each mask update; such a
+run is kept as a row whose note says where it diverged.
 Kernel sparsity is that of the Dense and Conv kernels of the final
 parameters, bytes the ``bytes_sparse`` of the compression report's total
 (every parameter, in its smallest encoding).
@@ -64,12 +69,15 @@ import numpy as np
 from experiments.benchmarks import common
 import sparsify
 from sparsify.core import topk
+from sparsify.experiment import trainer as trainer_lib
 from sparsify.transforms import dynamic
 
 # The methods, in table order; gmp_2_4 runs once, at 50 %.
 METHODS = ("dense", "magnitude", "gmp", "random_erk", "set", "rigl",
-           "magnitude_ste", "snip", "dat", "saliency", "gmp_2_4",
-           "gmp_blocks")
+           "magnitude_ste", "magnitude_ste_every1", "snip", "dat", "saliency",
+           "gmp_2_4", "gmp_blocks")
+# Rows that are a preset with some arguments changed: name -> (preset, kwargs).
+VARIANTS = {"magnitude_ste_every1": ("magnitude_ste", {"update_every": 1})}
 NM_SPARSITY = 0.5
 MODELS = ("lenet5", "vgg")
 VGG_WIDTH = 0.25
@@ -82,7 +90,7 @@ COLUMNS = [
     ("test_accuracy", "test accuracy", ".4f"),
     ("kernel_sparsity", "kernel sparsity", ".4f"),
     ("bytes_sparse", "bytes", ",d"),
-    ("step_ratio", "step time / dense", ".2f"),
+    ("step_ratio", "step time / dense", ".2f"), ("note", "note", "s"),
 ]
 MASK_COLUMNS = [
     ("method", "method", "s"), ("params", "params", ",d"),
@@ -109,7 +117,8 @@ def runs(models, methods, sparsities):
 
 
 def make_config(model, method, sparsity, dataset, epochs):
-  config = common.load_config(model, method)
+  preset, changes = VARIANTS.get(method, (method, {}))
+  config = common.load_config(model, preset)
   if model == "vgg":
     config.model.kwargs.width = VGG_WIDTH
   config.data.name = dataset
@@ -125,6 +134,7 @@ def make_config(model, method, sparsity, dataset, epochs):
     entry.kwargs[key] = sparsity
     if method == "gmp_2_4":
       entry.kwargs.where = rf"^(?!{FIRST_LAYER[model]}/).*kernel$"
+    entry.kwargs.update(changes)
   return config
 
 
@@ -146,8 +156,18 @@ def mean_step_ms(workdir):
 def accuracy_run(model, method, sparsity, dataset, epochs):
   config = make_config(model, method, sparsity, dataset, epochs)
   start = time.perf_counter()
+  row = {"model": model, "dataset": dataset, "method": method,
+         "target_sparsity": sparsity, "epochs": epochs}
   with tempfile.TemporaryDirectory() as workdir:
-    results = sparsify.run(config, workdir)
+    try:
+      results = sparsify.run(config, workdir)
+    except trainer_lib.NonFiniteError as e:
+      # Kept as a row: the table says which method diverged, and where.
+      return {**row, "steps": None, "test_accuracy": None,
+              "kernel_sparsity": None, "bytes_sparse": None,
+              "mean_step_ms": None, "note": f"diverged at step {e.step}",
+              "wall_seconds": time.perf_counter() - start,
+              "pid": os.getpid()}
     step_ms = mean_step_ms(workdir)
   kernels = [l for l in results["report"]["layers"]
              if l["name"].endswith("kernel")]
@@ -155,15 +175,13 @@ def accuracy_run(model, method, sparsity, dataset, epochs):
   nonzeros = sum(l["nonzeros"] for l in kernels)
   total = results["report"]["total"]
   return {
-      "model": model, "dataset": dataset, "method": method,
-      "target_sparsity": sparsity, "epochs": epochs,
-      "steps": results["steps"],
+      **row, "steps": results["steps"],
       "test_accuracy": results["eval_accuracy"],
       "kernel_sparsity": 1 - nonzeros / params,
       "params": total["params"], "nonzeros": total["nonzeros"],
       "bytes_dense": total["bytes_dense"],
       "bytes_sparse": total["bytes_sparse"],
-      "mean_step_ms": step_ms,
+      "mean_step_ms": step_ms, "note": "",
       "wall_seconds": time.perf_counter() - start,
       "pid": os.getpid(),
   }
@@ -175,7 +193,8 @@ def with_ratios(rows):
            if r["method"] == "dense"}
   for r in rows:
     base = dense.get(r["model"])
-    r["step_ratio"] = r["mean_step_ms"] / base if base else None
+    r["step_ratio"] = (r["mean_step_ms"] / base
+                       if base and r["mean_step_ms"] else None)
   return rows
 
 
@@ -251,6 +270,8 @@ def main():
   parser.add_argument("--out", default=None)
   parser.add_argument("--mask-cost-only", action="store_true")
   parser.add_argument("--skip-mask-cost", action="store_true")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the rows of <out>.partial.jsonl, run the rest")
   args = parser.parse_args()
   logging.basicConfig(level=logging.WARNING)
   out = args.out or os.path.join(common.RESULTS,
@@ -271,13 +292,24 @@ def main():
     partial = out + ".partial.jsonl"  # each finished row, as it finishes
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if os.path.exists(partial):
-      os.remove(partial)
+      if args.resume:
+        with open(partial) as f:
+          rows = [json.loads(line) for line in f]
+      else:
+        os.remove(partial)
+    done = {(r["model"], r["method"], r["target_sparsity"]) for r in rows}
     for model, method, sparsity in runs(models, methods, sparsities):
+      if (model, method, sparsity) in done:
+        continue
       rows.append(accuracy_run(model, method, sparsity, args.dataset,
                                epochs[model]))
       print(rows[-1], flush=True)
       with open(partial, "a") as f:
         f.write(json.dumps(rows[-1]) + "\n")
+    order = {key: i for i, key in enumerate(runs(models, methods,
+                                                   sparsities))}
+    rows.sort(key=lambda r: order.get(
+        (r["model"], r["method"], r["target_sparsity"]), len(order)))
     common.write_results(out, with_ratios(rows), COLUMNS,
                          dataset=args.dataset, vgg_width=VGG_WIDTH,
                          step_time="sequential runs in one process; mean "
