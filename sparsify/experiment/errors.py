@@ -3,6 +3,9 @@
 `ConfigError` names a config field, the bad value and what is allowed; it is
 what validation, the trainer and the stages raise for bad input, and what
 the command line prints as its one ``error:`` line (exit status 2).
+`RunError` is a run that started and stopped (training diverged, the disk is
+full, the compressed file does not decode to the model): one line too, exit
+status 1.
 """
 
 import re
@@ -61,3 +64,7 @@ def _nested(field: str, message: str) -> str:
   if inner.split(".")[0].split("[")[0] == section:
     return message
   return f"{field}.{message}"
+
+
+class RunError(RuntimeError):
+  """A run stopped for a reason its one-line message names."""

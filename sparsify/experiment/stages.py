@@ -738,7 +738,7 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   Raises:
     ConfigError: ``slim`` on a model without gates or BatchNorm scales
       (before any stage runs).
-    RuntimeError: a stage left encodings that do not decode to its
+    RunError: a stage left encodings that do not decode to its
       weights, or the file decoded does not score the last stage's test
       accuracy (to one example of the eval split); post.json is then not
       written.
@@ -760,7 +760,7 @@ def run_stages(trainer: Any, variables: dict[str, Any],
     model, record = STAGES[name](ctx, model, config.post[name])
     stale = _stale_encodings(model)
     if stale:  # a stage that changed weights under their codes
-      raise RuntimeError(
+      raise errors.RunError(
           f"post.stages {config.post.stages!r}: after {name}, the encodings "
           f"of {', '.join(stale)} no longer decode to their weights")
     row = {"stage": name, **ctx.measure(model),
@@ -789,7 +789,7 @@ def run_stages(trainer: Any, variables: dict[str, Any],
   decoded, recorded = (file_info["decoded_accuracy"],
                        file_info["recorded_accuracy"])
   if abs(decoded - recorded) > 1.0 / examples + 1e-9:
-    raise RuntimeError(
+    raise errors.RunError(
         f"post.stages {config.post.stages!r}: {path} decodes to test "
         f"accuracy {decoded:.4f}, not the {recorded:.4f} recorded for the "
         f"last stage ({rows[-1]['stage']})")

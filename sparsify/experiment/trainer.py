@@ -38,6 +38,7 @@ from sparsify.core import masking
 from sparsify.core import paths
 from sparsify.core import types
 from sparsify.experiment import config as config_lib
+from sparsify.experiment import errors
 from sparsify.experiment import registry
 from sparsify.experiment import stages
 from sparsify.experiment import workdir as workdir_lib
@@ -128,8 +129,7 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.stack(flags).all() if flags else jnp.array(True)
 
 
-class RunError(RuntimeError):
-  """A run stopped for a reason its one-line message names."""
+RunError = errors.RunError  # where the command line and the tests find it
 
 
 class NonFiniteError(RunError):
