@@ -34,7 +34,7 @@ from ml_collections.config_flags import config_path
 
 from sparsify.data import MissingDataError
 from sparsify.experiment.config import ConfigError
-from sparsify.experiment.trainer import RunError
+from sparsify.experiment.errors import RunError
 from sparsify.experiment.config import one_line
 
 Define = Callable[[flags.FlagValues, list[str]], None]

@@ -26,10 +26,8 @@ from sparsify.core import checks
 from sparsify.core import masking
 from sparsify.core import paths
 from sparsify.core import schedules
-from sparsify.core import topk
 from sparsify.core import types
 
-top_k_exact = topk.top_k_exact  # where the sparse-training methods use it
 
 # ``(step, weights, masks, grads, scores) -> masks`` over the selected
 # parameters: the current weights, masks, raw gradients and running scores.

@@ -21,6 +21,7 @@ import numpy as np
 from sparsify.core import masking
 from sparsify.experiment import checkpoint
 from sparsify.experiment import config as config_lib
+from sparsify.experiment import errors
 from sparsify.experiment import files
 from sparsify.experiment import metrics as metrics_lib
 from sparsify.experiment import plots
@@ -101,7 +102,7 @@ def _write_error(e: BaseException) -> OSError | None:
   """
   if isinstance(e, OSError):
     return e if e.errno in _WRITE_ERRORS else None
-  if isinstance(e, trainer_lib.RunError):
+  if isinstance(e, errors.RunError):
     return None
   found = re.search(r"os_error_code='(\d+)'", str(e))
   if found and int(found.group(1)) in _WRITE_ERRORS:
@@ -111,8 +112,8 @@ def _write_error(e: BaseException) -> OSError | None:
   return None
 
 
-def _write_failed(workdir: str, e: OSError) -> trainer_lib.RunError:
-  return trainer_lib.RunError(
+def _write_failed(workdir: str, e: OSError) -> errors.RunError:
+  return errors.RunError(
       f"cannot write in {workdir}: {e.strerror or e} "
       f"({getattr(e, 'filename', None) or 'a file of the run'}); the run "
       "stopped, its last checkpoint and the files already written are kept")
